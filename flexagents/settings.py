@@ -1,0 +1,225 @@
+"""Settings for Flex Agents: one module, driven by the environment (12-factor).
+
+Every value that comes from the environment goes through `flexagents.env`,
+which raises `ImproperlyConfigured` on bad values instead of guessing.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from flexagents.env import env_bool, env_float, env_int, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+TESTING = "pytest" in sys.modules or env_bool("FLEX_TESTING", False)
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY") or ""
+if not SECRET_KEY:
+    # No key given: keep a random one in a local file (never committed), so
+    # a fresh checkout works and sessions survive restarts. Deployments set
+    # SECRET_KEY explicitly (docs/deployment.md).
+    _key_file = BASE_DIR / "db" / "secret_key"
+    _key_file.parent.mkdir(parents=True, exist_ok=True)
+    if not _key_file.exists():
+        import secrets as _secrets
+
+        _key_file.write_text(_secrets.token_urlsafe(50))
+        _key_file.chmod(0o600)
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = [h.strip() for h in (env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver") or "").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in (env_str("CSRF_TRUSTED_ORIGINS", "") or "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    # daphne first: `runserver` then serves ASGI, which SSE needs.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "guardian",
+    "django_eventstream",
+    "flexagents",
+    "planner",
+    "hitl",
+    "runs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "flexagents.middleware.ApiErrorMiddleware",
+]
+
+ROOT_URLCONF = "flexagents.urls"
+ASGI_APPLICATION = "flexagents.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------
+DEFAULT_SQLITE = BASE_DIR / "db" / "flexagents.sqlite3"
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE}"
+try:
+    _db = dj_database_url.parse(DATABASE_URL)
+except Exception as exc:  # dj-database-url raises several types on bad URLs
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Several writers (web threads, embedded workers, flex_worker processes):
+    # WAL lets readers run beside a writer, IMMEDIATE takes the write lock at
+    # BEGIN so two writers queue instead of failing with "database is locked".
+    _db["OPTIONS"] = {
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+    }
+    # A file, not :memory:, so that test worker threads and child processes
+    # (daphne, flex_worker) share the test database.
+    _db["TEST"] = {"NAME": str(Path(_db["NAME"]).with_name("test_" + Path(_db["NAME"]).name))}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # A pool instead of persistent connections: SSE streams and worker
+    # threads borrow a connection only while they read or write.
+    _db["CONN_MAX_AGE"] = 0
+    _db["OPTIONS"] = {
+        "pool": {
+            "min_size": 2,
+            "max_size": env_int("FLEX_DB_POOL_MAX", 20, minimum=2),
+            "timeout": 20,
+        }
+    }
+    _db["TEST"] = {"NAME": "test_" + (_db["NAME"] or "flexagents")}
+else:
+    raise ImproperlyConfigured(f"DATABASE_URL must name sqlite or postgresql, got {_db['ENGINE']}")
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis ----------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL") or None
+if REDIS_URL and urlparse(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
+    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://, got {REDIS_URL!r}")
+
+# --- Auth -----------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS: list[dict] = []
+LOGIN_URL = "/admin/login/"
+GUARDIAN_RAISE_403 = False
+ANONYMOUS_USER_NAME = None  # no guardian anonymous user: anonymous callers get 401
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# Body size limit (API.md: 1 MiB by default); DRF >= 3.18 honours it for JSON.
+FLEX_MAX_BODY_BYTES = env_int("FLEX_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = FLEX_MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "flexagents.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["flexagents.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "flexagents.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        "debug_view": env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
+    },
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Flex Agents API",
+    "DESCRIPTION": "Runs multi-agent work with people in the loop. See docs/api.md.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Events / SSE ------------------------------------------------------------
+EVENTSTREAM_STORAGE_CLASS = "runs.streaming.RunEventStorage"
+EVENTSTREAM_CHANNELMANAGER_CLASS = "runs.streaming.RunChannelManager"
+# Seconds between keep-alive comments on an idle stream.
+FLEX_SSE_KEEPALIVE_SECONDS = env_float("FLEX_SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.1)
+# How often a web process checks the event table for runs its streams follow
+# when no notification arrives (the only path without Redis; a safety net with it).
+FLEX_SSE_POLL_SECONDS = env_float("FLEX_SSE_POLL_SECONDS", 0.25 if not REDIS_URL else 2.0, minimum=0.01)
+FLEX_SSE_MAX_STREAMS_PER_USER = env_int("FLEX_SSE_MAX_STREAMS_PER_USER", 200, minimum=1)
+FLEX_SSE_MAX_STREAMS = env_int("FLEX_SSE_MAX_STREAMS", 5000, minimum=1)
+
+# --- Engine ------------------------------------------------------------------
+FLEX_ENABLED = env_bool("FLEX_ENABLED", True)
+# Worker threads inside the web process (the embedded default of `make run`).
+FLEX_EMBEDDED_WORKERS = env_int("FLEX_EMBEDDED_WORKERS", 0, minimum=0, maximum=64)
+FLEX_LEASE_SECONDS = env_float("FLEX_LEASE_SECONDS", 30.0, minimum=0.2)
+FLEX_SWEEP_SECONDS = env_float("FLEX_SWEEP_SECONDS", 15.0, minimum=0.05)
+FLEX_IDLE_POLL_SECONDS = env_float("FLEX_IDLE_POLL_SECONDS", 0.5, minimum=0.01)
+# How many times a node may be started by workers that then died.
+FLEX_MAX_CRASH_ATTEMPTS = env_int("FLEX_MAX_CRASH_ATTEMPTS", 3, minimum=1)
+FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 10000, minimum=1)
+FLEX_CAPABILITIES = [
+    "planner.capabilities.strategist.SocialPosting",
+    "planner.capabilities.copywriter.SocialpostDrafting",
+    "planner.capabilities.qa.ContentReview",
+    "planner.capabilities.output.OutputMapper",
+]
+FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
+FLEX_FACET_CATALOG = BASE_DIR / "planner" / "catalog" / "facets.json"
+
+# --- Logging -------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "flexagents.logging.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING" if TESTING else "INFO")},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "django_eventstream": {"level": "WARNING"},
+    },
+}

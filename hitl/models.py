@@ -1,0 +1,98 @@
+"""Human-in-the-loop requests and their append-only response log."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from flexagents.ids import new_hitl_request_id, new_hitl_response_id
+
+
+class HitlKind(models.TextChoices):
+    APPROVAL = "approval"
+    CLARIFY = "clarify"
+
+
+class HitlStatus(models.TextChoices):
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    REMOVED = "removed"
+
+
+class HitlUrgency(models.TextChoices):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+URGENCY_RANK = {HitlUrgency.HIGH: 0, HitlUrgency.NORMAL: 1, HitlUrgency.LOW: 2}
+
+
+class HitlRequest(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=new_hitl_request_id, editable=False)
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="hitl_requests")
+    kind = models.CharField(max_length=20, choices=HitlKind.choices)
+    question = models.TextField()
+    options = models.JSONField(default=list, blank=True)
+    allow_free_form = models.BooleanField(default=False)
+    urgency = models.CharField(max_length=10, choices=HitlUrgency.choices, default=HitlUrgency.NORMAL)
+    urgency_rank = models.PositiveSmallIntegerField(default=1)
+    pending_node_id = models.CharField(max_length=120, blank=True, default="")
+    operator_prompt = models.TextField(blank=True, default="")
+    contract_summary = models.JSONField(default=dict, blank=True)
+    plan_version = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=HitlStatus.choices, default=HitlStatus.PENDING)
+    resolution = models.CharField(max_length=20, blank=True, default="")
+    # What raised it: a policy id (hitl action), "validation" or "clarify".
+    source = models.CharField(max_length=120, blank=True, default="")
+    approve_action = models.JSONField(null=True, blank=True)
+    reject_action = models.JSONField(null=True, blank=True)
+    thread_id = models.CharField(max_length=200, blank=True, default="")
+    brief_id = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # The inbox: pending requests by urgency, then age.
+            models.Index(fields=["status", "urgency_rank", "created_at"], name="hitl_inbox_idx"),
+            models.Index(fields=["thread_id"], name="hitl_thread_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == HitlStatus.PENDING
+
+
+class HitlResponseType(models.TextChoices):
+    APPROVAL = "approval"
+    REJECTION = "rejection"
+    OPTION = "option"
+    FREEFORM = "freeform"
+
+
+class HitlResponse(models.Model):
+    """Append-only: responses are never edited or deleted."""
+
+    response_id = models.CharField(max_length=40, unique=True, default=new_hitl_response_id, editable=False)
+    request = models.ForeignKey(HitlRequest, on_delete=models.CASCADE, related_name="responses")
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="hitl_responses")
+    response_type = models.CharField(max_length=20, choices=HitlResponseType.choices)
+    approved = models.BooleanField(null=True, blank=True)
+    selected_option_id = models.CharField(max_length=200, blank=True, default="")
+    freeform_text = models.TextField(blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    responder = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="flex_hitl_responses")
+    responder_display_name = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        # The auto id orders responses within a request (created_at can tie).
+        ordering = ["request", "id"]
+
+    def __str__(self) -> str:
+        return self.response_id

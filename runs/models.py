@@ -1,0 +1,232 @@
+"""Runs: the run itself, its immutable plan versions, node executions, the
+per-run event log and the audit trail.
+
+The Run table is also the work queue: a worker claims a run by taking its
+lease (owner, expiry, fencing token). See `runs.engine.lease`.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from flexagents.ids import new_run_id
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    PLANNING = "planning"
+    RUNNING = "running"
+    AWAITING_HITL = "awaiting_hitl"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+WAITING_STATUSES = frozenset({RunStatus.AWAITING_HITL, RunStatus.PAUSED})
+
+# The state machine. `runs.services.run_transition` is the only writer of
+# `Run.status` and refuses any move that is not listed here.
+RUN_TRANSITIONS: dict[str, frozenset[str]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.PLANNING: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED,
+                                   RunStatus.AWAITING_HITL, RunStatus.PAUSED, RunStatus.COMPLETED}),
+    RunStatus.RUNNING: frozenset({RunStatus.AWAITING_HITL, RunStatus.PAUSED, RunStatus.COMPLETED,
+                                  RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED}),
+    RunStatus.AWAITING_HITL: frozenset({RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.PAUSED: frozenset({RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+class Run(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=new_run_id, editable=False)
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    objective = models.TextField()
+    # The envelope as submitted (real values: capabilities need them). Every
+    # reader that shows it to a person goes through `flexagents.redaction`.
+    envelope = models.JSONField()
+    thread_id = models.CharField(max_length=200, blank=True, default="")
+    brief_id = models.CharField(max_length=200, blank=True, default="")
+    correlation_id = models.CharField(max_length=200, blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="flex_runs")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    # Current plan version: the optimistic-concurrency token of resume.
+    plan_version = models.PositiveIntegerField(default=0)
+    # Highest event seq written for this run; the next event takes last_seq + 1
+    # under the run's row lock, so seq has no gaps and no repeats.
+    last_seq = models.PositiveIntegerField(default=0)
+
+    # Lease (the run table is the queue). lease_token grows on every claim and
+    # every write by a worker is conditional on it (the fence).
+    lease_owner = models.CharField(max_length=120, blank=True, default="")
+    lease_token = models.PositiveBigIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Not before this time (a short back-off after a crash takeover).
+    available_at = models.DateTimeField(null=True, blank=True)
+
+    # The latest snapshot: facet values, their provenance and the pending node
+    # ids, rewritten in the same transaction as each node's result.
+    facets = models.JSONField(default=dict, blank=True)
+    provenance = models.JSONField(default=dict, blank=True)
+    pending_node_ids = models.JSONField(default=list, blank=True)
+    has_snapshot = models.BooleanField(default=False)
+
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    pause_reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The queue: claimable runs by status and availability.
+            models.Index(fields=["status", "available_at"], name="run_queue_idx"),
+            # The sweeper: leases that expired.
+            models.Index(fields=["lease_expires_at"], name="run_lease_idx"),
+            models.Index(fields=["thread_id"], name="run_thread_idx"),
+            models.Index(fields=["brief_id"], name="run_brief_idx"),
+            models.Index(fields=["-created_at"], name="run_created_idx"),
+        ]
+        permissions = [
+            ("operate_run", "Can resume, answer and cancel a run"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status in WAITING_STATUSES
+
+    @property
+    def channel(self) -> str:
+        return f"run-{self.id}"
+
+
+class PlanVersion(models.Model):
+    """An immutable snapshot of the plan graph: written once, never updated."""
+
+    class Reason(models.TextChoices):
+        INITIAL = "initial"
+        RESUME = "resume"
+        REPLAN = "replan"
+        HITL = "hitl"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="plan_versions")
+    version = models.PositiveIntegerField()
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    trigger = models.JSONField(default=dict, blank=True)
+    graph = models.JSONField()
+    node_statuses = models.JSONField(default=dict, blank=True)
+    pending_node_ids = models.JSONField(default=list, blank=True)
+    schema_hash = models.CharField(max_length=80, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "version"]
+        constraints = [
+            # Two concurrent resumes cannot both record version N+1.
+            models.UniqueConstraint(fields=["run", "version"], name="plan_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} v{self.version}"
+
+
+class NodeStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    AWAITING_HITL = "awaiting_hitl"
+    SKIPPED = "skipped"
+
+
+class NodeRun(models.Model):
+    """One node of a run's plan and what happened when it executed."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="node_runs")
+    node_id = models.CharField(max_length=120)
+    capability_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=40)
+    status = models.CharField(max_length=20, choices=NodeStatus.choices, default=NodeStatus.PENDING)
+    # Attempts are counted here before the capability is called, so a worker
+    # that dies mid-call still used an attempt.
+    attempts = models.PositiveIntegerField(default=0)
+    crash_attempts = models.PositiveIntegerField(default=0)
+    plan_version = models.PositiveIntegerField(default=1)
+    position = models.PositiveIntegerField(default=0)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    validation_errors = models.JSONField(default=list, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    # Number of times a result was committed; the fence keeps it at most 1.
+    commits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "node_id"], name="node_run_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.node_id}"
+
+
+class RunEvent(models.Model):
+    """The append-only, per-run numbered event log: SSE source, replay source,
+    history timeline and audit trail in one table."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=40)
+    node_id = models.CharField(max_length=120, blank=True, default="")
+    plan_version = models.PositiveIntegerField(default=0)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [
+            # The promise "no repeats" is enforced by the database too.
+            models.UniqueConstraint(fields=["run", "seq"], name="run_event_seq_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.seq} {self.type}"
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.run_id}:{self.seq}"
+
+
+class AuditEntry(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="audit_entries")
+    action = models.CharField(max_length=60)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="flex_audit_entries")
+    actor_display = models.CharField(max_length=200, blank=True, default="")
+    plan_version = models.PositiveIntegerField(default=0)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "created_at", "id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.action}"
