@@ -1,0 +1,321 @@
+"""The contract compiler and JSON Schema validation.
+
+Three jobs:
+
+- `compile_facets` merges facets into one object schema (one required
+  property per facet) and remembers which facet each property came from.
+- `get_validator` / `validate_instance` validate values against a schema with
+  validators cached by schema hash: building a validator per call is the
+  classic performance bug of schema-heavy code.
+- `check_schema` decides whether a caller-supplied schema is safe to use at
+  all: valid Draft 2020-12, no remote or file `$ref` (SSRF), bounded size and
+  depth, and regexes that compile and are not obviously catastrophic.
+
+Nothing here ever fetches a URL: every validator is built with a
+`referencing.Registry` whose `retrieve` refuses, and holds only the official
+meta-schemas in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import re._parser as re_parser  # the stdlib regex parser; used to spot nested quantifiers
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import UnknownType, _RefResolutionError
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
+
+from planner.types import Facet
+
+MAX_SCHEMA_BYTES = 256 * 1024
+MAX_SCHEMA_DEPTH = 64
+MAX_REGEX_LENGTH = 1000
+MAX_MESSAGE_LENGTH = 500
+VALIDATOR_CACHE_SIZE = 512
+DRAFT_2020_12_URIS = frozenset({
+    "https://json-schema.org/draft/2020-12/schema",
+    "https://json-schema.org/draft/2020-12/schema#",
+})
+# Keywords whose values are data, not subschemas: a "$ref" or "pattern" key
+# inside them is just a string in an example and must not be judged.
+_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+
+
+# --- canonical hashing ----------------------------------------------------------
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_hash(schema: dict[str, Any]) -> str:
+    """sha256 hex of the schema's canonical JSON (sorted keys, compact)."""
+    return hashlib.sha256(canonical_json(schema).encode("utf-8")).hexdigest()
+
+
+# --- compiling facets into a contract --------------------------------------------
+
+@dataclass(frozen=True)
+class CompiledContract:
+    schema: dict[str, Any]
+    schema_hash: str
+    provenance: dict[str, str]  # property name -> facet name
+
+
+def compile_facets(facet_names: Sequence[str], *, catalog: dict[str, Facet] | None = None) -> CompiledContract:
+    """One object schema requiring every named facet, each property being the facet's schema.
+
+    Raises `KeyError` naming the facet if one is not in the catalog: callers
+    validate facet names first, so reaching this is a programming error.
+    """
+    if catalog is None:
+        from planner.facets import get_catalog
+
+        catalog = get_catalog()
+    names = list(dict.fromkeys(facet_names))  # keep order, drop duplicates
+    missing = [name for name in names if name not in catalog]
+    if missing:
+        raise KeyError(f"unknown facets: {', '.join(missing)}")
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": names,
+        "properties": {name: catalog[name].schema for name in names},
+        "additionalProperties": True,
+    }
+    return CompiledContract(schema=schema, schema_hash=schema_hash(schema),
+                            provenance={name: name for name in names})
+
+
+# --- validators -------------------------------------------------------------------
+
+def _refuse_retrieval(uri: str) -> Resource[Any]:
+    # Never fetch anything: a schema from a caller must not make the server
+    # open URLs or files (SSRF, local file disclosure).
+    raise NoSuchResource(ref=uri)
+
+
+# The official meta-schemas stay resolvable (they are in memory); nothing else is.
+_REGISTRY: Registry[Any] = Registry(retrieve=_refuse_retrieval).with_resources(list(SPECIFICATIONS.items()))
+_FORMAT_CHECKER = FormatChecker()
+_META_VALIDATOR = Draft202012Validator(Draft202012Validator.META_SCHEMA, registry=_REGISTRY,
+                                       format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+_cache_lock = threading.Lock()
+_validator_cache: OrderedDict[str, Draft202012Validator] = OrderedDict()
+
+
+def get_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator for `schema`, shared by every caller with an equal schema (LRU, bounded)."""
+    key = schema_hash(schema)
+    with _cache_lock:
+        validator = _validator_cache.get(key)
+        if validator is not None:
+            _validator_cache.move_to_end(key)
+            return validator
+    validator = Draft202012Validator(schema, registry=_REGISTRY, format_checker=_FORMAT_CHECKER)
+    with _cache_lock:
+        # Another thread may have built one meanwhile; keep the first so that
+        # equal schemas always map to the same object.
+        validator = _validator_cache.setdefault(key, validator)
+        _validator_cache.move_to_end(key)
+        while len(_validator_cache) > VALIDATOR_CACHE_SIZE:
+            _validator_cache.popitem(last=False)
+    return validator
+
+
+def clear_validator_cache() -> None:
+    with _cache_lock:
+        _validator_cache.clear()
+
+
+def json_pointer(parts: Sequence[Any]) -> str:
+    """RFC 6901 pointer for a path; the root is "/"."""
+    if not parts:
+        return "/"
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def join_pointer(prefix: str, pointer: str) -> str:
+    """Prefix a pointer returned by this module ("/" is the root) with a parent path."""
+    if pointer in ("", "/"):
+        return prefix or "/"
+    return prefix.rstrip("/") + pointer
+
+
+def _short(message: str) -> str:
+    # Messages quote the offending instance; a megabyte value must not become
+    # a megabyte error body.
+    return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 1] + "…"
+
+
+def validate_instance(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
+    """Errors of `instance` against `schema` as `[{"path", "message"}]`; empty when valid.
+
+    Never raises for a bad schema: unresolvable `$ref`s, endless `$ref`
+    recursion and unknown types come back as error items at the root.
+    """
+    try:
+        validator = get_validator(schema)
+        errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    except (Unresolvable, _RefResolutionError) as exc:
+        return [{"path": "/", "message": _short(f"the schema has a $ref that cannot be resolved: {_ref_of(exc)}")}]
+    except RecursionError:
+        return [{"path": "/", "message": "the schema refers to itself without end ($ref recursion)"}]
+    except (UnknownType, re.error, TypeError, ValueError) as exc:
+        return [{"path": "/", "message": _short(f"the schema cannot be applied: {exc}")}]
+    return [{"path": json_pointer(list(error.absolute_path)), "message": _short(error.message)} for error in errors]
+
+
+def _ref_of(exc: Exception) -> str:
+    ref = getattr(exc, "ref", None)
+    if ref is None and isinstance(exc.__cause__, Unresolvable):
+        ref = getattr(exc.__cause__, "ref", None)
+    return str(ref if ref is not None else exc)
+
+
+# --- checking caller-supplied schemas ------------------------------------------------
+
+def check_schema(schema: Any) -> list[dict[str, str]]:
+    """Why `schema` may not be used, as `[{"path", "message"}]` relative to the schema.
+
+    1. size and depth first (everything after walks the schema);
+    2. `$ref`s: only local `#...` fragments;
+    3. regexes: they compile, are not too long, have no nested unbounded quantifiers;
+    4. the Draft 2020-12 meta-schema.
+    """
+    if not isinstance(schema, (dict, bool)):
+        return [{"path": "/", "message": "a JSON Schema must be an object or a boolean"}]
+    depth = json_depth(schema)
+    if depth > MAX_SCHEMA_DEPTH:
+        return [{"path": "/", "message": f"the schema is nested {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"}]
+    try:
+        size = len(canonical_json(schema).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        return [{"path": "/", "message": f"the schema is not JSON: {exc}"}]
+    if size > MAX_SCHEMA_BYTES:
+        return [{"path": "/", "message": f"the schema is {size} bytes; the limit is {MAX_SCHEMA_BYTES}"}]
+    errors = _dialect_errors(schema) + _ref_errors(schema) + _regex_errors(schema)
+    errors += [
+        {"path": json_pointer(list(error.absolute_path)), "message": _short(error.message)}
+        for error in sorted(_META_VALIDATOR.iter_errors(schema), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    return errors
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), computed without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 > MAX_SCHEMA_DEPTH * 4:
+            return depth + 1  # deep enough to reject; stop walking
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _walk_schema(schema: Any) -> Iterator[tuple[list[Any], dict[str, Any]]]:
+    """Every object in the schema with its path, skipping data-valued keywords."""
+    stack: list[tuple[list[Any], Any]] = [([], schema)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            yield path, node
+            for key, child in node.items():
+                if key not in _DATA_KEYWORDS:
+                    stack.append(([*path, key], child))
+        elif isinstance(node, list):
+            stack.extend(([*path, index], child) for index, child in enumerate(node))
+
+
+def _dialect_errors(schema: Any) -> list[dict[str, str]]:
+    if isinstance(schema, dict) and "$schema" in schema and schema["$schema"] not in DRAFT_2020_12_URIS:
+        return [{"path": "/$schema", "message": "only JSON Schema Draft 2020-12 is supported"}]
+    return []
+
+
+def _ref_errors(schema: Any) -> list[dict[str, str]]:
+    errors = []
+    for path, node in _walk_schema(schema):
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            # A dict under "$ref" is a property *named* "$ref", not a reference.
+            if isinstance(ref, str) and not ref.startswith("#"):
+                errors.append({"path": json_pointer([*path, keyword]),
+                               "message": f"remote $ref is not allowed ({ref[:200]!r}); use a local '#...' reference"})
+    return errors
+
+
+def _regex_errors(schema: Any) -> list[dict[str, str]]:
+    errors = []
+    for path, node in _walk_schema(schema):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            problem = regex_problem(pattern)
+            if problem:
+                errors.append({"path": json_pointer([*path, "pattern"]), "message": problem})
+        pattern_properties = node.get("patternProperties")
+        if isinstance(pattern_properties, dict):
+            for key in pattern_properties:
+                problem = regex_problem(key)
+                if problem:
+                    errors.append({"path": json_pointer([*path, "patternProperties", key]), "message": problem})
+    return errors
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why a schema regex is refused, or None.
+
+    Python's `re` backtracks, so a pattern like `(a+)+$` takes exponential
+    time on a crafted string; a quantified group that itself contains an
+    unbounded quantifier is the usual shape of such patterns, so it is refused.
+    """
+    if len(pattern) > MAX_REGEX_LENGTH:
+        return f"the regex is {len(pattern)} characters long; the limit is {MAX_REGEX_LENGTH}"
+    try:
+        parsed = re_parser.parse(pattern)
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        return f"the regex does not compile: {exc}"
+    if _has_nested_quantifier(parsed, inside_repeat=False):
+        return "the regex nests unbounded quantifiers (catastrophic backtracking); rewrite it"
+    return None
+
+
+_REPEATS = (re_parser.MAX_REPEAT, re_parser.MIN_REPEAT, getattr(re_parser, "POSSESSIVE_REPEAT", None))
+
+
+def _has_nested_quantifier(items: Any, *, inside_repeat: bool) -> bool:
+    for op, arg in items:
+        if op in _REPEATS and op is not None:
+            low, high, sub = arg
+            unbounded = high == re_parser.MAXREPEAT
+            if inside_repeat and unbounded:
+                return True
+            if _has_nested_quantifier(sub, inside_repeat=inside_repeat or high > 1):
+                return True
+        elif op is re_parser.SUBPATTERN:
+            if _has_nested_quantifier(arg[-1], inside_repeat=inside_repeat):
+                return True
+        elif op is re_parser.BRANCH:
+            if any(_has_nested_quantifier(branch, inside_repeat=inside_repeat) for branch in arg[1]):
+                return True
+        elif op in (re_parser.ASSERT, re_parser.ASSERT_NOT):
+            if _has_nested_quantifier(arg[1], inside_repeat=inside_repeat):
+                return True
+    return False

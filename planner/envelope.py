@@ -1,0 +1,377 @@
+"""The TaskEnvelope: its JSON Schema and the one function that accepts or rejects it.
+
+`validate_envelope` runs before any run or stream exists (API.md), in this order:
+
+1. structure: a JSON object, nested at most 64 levels, matching `ENVELOPE_SCHEMA`
+   (unknown keys are named, with the known ones);
+2. facets: every `inputs` key and `outputContract.facets` entry is in the catalog;
+3. input values: each validates against its facet's schema;
+4. capabilities: every id in `policies.planner.selection` is registered;
+5. the output contract: a safe, valid Draft 2020-12 schema describing an object;
+6. runtime policies: unique ids, JSON-Logic conditions with known operators.
+
+It returns a normalised copy with defaults filled in; the caller stores that.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from jsonschema.exceptions import ValidationError
+
+from flexagents.errors import InvalidOutputContract, UnknownCapability, UnknownFacet, ValidationFailed
+from planner import jsonlogic
+from planner.contracts import check_schema, get_validator, join_pointer, json_depth, json_pointer, validate_instance
+from planner.types import CAPABILITY_KINDS, Facet
+
+MAX_ENVELOPE_DEPTH = 64
+TRIGGER_KINDS = ("onStart", "onNodeComplete", "onValidationFail", "manual")
+OPTIMISATION_OBJECTIVES = ("speed", "quality", "diversity", "token_efficiency")
+FOLLOW_UP_ACTIONS = ("continue", "fail", "pause", "replan")
+
+_STRING = {"type": "string", "maxLength": 4000}
+_ID_LIST = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "uniqueItems": True,
+            "maxItems": 100}
+_KIND_LIST = {"type": "array", "items": {"enum": list(CAPABILITY_KINDS)}, "uniqueItems": True}
+
+
+def _action(action_type: str, properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["type", *required],
+        "properties": {"type": {"const": action_type}, **properties},
+        "additionalProperties": False,
+    }
+
+
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "TaskEnvelope",
+    "type": "object",
+    "required": ["objective", "outputContract"],
+    "additionalProperties": False,
+    "properties": {
+        "objective": {"type": "string", "minLength": 1, "maxLength": 4000},
+        "inputs": {"type": "object"},
+        "constraints": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "maxRetries": {"type": "integer", "minimum": 0, "maximum": 10},
+                "maxNodes": {"type": "integer", "minimum": 1, "maximum": 200},
+                "deadlineSeconds": {"type": "integer", "minimum": 1, "maximum": 86400},
+            },
+        },
+        "policies": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "planner": {"$ref": "#/$defs/plannerPolicy"},
+                "runtime": {"type": "array", "maxItems": 100, "items": {"$ref": "#/$defs/runtimePolicy"}},
+            },
+        },
+        "specialInstructions": {"type": "array", "maxItems": 50, "items": _STRING},
+        "metadata": {
+            "type": "object",
+            "properties": {
+                name: {"type": "string", "maxLength": 200}
+                for name in ("threadId", "briefId", "correlationId", "clientId")
+            },
+        },
+        "outputContract": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["mode", "schema"],
+                    "properties": {"mode": {"const": "json_schema"}, "schema": {"type": "object"}},
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "required": ["mode", "facets"],
+                    "properties": {
+                        "mode": {"const": "facets"},
+                        "facets": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                   "items": {"type": "string", "minLength": 1, "maxLength": 200}},
+                    },
+                    "additionalProperties": False,
+                },
+            ],
+        },
+    },
+    "$defs": {
+        "plannerPolicy": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "topology": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "variantCount": {"type": "integer", "minimum": 1, "maximum": 20},
+                        "maxDepth": {"type": "integer", "minimum": 1, "maximum": 50},
+                        "requiredKinds": _KIND_LIST,
+                        "forbiddenKinds": _KIND_LIST,
+                    },
+                },
+                "selection": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {name: _ID_LIST for name in ("require", "forbid", "prefer", "avoid")},
+                },
+                "optimisation": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"objective": {"enum": list(OPTIMISATION_OBJECTIVES)}},
+                },
+                "directives": {"type": "object"},
+            },
+        },
+        "runtimePolicy": {
+            "type": "object",
+            "required": ["id", "trigger", "action"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": 100},
+                "enabled": {"type": "boolean"},
+                "trigger": {
+                    "type": "object",
+                    "required": ["kind"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "kind": {"enum": list(TRIGGER_KINDS)},
+                        "selector": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "nodeId": {"type": "string", "minLength": 1, "maxLength": 200},
+                                "kind": {"enum": list(CAPABILITY_KINDS)},
+                                "capabilityId": {"type": "string", "minLength": 1, "maxLength": 200},
+                            },
+                        },
+                        "condition": True,  # JSON-Logic; checked by jsonlogic.validate_rule
+                    },
+                },
+                "action": {
+                    "oneOf": [
+                        _action("hitl", {"rationale": _STRING, "approveAction": {"$ref": "#/$defs/followUp"},
+                                         "rejectAction": {"$ref": "#/$defs/followUp"}}),
+                        _action("replan", {"rationale": _STRING}),
+                        _action("fail", {"message": _STRING}),
+                        _action("pause", {"reason": _STRING}),
+                        _action("emit", {"event": {"type": "string", "minLength": 1, "maxLength": 100},
+                                         "payload": {"type": "object"}}, required=("event",)),
+                    ],
+                },
+            },
+        },
+        # What an answered `hitl` action does next: a name, or a small action object.
+        "followUp": {
+            "oneOf": [
+                {"enum": list(FOLLOW_UP_ACTIONS)},
+                {
+                    "type": "object",
+                    "required": ["type"],
+                    "additionalProperties": False,
+                    "properties": {"type": {"enum": list(FOLLOW_UP_ACTIONS)}, "message": _STRING,
+                                   "reason": _STRING, "rationale": _STRING},
+                },
+            ],
+        },
+    },
+}
+
+TOP_LEVEL_KEYS = tuple(ENVELOPE_SCHEMA["properties"])
+
+
+def validate_envelope(data: Any, *, catalog: dict[str, Facet] | None = None, registry: Any = None) -> dict[str, Any]:
+    """Accept a TaskEnvelope and return it normalised, or raise the domain error that explains why not."""
+    if catalog is None:
+        from planner.facets import get_catalog
+
+        catalog = get_catalog()
+    if registry is None:
+        from planner.registry import get_registry
+
+        registry = get_registry()
+    _check_structure(data)
+    envelope = normalise(data)
+    _check_facet_names(envelope, catalog)
+    _check_input_values(envelope, catalog)
+    _check_capability_ids(envelope, registry)
+    _check_output_contract(envelope)
+    _check_runtime_policies(envelope)
+    return envelope
+
+
+def normalise(data: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy with the documented defaults filled in (the input is never mutated)."""
+    envelope = copy.deepcopy(data)
+    envelope.setdefault("inputs", {})
+    constraints = envelope.setdefault("constraints", {})
+    constraints.setdefault("maxRetries", 2)
+    constraints.setdefault("maxNodes", 20)
+    policies = envelope.setdefault("policies", {})
+    planner_policy = policies.setdefault("planner", {})
+    planner_policy.setdefault("topology", {}).setdefault("variantCount", 1)
+    for runtime_policy in policies.setdefault("runtime", []):
+        runtime_policy.setdefault("enabled", True)
+    envelope.setdefault("specialInstructions", [])
+    envelope.setdefault("metadata", {})
+    return envelope
+
+
+# --- 1. structure ------------------------------------------------------------------------
+
+def _check_structure(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise ValidationFailed("The envelope must be a JSON object.",
+                               details={"errors": [{"path": "/", "message": "expected a JSON object"}]})
+    depth = json_depth(data)
+    if depth > MAX_ENVELOPE_DEPTH:
+        raise ValidationFailed("The envelope is nested too deeply.", details={"errors": [
+            {"path": "/", "message": f"the envelope is nested more than {MAX_ENVELOPE_DEPTH} levels deep"}]})
+    errors: list[dict[str, Any]] = []
+    for error in get_validator(ENVELOPE_SCHEMA).iter_errors(data):
+        errors.extend(_describe(error))
+    if not errors:
+        return
+    errors.sort(key=lambda item: item["path"])
+    details: dict[str, Any] = {"errors": errors}
+    unknown = [item for item in errors if "allowed" in item]
+    if unknown:
+        # The shallowest unknown key decides the top-level `allowed` list.
+        first = min(unknown, key=lambda item: (item["path"].count("/"), item["path"]))
+        details["allowed"] = first["allowed"]
+        details["unknownKeys"] = [item["path"] for item in unknown]
+        message = f"Unknown key at {first['path']}; allowed: {', '.join(first['allowed'])}."
+    else:
+        message = "The envelope does not match the TaskEnvelope schema."
+    raise ValidationFailed(message, details=details)
+
+
+def _describe(error: ValidationError) -> list[dict[str, Any]]:
+    """Turn one jsonschema error into readable items, naming unknown keys and oneOf branches."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        return [
+            {"path": json_pointer([*path, key]), "message": f"unknown key {key!r}; allowed: {', '.join(allowed)}",
+             "allowed": allowed}
+            for key in sorted(error.instance) if key not in allowed
+        ]
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        branch = _matching_branch(error)
+        if branch is not None:
+            return [item for sub in error.context or [] if sub.relative_schema_path[0] == branch
+                    for item in _describe(sub)]
+        discriminator, choices = _discriminator(error.validator_value)
+        if discriminator:
+            return [{"path": json_pointer([*path, discriminator]),
+                     "message": f"{discriminator} must be one of: {', '.join(choices)}"}]
+    return [{"path": json_pointer(path), "message": error.message}]
+
+
+def _discriminator(branches: list[Any]) -> tuple[str | None, list[str]]:
+    for key in ("mode", "type"):
+        choices = [b.get("properties", {}).get(key, {}).get("const") for b in branches if isinstance(b, dict)]
+        if any(choices):
+            return key, [choice for choice in choices if choice]
+    return None, []
+
+
+def _matching_branch(error: ValidationError) -> int | None:
+    """The index of the oneOf branch whose `mode`/`type` constant the instance names."""
+    key, _choices = _discriminator(error.validator_value)
+    if key is None:
+        return None
+    for index, branch in enumerate(error.validator_value):
+        const = branch.get("properties", {}).get(key, {}).get("const") if isinstance(branch, dict) else None
+        if const is not None and error.instance.get(key) == const:
+            return index
+    return None
+
+
+# --- 2. facet names -----------------------------------------------------------------------
+
+def _check_facet_names(envelope: dict[str, Any], catalog: dict[str, Facet]) -> None:
+    named = [(json_pointer(["inputs", key]), key) for key in envelope["inputs"]]
+    contract = envelope["outputContract"]
+    if contract["mode"] == "facets":
+        named += [(json_pointer(["outputContract", "facets", index]), name)
+                  for index, name in enumerate(contract["facets"])]
+    unknown = [(path, name) for path, name in named if name not in catalog]
+    if unknown:
+        names = list(dict.fromkeys(name for _path, name in unknown))
+        raise UnknownFacet(
+            f"Unknown facet(s): {', '.join(names)}.",
+            details={"unknownFacets": names, "knownFacets": sorted(catalog),
+                     "errors": [{"path": path, "message": f"{name!r} is not a facet in the catalog"}
+                                for path, name in unknown]},
+        )
+
+
+# --- 3. input values ----------------------------------------------------------------------
+
+def _check_input_values(envelope: dict[str, Any], catalog: dict[str, Facet]) -> None:
+    errors = []
+    for name, value in envelope["inputs"].items():
+        prefix = json_pointer(["inputs", name])
+        errors += [{"path": join_pointer(prefix, item["path"]), "message": item["message"]}
+                   for item in validate_instance(catalog[name].schema, value)]
+    if errors:
+        raise ValidationFailed("Some inputs do not match their facet's schema.", details={"errors": errors})
+
+
+# --- 4. capability ids --------------------------------------------------------------------
+
+def _check_capability_ids(envelope: dict[str, Any], registry: Any) -> None:
+    selection = envelope["policies"]["planner"].get("selection") or {}
+    unknown: list[str] = []
+    errors = []
+    for rule in ("require", "forbid", "prefer", "avoid"):
+        for index, capability_id in enumerate(selection.get(rule) or []):
+            if capability_id not in registry:
+                unknown.append(capability_id)
+                errors.append({"path": f"/policies/planner/selection/{rule}/{index}",
+                               "message": f"{capability_id!r} is not a registered capability"})
+    if unknown:
+        names = list(dict.fromkeys(unknown))
+        raise UnknownCapability(f"Unknown capability id(s): {', '.join(names)}.",
+                                details={"unknownCapabilities": names, "knownCapabilities": registry.ids(),
+                                         "errors": errors})
+
+
+# --- 5. output contract --------------------------------------------------------------------
+
+def _check_output_contract(envelope: dict[str, Any]) -> None:
+    contract = envelope["outputContract"]
+    if contract["mode"] != "json_schema":
+        return
+    schema = contract["schema"]
+    errors = check_schema(schema)
+    declared_type = schema.get("type", "object")
+    if not errors and declared_type != "object" and not (isinstance(declared_type, list) and "object" in declared_type):
+        errors = [{"path": "/type", "message": "the output contract must describe a JSON object"}]
+    if errors:
+        raise InvalidOutputContract(
+            "The output contract is not a usable JSON Schema.",
+            details={"errors": [{"path": join_pointer("/outputContract/schema", item["path"]),
+                                 "message": item["message"]} for item in errors]},
+        )
+
+
+# --- 6. runtime policies ---------------------------------------------------------------------
+
+def _check_runtime_policies(envelope: dict[str, Any]) -> None:
+    errors = []
+    seen: set[str] = set()
+    for index, policy in enumerate(envelope["policies"]["runtime"]):
+        if policy["id"] in seen:
+            errors.append({"path": f"/policies/runtime/{index}/id", "message": f"duplicate policy id {policy['id']!r}"})
+        seen.add(policy["id"])
+        if "condition" in policy["trigger"]:
+            errors += [{"path": f"/policies/runtime/{index}/trigger/condition", "message": problem}
+                       for problem in jsonlogic.validate_rule(policy["trigger"]["condition"])]
+    if errors:
+        raise ValidationFailed("Some runtime policies are not valid.", details={"errors": errors})

@@ -1,0 +1,130 @@
+"""Plain types shared by the planner, the capabilities and the engine.
+
+Nothing here touches the ORM: the engine builds a `ContextBundle` from its
+rows and hands it to a `Capability`, which returns facet values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Facet:
+    """A named, typed slice of meaning, as declared in the facet catalog."""
+
+    name: str
+    title: str
+    description: str
+    schema: dict[str, Any]
+    semantics: str
+    direction: str  # "input" | "output" | "bidirectional"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "schema": self.schema,
+            "semantics": self.semantics,
+            "direction": self.direction,
+        }
+
+
+@dataclass
+class ContextBundle:
+    """Everything one node execution receives (ARCHITECTURE.md, ContextBundle)."""
+
+    run_id: str
+    node_id: str
+    objective: str
+    facets: dict[str, Any]  # the facet values this node consumes
+    special_instructions: list[str] = field(default_factory=list)
+    policies: dict[str, Any] = field(default_factory=dict)
+    contract: dict[str, Any] = field(default_factory=dict)  # the node's compiled JSON schema
+    clarifications: list[dict[str, Any]] = field(default_factory=list)  # [{questionId, question, answer, nodeId, answeredAt}]
+    idempotency_key: str = ""  # f"{run_id}:{node_id}:{attempt}"
+    attempt: int = 1
+    plan_version: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """camelCase form, stored as the node's input."""
+        return {
+            "runId": self.run_id,
+            "nodeId": self.node_id,
+            "objective": self.objective,
+            "facets": self.facets,
+            "specialInstructions": self.special_instructions,
+            "policies": self.policies,
+            "contract": self.contract,
+            "clarifications": self.clarifications,
+            "idempotencyKey": self.idempotency_key,
+            "attempt": self.attempt,
+            "planVersion": self.plan_version,
+            "metadata": self.metadata,
+        }
+
+
+CAPABILITY_KINDS = ("structuring", "execution", "validation", "transformation", "routing")
+
+
+class Capability:
+    """Something that does work: consumes input facets, returns output facets.
+
+    Subclasses set the class attributes and implement `run`. Instances hold no
+    per-run state, so the registry may reuse one instance for every call.
+    """
+
+    capability_id: ClassVar[str]
+    display_name: ClassVar[str]
+    kind: ClassVar[str]  # one of CAPABILITY_KINDS
+    agent_type: ClassVar[str] = "ai"
+    input_facets: ClassVar[tuple[str, ...]] = ()
+    optional_input_facets: ClassVar[tuple[str, ...]] = ()
+    output_facets: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def run(self, bundle: ContextBundle) -> dict[str, Any]:
+        """Return `{facet_name: value}` for this capability's output facets."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "capabilityId": cls.capability_id,
+            "displayName": cls.display_name,
+            "kind": cls.kind,
+            "agentType": cls.agent_type,
+            "inputFacets": list(cls.input_facets),
+            "outputFacets": list(cls.output_facets),
+            "optionalInputFacets": list(cls.optional_input_facets),
+            "status": "active",
+        }
+
+
+class CapabilityError(Exception):
+    """A capability failed; `retryable` tells the engine whether trying again can help."""
+
+    def __init__(self, message: str, *, code: str = "capability_error", retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+
+
+class ClarificationNeeded(Exception):
+    """A capability cannot proceed without a person's answer (a `clarify` HITL request).
+
+    This is control flow, not a failure: the engine must catch it before its
+    retry handling and never retry it.
+    """
+
+    def __init__(self, question: str, *, options: list[dict[str, Any]] | None = None,
+                 allow_free_form: bool = True, urgency: str = "normal", operator_prompt: str = "") -> None:
+        super().__init__(question)
+        self.question = question
+        self.options = list(options or [])
+        self.allow_free_form = allow_free_form
+        self.urgency = urgency
+        self.operator_prompt = operator_prompt
