@@ -1,0 +1,206 @@
+"""The flex run API (API.md, "Flex runs" and "Catalog").
+
+Views are thin: parse, call one service or selector, serialize.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from django.urls import reverse
+from django_eventstream.renderers import SSEEventRenderer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from flexagents.errors import ServerBusy, ValidationFailed
+from planner.facets import get_catalog
+from planner.planner import preview_plan
+from planner.registry import get_registry
+from runs import services
+from runs.events import event_frame
+from runs.selectors import run_events_after, run_get_for_user
+from runs.streaming import event_stream, hub
+
+
+class FlexApiView(APIView):
+    """Errors are JSON even when the client asked for an event stream."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(response, Response) and response.status_code >= 400:
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = "application/json"
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class SseApiView(FlexApiView):
+    renderer_classes = [JSONRenderer, SSEEventRenderer]
+
+
+def sse_response(*, run_id: str, after_seq: int, user: Any, stop_on_wait: bool) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        event_stream(run_id=run_id, after_seq=after_seq, user=user, stop_on_wait=stop_on_wait),
+        content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def admit_stream(user: Any) -> None:
+    if not hub.admit(getattr(user, "pk", None)):
+        raise ServerBusy("Too many open event streams; retry later.", retry_after=5)
+
+
+def stream_url(request: Request, run_id: str) -> str:
+    return request.build_absolute_uri(reverse("runs:run-stream", kwargs={"run_id": run_id}))
+
+
+class EnvelopeSerializer(serializers.Serializer):
+    """Documentation only: the envelope is validated by its JSON Schema."""
+
+    objective = serializers.CharField()
+    inputs = serializers.DictField(required=False)
+    constraints = serializers.DictField(required=False)
+    policies = serializers.DictField(required=False)
+    specialInstructions = serializers.ListField(child=serializers.CharField(), required=False)
+    metadata = serializers.DictField(required=False)
+    outputContract = serializers.DictField()
+
+
+class RunAcceptedSerializer(serializers.Serializer):
+    runId = serializers.CharField()
+    status = serializers.CharField()
+    planVersion = serializers.IntegerField()
+    streamUrl = serializers.URLField()
+
+
+class RunStreamApi(SseApiView):
+    """POST /api/v1/flex/run.stream — submit an envelope and stream the run."""
+
+    @extend_schema(request=EnvelopeSerializer,
+                   responses={(200, "text/event-stream"): OpenApiResponse(description="SSE frames of the run")},
+                   summary="Submit a TaskEnvelope and stream the run's events")
+    def post(self, request: Request) -> StreamingHttpResponse:
+        envelope = request.data
+        admit_stream(request.user)
+        try:
+            run = services.run_create(user=request.user, envelope=envelope)
+        except BaseException:
+            hub.leave(getattr(request.user, "pk", None))
+            raise
+        # From seq 0: the stream must not miss the run's first events.
+        return sse_response(run_id=run.id, after_seq=0, user=request.user, stop_on_wait=True)
+
+
+class RunListCreateApi(FlexApiView):
+    """POST /api/v1/flex/runs — submit without streaming; GET — list runs."""
+
+    @extend_schema(request=EnvelopeSerializer, responses={202: RunAcceptedSerializer},
+                   summary="Submit a TaskEnvelope")
+    def post(self, request: Request) -> Response:
+        run = services.run_create(user=request.user, envelope=request.data)
+        return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
+                         "streamUrl": stream_url(request, run.id)}, status=202)
+
+    @extend_schema(summary="List the runs you may view, newest first",
+                   parameters=[OpenApiParameter(n, str, required=False) for n in
+                               ("status", "threadId", "briefId", "capabilityId", "createdAfter", "createdBefore",
+                                "q", "cursor", "limit")])
+    def get(self, request: Request) -> Response:
+        from runs.listing import run_list_response
+
+        return Response(run_list_response(request))
+
+
+_LAST_EVENT_ID = re.compile(r"^(?:(?P<run>[A-Za-z0-9_\-]+):)?(?P<seq>\d{1,10})$")
+
+
+def parse_last_event_id(value: str | None, run_id: str) -> int:
+    """`run_x:5` (the frame id) or `5`; anything else is a clear 422."""
+    if value is None or value == "":
+        return 0
+    match = _LAST_EVENT_ID.match(value.strip())
+    if not match or (match.group("run") and match.group("run") != run_id):
+        raise ValidationFailed("Last-Event-ID is not an event id of this run.",
+                               details={"errors": [{"path": "/lastEventId", "message": "expected '<runId>:<seq>'"}]})
+    return int(match.group("seq"))
+
+
+class RunStreamGetApi(SseApiView):
+    """GET /api/v1/flex/runs/{runId}/stream — replay after Last-Event-ID, then follow."""
+
+    @extend_schema(summary="Stream a run's events (SSE)",
+                   parameters=[OpenApiParameter("lastEventId", str, required=False)],
+                   responses={(200, "text/event-stream"): OpenApiResponse(description="SSE frames")})
+    def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
+        run = run_get_for_user(user=request.user, run_id=run_id)
+        raw = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId")
+        after = parse_last_event_id(raw, run.id)
+        if after > run.last_seq:
+            raise ValidationFailed("Last-Event-ID is ahead of this run's events.",
+                                   details={"errors": [{"path": "/lastEventId", "message": "unknown event id"}],
+                                            "lastSeq": run.last_seq})
+        admit_stream(request.user)
+        return sse_response(run_id=run.id, after_seq=after, user=request.user, stop_on_wait=False)
+
+
+class RunEventsApi(FlexApiView):
+    """GET /api/v1/flex/runs/{runId}/events?after=&limit= — events as JSON."""
+
+    MAX_LIMIT = 1000
+
+    @extend_schema(summary="A run's events as JSON, oldest first",
+                   parameters=[OpenApiParameter("after", int, required=False),
+                               OpenApiParameter("limit", int, required=False)])
+    def get(self, request: Request, run_id: str) -> Response:
+        run = run_get_for_user(user=request.user, run_id=run_id)
+        after = _int_param(request, "after", 0, 0, 2**31)
+        limit = _int_param(request, "limit", 100, 1, self.MAX_LIMIT)
+        rows = run_events_after(run=run, after=after, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_url = None
+        if more:
+            base = request.build_absolute_uri(reverse("runs:run-events", kwargs={"run_id": run.id}))
+            next_url = f"{base}?after={rows[-1].seq}&limit={limit}"
+        return Response({"events": [event_frame(r) for r in rows], "next": next_url})
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be an integer from {low} to {high}.",
+                               details={"errors": [{"path": f"/{name}", "message": f"expected {low}..{high}"}]})
+    return value
+
+
+class CapabilitiesApi(FlexApiView):
+    @extend_schema(summary="The registered capabilities")
+    def get(self, request: Request) -> Response:
+        return Response({"capabilities": get_registry().describe_all()})
+
+
+class FacetsApi(FlexApiView):
+    @extend_schema(summary="The facet catalog")
+    def get(self, request: Request) -> Response:
+        facets = [f.to_dict() for f in get_catalog().values()]
+        return Response({"facets": [{k: f[k] for k in ("name", "title", "description", "schema", "direction")}
+                                    for f in facets]})
+
+
+class PlanPreviewApi(FlexApiView):
+    @extend_schema(request=EnvelopeSerializer, summary="The plan the planner would run, without creating a run")
+    def post(self, request: Request) -> Response:
+        from planner.envelope import validate_envelope
+
+        return Response(preview_plan(validate_envelope(request.data)))

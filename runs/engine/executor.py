@@ -1,0 +1,88 @@
+"""Run one node: build its ContextBundle, call its capability, validate.
+
+No database writes happen here: the loop commits whatever the outcome is,
+fenced by the lease. The capability is called with no transaction open and
+no row lock held.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from planner.contracts import validate_instance
+from planner.registry import get_registry
+from planner.types import CapabilityError, ClarificationNeeded, ContextBundle
+
+logger = logging.getLogger("runs.engine.executor")
+
+SUCCESS = "success"
+INVALID = "invalid"
+ERROR = "error"
+CLARIFY = "clarify"
+
+
+@dataclass
+class Outcome:
+    kind: str
+    output: dict[str, Any] | None = None
+    errors: list[dict[str, str]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    retryable: bool = True
+    clarification: ClarificationNeeded | None = None
+    duration_ms: float = 0.0
+
+
+def build_bundle(*, run_id: str, node: dict, objective: str, facets: dict[str, Any], envelope: dict,
+                 clarifications: list[dict], attempt: int, plan_version: int) -> ContextBundle:
+    wanted = list(node.get("inputFacets", [])) + list(node.get("optionalInputFacets", []))
+    return ContextBundle(
+        run_id=run_id,
+        node_id=node["id"],
+        objective=objective,
+        facets={name: facets[name] for name in wanted if name in facets},
+        special_instructions=list(envelope.get("specialInstructions", [])),
+        policies=envelope.get("policies", {}),
+        contract=node.get("contract", {}),
+        clarifications=clarifications,
+        # Stable across crash retries of the same attempt number, so a
+        # side-effecting capability can deduplicate.
+        idempotency_key=f"{run_id}:{node['id']}:{attempt}",
+        attempt=attempt,
+        plan_version=plan_version,
+        metadata=envelope.get("metadata", {}),
+    )
+
+
+def execute(node: dict, bundle: ContextBundle) -> Outcome:
+    """Call the node's capability and validate what it returns."""
+    started = time.perf_counter()
+    try:
+        capability = get_registry().get(node["capabilityId"])
+        result = capability.run(bundle)
+    except ClarificationNeeded as question:
+        # A person must answer: control flow, never a failure, never retried.
+        return Outcome(CLARIFY, clarification=question, duration_ms=_ms(started))
+    except CapabilityError as exc:
+        return Outcome(ERROR, error={"code": exc.code, "message": str(exc)}, retryable=exc.retryable,
+                       duration_ms=_ms(started))
+    except Exception as exc:  # noqa: BLE001 — any capability bug is a retryable node error
+        logger.exception("capability raised", extra={"run_id": bundle.run_id, "node_id": bundle.node_id})
+        return Outcome(ERROR, error={"code": "capability_exception", "message": f"{type(exc).__name__}: {exc}"},
+                       duration_ms=_ms(started))
+    duration = _ms(started)
+    if not isinstance(result, dict):
+        return Outcome(INVALID, errors=[{"path": "/", "message": "the capability returned no object of facets"}],
+                       duration_ms=duration)
+    errors = validate_instance(node.get("contract", {}), result)
+    if errors:
+        return Outcome(INVALID, errors=errors, duration_ms=duration)
+    # Keep only the facets the node declares: a capability cannot write
+    # facets it does not own.
+    output = {name: result[name] for name in node.get("outputFacets", []) if name in result}
+    return Outcome(SUCCESS, output=output, duration_ms=duration)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)

@@ -1,0 +1,143 @@
+"""Leases: the Run table is the work queue.
+
+A claim sets `lease_owner`, `lease_expires_at` and a new `lease_token`
+(previous + 1). Every later write by the worker is conditional on that token
+(the fence), so a worker that stalled past its lease — and whose run another
+worker claimed — can no longer commit anything.
+
+Claimable runs: `queued` runs whose lease is free or expired (a worker that
+died while planning or right after a resume), and `running` runs whose lease
+expired (a worker that died mid-node: the takeover, or "sweep").
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from runs.models import Run, RunStatus
+
+logger = logging.getLogger("runs.engine.lease")
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    token: int
+    worker_id: str
+    # True when the previous holder's lease expired while the run was running.
+    takeover: bool
+
+
+def lease_duration() -> timedelta:
+    return timedelta(seconds=settings.FLEX_LEASE_SECONDS)
+
+
+def claim_next(*, worker_id: str, run_id: str | None = None) -> Claim | None:
+    """Claim the oldest claimable run (or `run_id`), or return None.
+
+    1. In one transaction, find a candidate. On PostgreSQL the row is locked
+       with `FOR UPDATE SKIP LOCKED`, so concurrent workers pick different
+       runs without waiting. On SQLite the IMMEDIATE transaction already
+       serialises writers (select_for_update is a no-op there).
+    2. Take the lease with a conditional UPDATE on the token we read, and
+       check the row count (a second line of defence on both databases).
+    """
+    now = timezone.now()
+    free_or_expired = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    available = Q(available_at__isnull=True) | Q(available_at__lte=now)
+    claimable = (Q(status=RunStatus.QUEUED) & free_or_expired & available) | (
+        Q(status__in=[RunStatus.RUNNING, RunStatus.PLANNING]) & Q(lease_expires_at__lt=now)
+    )
+    with transaction.atomic():
+        qs = Run.objects.select_for_update(skip_locked=True).filter(claimable)
+        if run_id is not None:
+            qs = qs.filter(pk=run_id)
+        # Index run_queue_idx serves the queued branch; run_lease_idx the expired one.
+        row = qs.order_by("created_at").values("id", "lease_token", "status").first()
+        if row is None:
+            return None
+        updated = Run.objects.filter(pk=row["id"], lease_token=row["lease_token"]).update(
+            lease_owner=worker_id,
+            lease_token=F("lease_token") + 1,
+            lease_expires_at=now + lease_duration(),
+        )
+        if updated != 1:
+            return None
+    return Claim(run_id=row["id"], token=row["lease_token"] + 1, worker_id=worker_id,
+                 takeover=row["status"] != RunStatus.QUEUED)
+
+
+def renew(claim: Claim) -> bool:
+    """Extend the lease; False when it was lost (another worker holds it)."""
+    with transaction.atomic():
+        return Run.objects.filter(pk=claim.run_id, lease_token=claim.token).update(
+            lease_expires_at=timezone.now() + lease_duration()) == 1
+
+
+def release(claim: Claim) -> None:
+    """Let go of the run (it is waiting for a person, terminal, or handed back).
+    The token stays: the next claim increments it."""
+    with transaction.atomic():
+        Run.objects.filter(pk=claim.run_id, lease_token=claim.token).update(
+            lease_owner="", lease_expires_at=None)
+
+
+def hand_back(claim: Claim) -> None:
+    """Give a run back to the queue untouched (graceful shutdown): expire the
+    lease now so any worker can claim it at once."""
+    with transaction.atomic():
+        Run.objects.filter(pk=claim.run_id, lease_token=claim.token).update(
+            lease_owner="", lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+
+class Heartbeat:
+    """Renews the lease of the run a worker holds, on its own thread, every
+    lease/3, so a capability that blocks for a long time keeps its run.
+
+    `lost` is set when a renewal finds the lease gone; the worker then
+    discards whatever the capability returns (the commit is fenced anyway).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._claim: Claim | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"{name}-heartbeat", daemon=True)
+        self._thread.start()
+
+    def track(self, claim: Claim | None) -> None:
+        with self._lock:
+            self._claim = claim
+            self.lost.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        interval = max(settings.FLEX_LEASE_SECONDS / 3.0, 0.05)
+        try:
+            while not self._stop.wait(interval):
+                with self._lock:
+                    claim = self._claim
+                if claim is None:
+                    continue
+                try:
+                    if not renew(claim):
+                        logger.warning("lease lost", extra={"run_id": claim.run_id, "worker": claim.worker_id})
+                        self.lost.set()
+                except Exception:  # noqa: BLE001 — a failed renewal is retried next tick
+                    logger.exception("lease renewal failed", extra={"run_id": claim.run_id})
+                    close_old_connections()
+        finally:
+            connection.close()

@@ -1,0 +1,407 @@
+"""Advance one claimed run, one committed step at a time.
+
+Each step is ONE transaction, fenced by the lease token and the run's
+status, that records what just happened and what starts next:
+
+    plan      -> start, plan_requested, plan_generated | plan_rejected,
+                 and the first node's node_start (its attempt counted)
+    node done -> the node's result, facet values with provenance, the
+                 snapshot, node_complete, policy effects, and the next
+                 node's node_start (or the final output and `complete`)
+    retry     -> validation_error | node_error, and the node's next node_start
+    ask       -> hitl_request; the run waits and the worker lets go
+
+So a node costs one commit in steady state, attempts are always counted
+before the capability is called, and a crash at any point leaves a state
+that any worker can continue from.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from planner.contracts import schema_hash, validate_instance
+from planner.planner import build_plan
+from runs import events as ev
+from runs.engine import executor, policies, retry, scheduling
+from runs.engine.lease import Claim, Heartbeat, lease_duration
+from runs.events import Fenced, PendingEvent
+from runs.models import NodeRun, NodeStatus, PlanVersion, Run, RunStatus
+
+logger = logging.getLogger("runs.engine.loop")
+
+
+@dataclass
+class RunContext:
+    """What the lease holder knows about its run. Only the lease holder writes
+    nodes and facets, so this copy stays true while fenced commits succeed."""
+
+    claim: Claim
+    run: Run
+    graph: dict[str, Any] = field(default_factory=dict)
+    nodes: dict[str, NodeRun] = field(default_factory=dict)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        return self.run.envelope
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.envelope.get("constraints", {}).get("maxRetries", 2))
+
+    def graph_node(self, node_id: str) -> dict[str, Any]:
+        for node in self.graph.get("nodes", []):
+            if node["id"] == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def states(self) -> list[scheduling.NodeState]:
+        return scheduling.node_states(self.graph.get("nodes", []), {k: n.status for k, n in self.nodes.items()})
+
+
+@dataclass
+class Step:
+    """One transaction's worth of changes, applied to memory only after commit."""
+
+    events: list[PendingEvent] = field(default_factory=list)
+    node_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run_updates: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None
+    # Extra writes that must share the transaction (plan version, HITL request).
+    writes: list[Callable[[], None]] = field(default_factory=list)
+
+    def event(self, type_: str, payload: dict[str, Any], node_id: str = "") -> None:
+        self.events.append(PendingEvent(type_, payload, node_id))
+
+    def update_node(self, node_id: str, **changes: Any) -> None:
+        self.node_updates.setdefault(node_id, {}).update(changes)
+
+
+class Halt(Exception):
+    """The worker must stop working on this run (lost lease, cancelled, waiting)."""
+
+
+def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,)) -> None:
+    """Write a step in one transaction, fenced by lease token and status."""
+    run = ctx.run
+    now = timezone.now()
+    # Node changes are applied to copies first, to compute the snapshot.
+    statuses = {k: n.status for k, n in ctx.nodes.items()}
+    for node_id, changes in step.node_updates.items():
+        statuses[node_id] = changes.get("status", statuses.get(node_id))
+    pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
+    run_updates = {
+        "facets": run.facets,
+        "provenance": run.provenance,
+        "pending_node_ids": pending,
+        "has_snapshot": bool(ctx.graph),
+        # Every commit also renews the lease, for free.
+        "lease_expires_at": now + lease_duration(),
+        "plan_version": run.plan_version,
+        **step.run_updates,
+    }
+    if step.status is not None:
+        run_updates["status"] = step.status
+        if step.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+            run_updates["completed_at"] = now
+    with transaction.atomic():
+        ev.append_events(run_id=run.id, events=step.events, plan_version=run_updates["plan_version"],
+                         lease_token=ctx.claim.token, statuses=expect, run_updates=run_updates)
+        for write in step.writes:
+            write()
+        for node_id, changes in step.node_updates.items():
+            NodeRun.objects.filter(pk=ctx.nodes[node_id].pk).update(**changes)
+    # Committed: bring memory up to date.
+    for node_id, changes in step.node_updates.items():
+        node = ctx.nodes[node_id]
+        for key, value in changes.items():
+            if hasattr(value, "resolve_expression"):
+                continue
+            setattr(node, key, value)
+    for key, value in run_updates.items():
+        setattr(run, key, value)
+
+
+# --- steps -------------------------------------------------------------------
+
+def start_node(ctx: RunContext, step: Step, node_id: str) -> None:
+    """Count the attempt and announce it, in the step being committed."""
+    node = ctx.nodes[node_id]
+    attempt = node.attempts + 1
+    step.update_node(node_id, status=NodeStatus.RUNNING, attempts=attempt, started_at=timezone.now(),
+                     plan_version=ctx.run.plan_version)
+    step.event(ev.NODE_START, {"nodeId": node_id, "capabilityId": node.capability_id, "attempt": attempt}, node_id)
+
+
+def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str]) -> None:
+    """After a node completed (statuses already include it): start the next
+    ready node, or compose, validate and store the final output."""
+    states = scheduling.node_states(ctx.graph["nodes"], statuses)
+    ready = scheduling.ready_nodes(states)
+    if ready:
+        start_node(ctx, step, ready[0])
+        return
+    if scheduling.is_finished(states):
+        finish(ctx, step)
+        return
+    # Nothing ready and not finished: a node waits on a person or failed.
+
+
+def finish(ctx: RunContext, step: Step) -> None:
+    output_node_id = ctx.graph.get("outputNodeId", "output")
+    produced = step.node_updates.get(output_node_id, {}).get("output")
+    if produced is None:
+        produced = ctx.nodes[output_node_id].output or {}
+    output = produced.get("output", {})
+    contract = output_contract_schema(ctx.envelope)
+    errors = validate_instance(contract, output)
+    if errors:
+        step.event(ev.VALIDATION_ERROR, {"scope": "output", "attempt": 1, "errors": errors})
+        fail(step, code="output_validation_failed", message="The composed output does not satisfy the output contract.",
+             extra={"errors": errors})
+        return
+    step.run_updates["output"] = output
+    step.status = RunStatus.COMPLETED
+    step.event(ev.COMPLETE, {"status": "completed", "output": output})
+
+
+def fail(step: Step, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
+    error = {"code": code, "message": message, **(extra or {})}
+    step.run_updates["error"] = error
+    step.status = RunStatus.FAILED
+    step.event(ev.COMPLETE, {"status": "failed", "error": error})
+
+
+def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
+    contract = envelope.get("outputContract", {})
+    if contract.get("mode") == "json_schema":
+        return contract.get("schema", {})
+    from planner.contracts import compile_facets
+
+    return compile_facets(contract.get("facets", [])).schema
+
+
+def plan(ctx: RunContext) -> None:
+    """First step of a new run: plan it and start its first node."""
+    run = ctx.run
+    result = build_plan(run.envelope)
+    step = Step()
+    step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.RUNNING})
+    step.event(ev.PLAN_REQUESTED, {"attempt": 1, "capabilities": result.considered})
+    if result.graph is None:
+        step.event(ev.PLAN_REJECTED, {"attempt": 1, "diagnostics": result.diagnostics})
+        fail(step, code="plan_rejected", message="No plan can satisfy the output contract.",
+             extra={"diagnostics": result.diagnostics})
+        commit(ctx, step, expect=(RunStatus.QUEUED,))
+        return
+    graph = result.graph.to_dict()
+    ctx.graph = graph
+    run.plan_version = 1
+    node_rows = [
+        NodeRun(run_id=run.id, node_id=n["id"], capability_id=n["capabilityId"], kind=n["kind"], position=i,
+                plan_version=1)
+        for i, n in enumerate(graph["nodes"])
+    ]
+    pending_ids = [n["id"] for n in graph["nodes"]]
+
+    def write_plan() -> None:
+        PlanVersion.objects.create(run_id=run.id, version=1, reason=PlanVersion.Reason.INITIAL,
+                                   trigger={"kind": "submit"}, graph=graph,
+                                   node_statuses={nid: NodeStatus.PENDING for nid in pending_ids},
+                                   pending_node_ids=pending_ids, schema_hash=graph.get("schemaHash", ""))
+        for row in node_rows:
+            row.save(force_insert=True)
+
+    step.writes.append(write_plan)
+    step.event(ev.PLAN_GENERATED, {
+        "version": 1,
+        "nodes": [{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
+                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"]} for n in graph["nodes"]],
+        "edges": graph.get("edges", []),
+        "metadata": graph.get("metadata", {}),
+    })
+    step.status = RunStatus.RUNNING
+    # Node rows exist in memory before commit so the step can refer to them;
+    # their pks are set by write_plan inside the transaction.
+    ctx.nodes = {row.node_id: row for row in node_rows}
+    halted = policies.on_start(ctx, step)
+    if not halted:
+        ready = scheduling.ready_nodes(ctx.states())
+        if ready:
+            start_node(ctx, step, ready[0])
+    commit(ctx, step, expect=(RunStatus.QUEUED,))
+
+
+def resume_started(ctx: RunContext) -> None:
+    """A resumed (re-queued) run: mark it running and start what is ready."""
+    step = Step()
+    step.status = RunStatus.RUNNING
+    statuses = {k: n.status for k, n in ctx.nodes.items()}
+    start_next_or_finish(ctx, step, statuses)
+    commit(ctx, step, expect=(RunStatus.QUEUED,))
+
+
+def recover(ctx: RunContext) -> None:
+    """Takeover after the previous worker's lease expired: every node it had
+    started counts as a lost attempt (bounded)."""
+    step = Step()
+    crashed = [n for n in ctx.nodes.values() if n.status == NodeStatus.RUNNING]
+    if not crashed:
+        statuses = {k: n.status for k, n in ctx.nodes.items()}
+        start_next_or_finish(ctx, step, statuses)
+        if step.events or step.status:
+            commit(ctx, step)
+        return
+    for node in crashed:
+        crash_attempts = node.crash_attempts + 1
+        decision = retry.after_worker_lost(crash_attempts=crash_attempts,
+                                           max_crash_attempts=settings.FLEX_MAX_CRASH_ATTEMPTS)
+        error = {"code": "worker_lost", "message": "The worker running this node stopped before committing a result."}
+        step.update_node(node.node_id, crash_attempts=crash_attempts)
+        step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id,
+                                   "attempt": node.attempts, "error": error, "willRetry": decision.retry},
+                   node.node_id)
+        if decision.retry:
+            start_node(ctx, step, node.node_id)
+        else:
+            step.update_node(node.node_id, status=NodeStatus.FAILED, error=error, completed_at=timezone.now())
+            fail(step, code="worker_lost", message=f"Node {node.node_id} lost its worker "
+                                                    f"{crash_attempts} times.", extra={"nodeId": node.node_id})
+            break
+    commit(ctx, step)
+
+
+def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> None:
+    """Execute a started node and commit its outcome (one transaction)."""
+    graph_node = ctx.graph_node(node.node_id)
+    bundle = executor.build_bundle(
+        run_id=ctx.run.id, node=graph_node, objective=ctx.run.objective, facets=ctx.run.facets,
+        envelope=ctx.envelope, clarifications=policies.clarifications_for(ctx, node.node_id),
+        attempt=node.attempts, plan_version=ctx.run.plan_version)
+    outcome = executor.execute(graph_node, bundle)
+    if heartbeat is not None and heartbeat.lost.is_set():
+        # Another worker owns the run now: whatever we got is discarded (the
+        # fenced commit would refuse it anyway).
+        raise Halt("lease lost during node execution")
+    step = Step()
+    if node.input is None:
+        step.update_node(node.node_id, input=bundle.to_dict())
+    if outcome.kind == executor.SUCCESS:
+        on_success(ctx, step, node, outcome)
+    elif outcome.kind == executor.INVALID:
+        on_invalid(ctx, step, node, outcome)
+    elif outcome.kind == executor.CLARIFY:
+        policies.on_clarify(ctx, step, node, outcome.clarification)
+    else:
+        on_error(ctx, step, node, outcome)
+    commit(ctx, step)
+
+
+def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
+    output = outcome.output or {}
+    now = timezone.now()
+    from django.db.models import F
+
+    step.update_node(node.node_id, status=NodeStatus.COMPLETED, output=output, completed_at=now,
+                     duration_ms=outcome.duration_ms, error=None, commits=F("commits") + 1)
+    facets = dict(ctx.run.facets)
+    provenance = dict(ctx.run.provenance)
+    for name, value in output.items():
+        if name == "output":
+            continue  # the mapped output is not a facet
+        facets[name] = value
+        provenance[name] = {"nodeId": node.node_id, "capabilityId": node.capability_id,
+                            "planVersion": ctx.run.plan_version}
+    step.run_updates["facets"] = facets
+    step.run_updates["provenance"] = provenance
+    ctx.run.facets, ctx.run.provenance = facets, provenance
+    step.event(ev.NODE_COMPLETE, {"nodeId": node.node_id, "capabilityId": node.capability_id,
+                                  "attempt": node.attempts, "outputFacets": list(output.keys()),
+                                  "durationMs": outcome.duration_ms}, node.node_id)
+    statuses = {k: n.status for k, n in ctx.nodes.items()}
+    statuses[node.node_id] = NodeStatus.COMPLETED
+    if policies.on_node_complete(ctx, step, node):
+        return  # a policy paused the run or asked a person
+    if step.status is None:
+        start_next_or_finish(ctx, step, statuses)
+
+
+def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
+    step.event(ev.VALIDATION_ERROR, {"scope": "node", "nodeId": node.node_id, "attempt": node.attempts,
+                                     "errors": outcome.errors}, node.node_id)
+    history = list(node.validation_errors or []) + [{"attempt": node.attempts, "errors": outcome.errors}]
+    step.update_node(node.node_id, validation_errors=history)
+    decision = retry.after_invalid_output(attempts=node.attempts, max_retries=ctx.max_retries)
+    if decision.retry:
+        start_node(ctx, step, node.node_id)
+        return
+    if policies.on_validation_fail(ctx, step, node, outcome.errors):
+        return  # escalated to a person or otherwise handled by policy
+    step.update_node(node.node_id, status=NodeStatus.FAILED, completed_at=timezone.now(),
+                     error={"code": "validation_failed", "message": "Output failed its contract on every attempt."})
+    fail(step, code="validation_failed", message=f"Node {node.node_id} produced invalid output "
+                                                  f"{node.attempts} times.",
+         extra={"nodeId": node.node_id, "errors": outcome.errors})
+
+
+def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
+    decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable)
+    step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id, "attempt": node.attempts,
+                               "error": outcome.error, "willRetry": decision.retry}, node.node_id)
+    if decision.retry:
+        start_node(ctx, step, node.node_id)
+        return
+    step.update_node(node.node_id, status=NodeStatus.FAILED, error=outcome.error, completed_at=timezone.now())
+    error = outcome.error or {}
+    fail(step, code=error.get("code", "node_failed"), message=f"Node {node.node_id} failed: {error.get('message')}",
+         extra={"nodeId": node.node_id})
+
+
+# --- driver --------------------------------------------------------------------
+
+def load(claim: Claim) -> RunContext:
+    run = Run.objects.get(pk=claim.run_id)
+    ctx = RunContext(claim=claim, run=run)
+    if run.plan_version:
+        version = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
+        ctx.graph = version.graph
+        ctx.nodes = {n.node_id: n for n in NodeRun.objects.filter(run_id=run.id)}
+    return ctx
+
+
+def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[[], bool] | None = None) -> str:
+    """Drive a claimed run until it completes, waits, or the worker must stop.
+    Returns the run's status as this worker last saw it."""
+    ctx = load(claim)
+    try:
+        if ctx.run.status == RunStatus.QUEUED and not ctx.run.plan_version:
+            plan(ctx)
+        elif ctx.run.status == RunStatus.QUEUED:
+            resume_started(ctx)
+        elif claim.takeover:
+            recover(ctx)
+        while ctx.run.status == RunStatus.RUNNING:
+            if stop is not None and stop():
+                return "handed_back"
+            running = [n for n in ctx.nodes.values() if n.status == NodeStatus.RUNNING]
+            if not running:
+                step = Step()
+                start_next_or_finish(ctx, step, {k: n.status for k, n in ctx.nodes.items()})
+                if not step.events and step.status is None:
+                    logger.error("run has nothing to do", extra={"run_id": ctx.run.id})
+                    return ctx.run.status
+                commit(ctx, step)
+                continue
+            run_node(ctx, running[0], heartbeat)
+    except Fenced:
+        # Cancelled, resumed or taken over meanwhile: discard and let go.
+        logger.info("step fenced off", extra={"run_id": claim.run_id, "worker": claim.worker_id})
+        return "fenced"
+    except Halt:
+        return "lease_lost"
+    return ctx.run.status

@@ -1,0 +1,38 @@
+"""Which nodes of a plan can run next. Pure functions over plain data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+DONE = "completed"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class NodeState:
+    id: str
+    status: str
+    depends_on: tuple[str, ...]
+
+
+def ready_nodes(nodes: Sequence[NodeState]) -> list[str]:
+    """Pending nodes whose every dependency is completed, in plan order."""
+    status = {n.id: n.status for n in nodes}
+    return [
+        n.id for n in nodes
+        if n.status == "pending" and all(status.get(dep) in (DONE, SKIPPED) for dep in n.depends_on)
+    ]
+
+
+def is_finished(nodes: Iterable[NodeState]) -> bool:
+    return all(n.status in (DONE, SKIPPED) for n in nodes)
+
+
+def pending_node_ids(nodes: Iterable[NodeState]) -> list[str]:
+    return [n.id for n in nodes if n.status not in (DONE, SKIPPED)]
+
+
+def node_states(graph_nodes: Sequence[Mapping], statuses: Mapping[str, str]) -> list[NodeState]:
+    """Build NodeStates from a plan graph's node dicts and a status map."""
+    return [NodeState(id=n["id"], status=statuses.get(n["id"], "pending"), depends_on=tuple(n.get("dependsOn", ())))
+            for n in graph_nodes]

@@ -1,0 +1,136 @@
+"""Workers: threads inside the web process (embedded default) or the
+`manage.py flex_worker` process. Both run the same `Worker.run_forever` loop:
+
+1. claim a run (queued, or whose lease expired: the takeover "sweep");
+2. advance it with a heartbeat thread renewing the lease;
+3. let go of it when it waits for a person or is terminal;
+4. when idle, sleep until woken (a run was queued in this process, or a
+   Redis announcement) or until the poll interval passes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from runs.engine import lease, loop
+
+logger = logging.getLogger("runs.engine.worker")
+
+_local_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+
+
+def wake_local_workers() -> None:
+    for worker in list(_local_workers):
+        worker.wake()
+
+
+def new_worker_id(prefix: str = "worker") -> str:
+    return f"{prefix}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, *, worker_id: str | None = None, poll_seconds: float | None = None) -> None:
+        self.worker_id = worker_id or new_worker_id()
+        self.poll_seconds = poll_seconds if poll_seconds is not None else settings.FLEX_IDLE_POLL_SECONDS
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.current: lease.Claim | None = None
+        self.runs_advanced = 0
+        _local_workers.add(self)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current step (graceful shutdown)."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run_once(self, heartbeat: lease.Heartbeat | None = None) -> bool:
+        """Claim and advance at most one run. True if a run was advanced."""
+        claim = lease.claim_next(worker_id=self.worker_id)
+        if claim is None:
+            return False
+        self.current = claim
+        if heartbeat is not None:
+            heartbeat.track(claim)
+        outcome = ""
+        try:
+            outcome = loop.advance(claim, heartbeat=heartbeat, stop=lambda: self.stopping)
+        finally:
+            if heartbeat is not None:
+                heartbeat.track(None)
+            self.current = None
+            if outcome == "handed_back":
+                lease.hand_back(claim)
+            elif outcome != "lease_lost":
+                lease.release(claim)
+        self.runs_advanced += 1
+        return True
+
+    def run_forever(self) -> None:
+        heartbeat = lease.Heartbeat(self.worker_id)
+        logger.info("worker started", extra={"worker": self.worker_id})
+        try:
+            while not self.stopping:
+                try:
+                    worked = self.run_once(heartbeat)
+                except Exception:  # noqa: BLE001 — a bug in one run must not kill the worker
+                    logger.exception("worker step failed", extra={"worker": self.worker_id})
+                    close_old_connections()
+                    worked = False
+                    time.sleep(self.poll_seconds)
+                if not worked and not self.stopping:
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+        finally:
+            heartbeat.stop()
+            connection.close()
+            logger.info("worker stopped", extra={"worker": self.worker_id})
+
+
+def drain(*, worker_id: str = "drain", max_steps: int = 1000) -> int:
+    """Advance every claimable run until none is left, in this thread.
+    For management commands and tests that want a run executed now."""
+    worker = Worker(worker_id=worker_id)
+    steps = 0
+    while steps < max_steps and worker.run_once():
+        steps += 1
+    return steps
+
+
+_embedded: list[tuple[Worker, threading.Thread]] = []
+_embedded_lock = threading.Lock()
+
+
+def start_embedded_workers(count: int | None = None) -> list[Worker]:
+    """Worker threads inside this process (idempotent)."""
+    count = settings.FLEX_EMBEDDED_WORKERS if count is None else count
+    with _embedded_lock:
+        while len(_embedded) < count:
+            worker = Worker(worker_id=new_worker_id("embedded"))
+            thread = threading.Thread(target=worker.run_forever, name=f"flex-worker-{len(_embedded)}", daemon=True)
+            thread.start()
+            _embedded.append((worker, thread))
+        return [w for w, _ in _embedded]
+
+
+def stop_embedded_workers(timeout: float = 10.0) -> None:
+    with _embedded_lock:
+        for worker, _ in _embedded:
+            worker.stop()
+        for _, thread in _embedded:
+            thread.join(timeout=timeout)
+        _embedded.clear()

@@ -1,0 +1,141 @@
+"""The run event log: how events are numbered, written and published.
+
+Every lifecycle event is a `RunEvent` row written in the same transaction as
+the state it describes. Its `seq` comes from `Run.last_seq`, incremented by a
+conditional UPDATE that also takes the run's row lock, so two writers of one
+run (a worker and an API call) queue behind each other and `seq` never has a
+gap or a repeat. Publication to live streams happens only after commit
+(`transaction.on_commit`), so no stream ever sees an event that was rolled back.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone as dt_timezone
+from typing import Any, Iterable
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from runs.models import Run, RunEvent
+
+# Event types of API.md (the SSE catalogue).
+START = "start"
+PLAN_REQUESTED = "plan_requested"
+PLAN_REJECTED = "plan_rejected"
+PLAN_GENERATED = "plan_generated"
+PLAN_UPDATED = "plan_updated"
+NODE_START = "node_start"
+NODE_COMPLETE = "node_complete"
+NODE_ERROR = "node_error"
+VALIDATION_ERROR = "validation_error"
+POLICY_TRIGGERED = "policy_triggered"
+HITL_REQUEST = "hitl_request"
+HITL_UPDATE = "hitl_update"
+HITL_RESOLVED = "hitl_resolved"
+COMPLETE = "complete"
+LOG = "log"
+
+EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATED, NODE_START, NODE_COMPLETE,
+               NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, COMPLETE, LOG)
+
+
+class Fenced(Exception):
+    """The conditional update matched no row: the caller lost its lease, or the
+    run left the status the caller expected (cancelled, resumed, …)."""
+
+
+@dataclass
+class PendingEvent:
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    node_id: str = ""
+
+
+def event_id(run_id: str, seq: int) -> str:
+    return f"{run_id}:{seq}"
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_frame(event: RunEvent) -> dict[str, Any]:
+    """The JSON `data` of an SSE frame (API.md, Events), redacted."""
+    from flexagents.redaction import redact
+
+    frame: dict[str, Any] = {
+        "type": event.type,
+        "id": event_id(event.run_id, event.seq),
+        "seq": event.seq,
+        "timestamp": iso(event.created_at),
+        "runId": event.run_id,
+        "planVersion": event.plan_version,
+    }
+    if event.node_id:
+        frame["nodeId"] = event.node_id
+    frame["payload"] = redact(event.payload)
+    return frame
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def append_events(
+    *,
+    run_id: str,
+    events: list[PendingEvent],
+    plan_version: int,
+    lease_token: int | None = None,
+    statuses: Iterable[str] | None = None,
+    run_updates: dict[str, Any] | None = None,
+) -> list[RunEvent]:
+    """Number and write `events` for a run, in the caller's transaction.
+
+    1. One conditional UPDATE of the run row: bumps `last_seq` by the number of
+       events, applies `run_updates`, and — the fence — matches only while the
+       run still has `lease_token` and one of `statuses`. Taking the row lock
+       here serialises every writer of the run until commit.
+    2. Reads back `last_seq` (ours until commit) and inserts the event rows.
+    3. Schedules publication for after the commit.
+
+    Raises `Fenced` when the condition matched nothing; the caller's
+    transaction must then roll back.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("append_events must run inside transaction.atomic()")
+    now = timezone.now()
+    condition = Q(pk=run_id)
+    if lease_token is not None:
+        condition &= Q(lease_token=lease_token)
+    if statuses is not None:
+        condition &= Q(status__in=list(statuses))
+    updates = dict(run_updates or {})
+    updates["updated_at"] = now
+    if events:
+        updates["last_seq"] = F("last_seq") + len(events)
+    if Run.objects.filter(condition).update(**updates) != 1:
+        raise Fenced(run_id)
+    if not events:
+        return []
+    last_seq = Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).get()
+    first = last_seq - len(events) + 1
+    rows = [
+        RunEvent(run_id=run_id, seq=first + i, type=e.type, node_id=e.node_id, plan_version=plan_version,
+                 payload=e.payload, created_at=now)
+        for i, e in enumerate(events)
+    ]
+    RunEvent.objects.bulk_create(rows)
+    publish_on_commit(rows)
+    return rows
+
+
+def publish_on_commit(rows: list[RunEvent]) -> None:
+    """The one place that hands events to live streams, after commit only."""
+    from runs import notify
+
+    frames = [(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows]
+    transaction.on_commit(lambda: notify.publish_frames(frames))

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from runs import apis
+
+app_name = "runs"
+
+urlpatterns = [
+    path("run.stream", apis.RunStreamApi.as_view(), name="run-stream-submit"),
+    path("runs", apis.RunListCreateApi.as_view(), name="runs"),
+    path("runs/<str:run_id>/stream", apis.RunStreamGetApi.as_view(), name="run-stream"),
+    path("runs/<str:run_id>/events", apis.RunEventsApi.as_view(), name="run-events"),
+    path("capabilities", apis.CapabilitiesApi.as_view(), name="capabilities"),
+    path("facets", apis.FacetsApi.as_view(), name="facets"),
+    path("plan.preview", apis.PlanPreviewApi.as_view(), name="plan-preview"),
+]

@@ -1,0 +1,106 @@
+"""Shared fixtures: personas (operator, support, client, another client, an
+outsider), API clients authenticated as them, the example envelopes, and a
+way to let the engine run what is queued."""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import SyncToAsync
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import connections
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+EXAMPLES = Path(settings.BASE_DIR) / "examples" / "envelopes"
+
+
+def load_envelope(name: str) -> dict[str, Any]:
+    """An example envelope (a deep copy, safe to modify)."""
+    with open(EXAMPLES / f"{name}.json") as fh:
+        return copy.deepcopy(json.load(fh))
+
+
+@pytest.fixture(autouse=True)
+def _close_executor_connections() -> Iterator[None]:
+    """asgiref's single-thread executor keeps a connection open; PostgreSQL
+    cannot drop the test database while it is (STACK.md)."""
+    yield
+    executor = getattr(SyncToAsync, "single_thread_executor", None)
+    if executor is not None:
+        try:
+            executor.submit(connections.close_all).result(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@pytest.fixture
+def envelope() -> Callable[[str], dict[str, Any]]:
+    return load_envelope
+
+
+@pytest.fixture
+def make_user(db: None, django_user_model: Any) -> Callable[..., Any]:
+    def make(username: str, role: str | None = None, **fields: Any) -> Any:
+        if role == "admin":
+            return django_user_model.objects.create_superuser(username=username, password="pw", **fields)
+        user = django_user_model.objects.create_user(username=username, password="pw",
+                                                     is_staff=role in ("operator", "support"), **fields)
+        if role is not None:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def operator(make_user: Callable[..., Any]) -> Any:
+    return make_user("olivia", "operator")
+
+
+@pytest.fixture
+def support(make_user: Callable[..., Any]) -> Any:
+    return make_user("sam", "support")
+
+
+@pytest.fixture
+def client_user(make_user: Callable[..., Any]) -> Any:
+    return make_user("clara", "client")
+
+
+@pytest.fixture
+def other_client(make_user: Callable[..., Any]) -> Any:
+    return make_user("otto", "client")
+
+
+@pytest.fixture
+def outsider(make_user: Callable[..., Any]) -> Any:
+    return make_user("nobody", None)
+
+
+@pytest.fixture
+def api_for(db: None) -> Callable[[Any], APIClient]:
+    """An API client authenticated with the user's Bearer token (None: anonymous)."""
+
+    def make(user: Any | None) -> APIClient:
+        api = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            api.credentials(HTTP_AUTHORIZATION=f"Bearer {token.key}")
+        return api
+
+    return make
+
+
+@pytest.fixture
+def drain(db: None) -> Callable[[], int]:
+    """Let the engine advance every claimable run, in this thread (the same
+    claim / execute / commit path workers use)."""
+    from runs.engine.worker import drain as engine_drain
+
+    return engine_drain
