@@ -1,0 +1,213 @@
+"""The one redactor (API.md, Redaction).
+
+Every place that shows stored data to a person or writes it to a log goes
+through here: the debug view, run lists, SSE frames, admin and history pages,
+exports and log lines. The stored envelope keeps the real values.
+
+Rules:
+1. Any mapping key that matches `SENSITIVE_KEY_RE` has its value replaced by
+   `REDACTED`, whatever that value is (string, number, list, mapping, None),
+   at any depth, inside lists too.
+2. With a JSON Schema, every value whose schema says `"x-sensitive": true`
+   is replaced as well.
+3. Values of types we do not know become `str()` and are then text-redacted:
+   we fail closed rather than leak an object's repr.
+
+The input is never mutated; the result is a fresh JSON-shaped copy.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+REDACTED = "[redacted]"
+
+_SENSITIVE_STEMS = r"password|passwd|secret|token|api[_-]?key|authorization|cookie|credential|private[_-]?key|session"
+SENSITIVE_KEY_RE = re.compile(_SENSITIVE_STEMS, re.IGNORECASE)
+
+# Deeper than this we stop walking and redact the rest: the parser already
+# refuses bodies nested deeper than 64, so only odd stored data gets here,
+# and a RecursionError must not turn into a leak.
+_MAX_DEPTH = 256
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@lru_cache(maxsize=4096)
+def _key_is_sensitive(key: str) -> bool:
+    # Keys repeat a lot in big payloads (every item of a list has the same
+    # keys), so the regex runs once per distinct key.
+    return SENSITIVE_KEY_RE.search(key) is not None
+
+
+def is_sensitive_key(key: object) -> bool:
+    return _key_is_sensitive(key if isinstance(key, str) else str(key))
+
+
+# --- Schemas ---------------------------------------------------------------
+
+_Schemas = tuple[dict[str, Any], ...]
+_NO_SCHEMAS: _Schemas = ()
+
+
+def _resolve(schema: Any, root: dict[str, Any], seen: int = 0) -> _Schemas:
+    """Expand one schema into the schemas that apply to the same value:
+    itself, its local `$ref` target and the branches of allOf/anyOf/oneOf.
+    Any of them marking the value sensitive is enough (fail closed)."""
+    if not isinstance(schema, dict) or seen > 32:
+        return _NO_SCHEMAS
+    out: list[dict[str, Any]] = [schema]
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, dict) else None
+        out.extend(_resolve(target, root, seen + 1))
+    for combinator in ("allOf", "anyOf", "oneOf"):
+        branches = schema.get(combinator)
+        if isinstance(branches, list):
+            for branch in branches:
+                out.extend(_resolve(branch, root, seen + 1))
+    return tuple(out)
+
+
+def _marks_sensitive(schemas: _Schemas) -> bool:
+    return any(s.get("x-sensitive") is True for s in schemas)
+
+
+def _property_schemas(schemas: _Schemas, key: str, root: dict[str, Any]) -> _Schemas:
+    out: list[dict[str, Any]] = []
+    for schema in schemas:
+        properties = schema.get("properties")
+        if isinstance(properties, dict) and key in properties:
+            out.extend(_resolve(properties[key], root))
+            continue
+        patterns = schema.get("patternProperties")
+        matched = False
+        if isinstance(patterns, dict):
+            for pattern, sub in patterns.items():
+                try:
+                    if re.search(pattern, key):
+                        out.extend(_resolve(sub, root))
+                        matched = True
+                except re.error:
+                    continue
+        if not matched:
+            out.extend(_resolve(schema.get("additionalProperties"), root))
+    return tuple(out)
+
+
+def _item_schemas(schemas: _Schemas, index: int, root: dict[str, Any]) -> _Schemas:
+    out: list[dict[str, Any]] = []
+    for schema in schemas:
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list) and index < len(prefix):
+            out.extend(_resolve(prefix[index], root))
+        else:
+            out.extend(_resolve(schema.get("items"), root))
+    return tuple(out)
+
+
+# --- Values ----------------------------------------------------------------
+
+def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text: bool) -> Any:
+    if schemas and _marks_sensitive(schemas):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value) if text else value
+    if isinstance(value, _SCALARS):
+        return value
+    if depth >= _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, Mapping):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            name = key if isinstance(key, str) else str(key)
+            if _key_is_sensitive(name):
+                out[key if isinstance(key, _SCALARS) else name] = REDACTED
+                continue
+            sub = _property_schemas(schemas, name, root) if schemas else _NO_SCHEMAS
+            out[key if isinstance(key, _SCALARS) else name] = _walk(item, sub, root, depth + 1, text)
+        return out
+    if isinstance(value, (list, tuple)):
+        if not schemas:
+            return [_walk(item, _NO_SCHEMAS, root, depth + 1, text) for item in value]
+        return [_walk(item, _item_schemas(schemas, i, root), root, depth + 1, text) for i, item in enumerate(value)]
+    # Unknown type (datetime, Decimal, model instance, bytes…): never pass an
+    # object through, its repr may hold a secret.
+    return redact_text(str(value))
+
+
+def redact(value: Any, *, schema: dict[str, Any] | None = None, text: bool = False) -> Any:
+    """Return a redacted deep copy of `value`.
+
+    `schema` (a JSON Schema for `value`) marks more fields with
+    `"x-sensitive": true`. `text=True` also runs `redact_text` over every
+    string leaf: right for log lines, wrong for payloads whose strings are
+    content (a post draft may legitimately say "password: …").
+    """
+    root = schema if isinstance(schema, dict) else {}
+    return _walk(value, _resolve(root, root) if root else _NO_SCHEMAS, root, 0, text)
+
+
+def redact_facets(facets: Mapping[str, Any], catalog_schemas: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Redact a facet-name → value mapping, each value with its facet's schema."""
+    out: dict[str, Any] = {}
+    for name, value in facets.items():
+        if is_sensitive_key(name):
+            out[name] = REDACTED
+        else:
+            out[name] = redact(value, schema=catalog_schemas.get(name))
+    return out
+
+
+# --- Free text -------------------------------------------------------------
+
+_KEY_CHARS = r"[\w.-]"
+# `Authorization: Bearer abc, retrying` — a header's value runs to the end of
+# the line or a closing quote (cookies hold `;` and `=`). Only an unquoted header name: quoted
+# keys are JSON or Python reprs and handled below.
+_HEADER_RE = re.compile(
+    r"(?P<key>\b(?:proxy-)?authorization|\b(?:set-)?cookie)(?P<sep>[ \t]*:[ \t]*)(?![\"'])[^\r\n\"]+",
+    re.IGNORECASE,
+)
+# `password=abc`, `"apiKey": "abc"`, `'token': 'abc'`, `\"secret\": \"abc\"`,
+# `?api_key=abc&x=1`, `session_id: 42`.
+_PAIR_RE = re.compile(
+    rf"(?P<key>\\?[\"']?{_KEY_CHARS}*(?:{_SENSITIVE_STEMS}){_KEY_CHARS}*\\?[\"']?)"
+    r"(?P<sep>[ \t]*[:=][ \t]*)"
+    r"(?P<value>(?:(?:bearer|basic|token)[ \t]+)?"
+    r"(?:\\\"(?:[^\"\\]|\\[^\"])*\\\""  # \"escaped\" (JSON inside a JSON string)
+    r"|\"(?:[^\"\\]|\\.)*\""  # "double quoted"
+    r"|'(?:[^'\\]|\\.)*'"  # 'single quoted'
+    r"|\{[^{}\r\n]*\}"  # a flat {...}
+    rf"|(?!{re.escape(REDACTED)})\[[^\]\r\n]*\]"  # a flat [...], unless already masked
+    r"|[^\s,;&{}\[\])\"'\\][^\s,;&}\])\"'\\]*))",  # bare, up to a separator
+    re.IGNORECASE,
+)
+# A bearer credential anywhere else: `curl -H "…Bearer abc"`. Not "basic":
+# it is an ordinary English word; Basic credentials come in a header, above.
+_SCHEME_RE = re.compile(r"\b(?P<scheme>bearer)[ \t]+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+def _pair_sub(match: re.Match[str]) -> str:
+    value = match.group("value")
+    if value.startswith('\\"'):
+        masked = f'\\"{REDACTED}\\"'
+    elif value[:1] in {'"', "'"}:
+        masked = f"{value[0]}{REDACTED}{value[0]}"
+    else:
+        masked = REDACTED
+    return f"{match.group('key')}{match.group('sep')}{masked}"
+
+
+def redact_text(s: str) -> str:
+    """Mask credentials inside free text (error messages, log lines)."""
+    if not s:
+        return s
+    s = _HEADER_RE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{REDACTED}", s)
+    s = _PAIR_RE.sub(_pair_sub, s)
+    return _SCHEME_RE.sub(lambda m: f"{m.group('scheme')} {REDACTED}", s)
