@@ -163,7 +163,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = FLEX_MAX_BODY_BYTES
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "flexagents.authentication.BearerTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "flexagents.authentication.CsrfSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["flexagents.parsers.StrictJSONParser"],

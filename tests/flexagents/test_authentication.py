@@ -48,3 +48,21 @@ def test_it_refuses_the_token_of_an_inactive_user(client_user: Any) -> None:
     client_user.is_active = False
     client_user.save()
     assert post({"Authorization": f"Bearer {token.key}"}).status_code == 401
+
+
+def test_it_answers_a_session_write_without_csrf_token_with_reason_csrf(client_user: Any) -> None:
+    api = APIClient(enforce_csrf_checks=True)
+    api.force_login(client_user)
+    response = api.post("/api/test/echo", data={}, format="json")
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+    assert response.json()["details"] == {"reason": "csrf"}
+
+
+def test_it_accepts_a_session_write_with_the_csrf_token(client_user: Any) -> None:
+    api = APIClient(enforce_csrf_checks=True)
+    api.force_login(client_user)
+    api.get("/admin/login/")  # sets the csrftoken cookie
+    token = api.cookies["csrftoken"].value
+    response = api.post("/api/test/echo", data={}, format="json", headers={"X-CSRFToken": token})
+    assert response.status_code == 200

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client, override_settings
+from django.test import AsyncClient, Client, override_settings
 
 pytestmark = [pytest.mark.urls("tests.flexagents.urls"), pytest.mark.django_db]
 
@@ -76,3 +76,17 @@ def test_it_keeps_health_up_when_the_flag_is_off() -> None:
 
 def test_it_passes_flex_paths_through_when_the_flag_is_on() -> None:
     assert Client().get("/api/v1/flex/anything").json()["code"] == "not_found"
+
+
+@pytest.mark.asyncio
+async def test_it_answers_json_404_under_asgi() -> None:
+    response = await AsyncClient().get("/api/no/such/thing")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.asyncio
+@override_settings(FLEX_ENABLED=False)
+async def test_it_answers_flex_disabled_under_asgi() -> None:
+    response = await AsyncClient().get("/api/v1/flex/runs")
+    assert response.json()["code"] == "flex_disabled"
