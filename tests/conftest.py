@@ -44,8 +44,24 @@ def envelope() -> Callable[[str], dict[str, Any]]:
     return load_envelope
 
 
+def ensure_roles() -> None:
+    """The role groups come from a data migration; `transaction=True` tests
+    flush every table, so recreate them when they are gone."""
+    if Group.objects.filter(name__in=["client", "support", "operator"]).count() == 3:
+        return
+    import importlib
+    from types import SimpleNamespace
+
+    from django.apps import apps
+
+    migration = importlib.import_module("runs.migrations.0002_roles")
+    migration.create_roles(apps, SimpleNamespace(connection=SimpleNamespace(alias="default")))
+
+
 @pytest.fixture
 def make_user(db: None, django_user_model: Any) -> Callable[..., Any]:
+    ensure_roles()
+
     def make(username: str, role: str | None = None, **fields: Any) -> Any:
         if role == "admin":
             return django_user_model.objects.create_superuser(username=username, password="pw", **fields)
