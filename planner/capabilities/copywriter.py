@@ -7,7 +7,8 @@ from typing import Any
 from planner.types import Capability, CapabilityError, ContextBundle
 
 # Each variant takes a different angle so that variants differ in substance;
-# beyond five variants the angles repeat with a numbered headline.
+# beyond five variants the angles repeat with a numbered headline. Closers
+# cycle with a different period (4), so the 20 allowed variants all differ.
 _ANGLES: tuple[dict[str, str], ...] = (
     {"headline": "{company}: {details}", "lead": "{opener} {details}.", "cta": "{action} today"},
     {"headline": "A better way forward for {audience}", "lead": "The problem is familiar; {company} has an answer. {details}.",
@@ -19,6 +20,7 @@ _ANGLES: tuple[dict[str, str], ...] = (
     {"headline": "Behind the launch at {company}", "lead": "A look behind the scenes: {details}.",
      "cta": "Talk to us: {action_lower}"},
 )
+_CLOSERS = ("", "Tell us what you think.", "Share it with your team.", "We would love your feedback.")
 _OPENERS = {
     "confident": "Today we are proud to announce it:",
     "playful": "Guess what?",
@@ -99,4 +101,6 @@ def _draft(index: int, *, company: str, audience: str, brief: dict[str, Any], to
     ]
     if focus:
         sentences.append(f"Our focus: {focus.rstrip('.')}.")
+    if _CLOSERS[index % len(_CLOSERS)]:
+        sentences.append(_CLOSERS[index % len(_CLOSERS)])
     return {"headline": headline, "body": " ".join(sentences), "callToAction": angle["cta"].format(**fields)}
