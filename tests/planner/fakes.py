@@ -42,13 +42,12 @@ class Summariser(_Echo):
 
 
 class Unreachable(_Echo):
-    """Needs a facet nobody produces."""
+    """Needs a tone of voice, which only the inputs can give (no capability produces it)."""
 
     capability_id = "unreachable.Cap"
     display_name = "Unreachable"
     kind = "routing"
-    input_facets = ("post_copy", "strategic_rationale")
-    optional_input_facets = ()
+    input_facets = ("post_copy", "toneOfVoice")
     output_facets = ("qa_report",)
 
 
@@ -62,3 +61,7 @@ class UnknownFacetCapability(_Echo):
     kind = "execution"
     input_facets = ("favouriteColour",)
     output_facets = ("post_copy",)
+
+
+class SameIdAsAlt(AltStrategist):
+    """Declares the id of AltStrategist from another path (a configuration mistake)."""
