@@ -1,0 +1,40 @@
+"""Pure scheduling: which nodes are ready. No database."""
+from runs.engine.scheduling import NodeState, is_finished, node_states, pending_node_ids, ready_nodes
+
+
+def chain(*statuses: str) -> list[NodeState]:
+    ids = ["a", "b", "c"]
+    return [NodeState(ids[i], s, (ids[i - 1],) if i else ()) for i, s in enumerate(statuses)]
+
+
+def test_it_makes_only_the_first_node_of_a_chain_ready():
+    assert ready_nodes(chain("pending", "pending", "pending")) == ["a"]
+
+
+def test_it_makes_a_node_ready_once_its_dependency_completed():
+    assert ready_nodes(chain("completed", "pending", "pending")) == ["b"]
+
+
+def test_it_makes_nothing_ready_while_a_dependency_runs_or_waits():
+    assert ready_nodes(chain("running", "pending", "pending")) == []
+    assert ready_nodes(chain("completed", "awaiting_hitl", "pending")) == []
+
+
+def test_it_readies_independent_nodes_together_in_plan_order():
+    nodes = [NodeState("a", "completed", ()), NodeState("b", "pending", ("a",)), NodeState("c", "pending", ("a",))]
+    assert ready_nodes(nodes) == ["b", "c"]
+
+
+def test_it_is_finished_only_when_every_node_completed_or_was_skipped():
+    assert not is_finished(chain("completed", "completed", "pending"))
+    assert is_finished(chain("completed", "skipped", "completed"))
+
+
+def test_it_lists_pending_ids_of_unfinished_nodes():
+    assert pending_node_ids(chain("completed", "running", "pending")) == ["b", "c"]
+
+
+def test_it_builds_states_from_graph_nodes_and_a_status_map():
+    graph = [{"id": "a"}, {"id": "b", "dependsOn": ["a"]}]
+    assert node_states(graph, {"a": "completed"}) == [NodeState("a", "completed", ()),
+                                                       NodeState("b", "pending", ("a",))]

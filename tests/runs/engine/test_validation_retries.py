@@ -1,0 +1,86 @@
+"""Every node output is validated against its contract; invalid output is
+retried up to constraints.maxRetries and never committed."""
+from __future__ import annotations
+
+import pytest
+
+from runs.models import NodeRun, Run, RunEvent
+from tests.capabilities import review_envelope
+from tests.conftest import load_envelope
+
+TEST_CAPABILITIES = ["tests.capabilities.FlakyReview", "tests.capabilities.NeverValidReview",
+                     "tests.capabilities.BrokenReview"]
+
+
+@pytest.fixture(autouse=True)
+def _test_capabilities(settings):
+    settings.FLEX_EXTRA_CAPABILITIES = TEST_CAPABILITIES
+
+
+def submit(api, body):
+    response = api.post("/api/v1/flex/runs", body, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["runId"]
+
+
+def events(run_id):
+    return list(RunEvent.objects.filter(run_id=run_id).order_by("seq"))
+
+
+def test_it_retries_invalid_output_until_it_is_valid(api_for, client_user, drain):
+    run_id = submit(api_for(client_user), review_envelope(load_envelope("linkedin-variants"), "test.FlakyReview"))
+    drain()
+
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "completed"
+    review = [e for e in events(run_id) if e.node_id == "test"]
+    assert [e.type for e in review] == ["node_start", "validation_error", "node_start", "validation_error",
+                                        "node_start", "node_complete"]
+    first_error = review[1].payload
+    assert first_error["scope"] == "node" and first_error["attempt"] == 1
+    assert {e["path"] for e in first_error["errors"]} == {"/qa_report/score", "/qa_report/findings"}
+    node = NodeRun.objects.get(run_id=run_id, node_id="test")
+    assert node.attempts == 3 and node.commits == 1
+    assert 0 <= run.output["qa_report"]["score"] <= 1
+    assert [e.seq for e in events(run_id)] == list(range(1, len(events(run_id)) + 1))
+
+
+def test_it_fails_the_run_when_output_never_satisfies_the_contract(api_for, client_user, drain):
+    run_id = submit(api_for(client_user), review_envelope(load_envelope("linkedin-variants"),
+                                                          "test.NeverValidReview"))
+    drain()
+
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "failed"
+    all_events = events(run_id)
+    assert [e.type for e in all_events].count("validation_error") == 3  # maxRetries 2 → 3 attempts
+    complete = all_events[-1]
+    assert complete.type == "complete" and complete.payload["status"] == "failed"
+    assert complete.payload["error"]["code"] == "validation_failed"
+    assert complete.payload["error"]["errors"]
+    node = NodeRun.objects.get(run_id=run_id, node_id="test")
+    # Nothing invalid was committed: no output, no facet.
+    assert node.output is None and node.commits == 0 and node.status == "failed"
+    assert "qa_report" not in run.facets and run.output is None
+
+
+def test_it_honours_max_retries_from_the_envelope(api_for, client_user, drain):
+    body = review_envelope(load_envelope("linkedin-variants"), "test.FlakyReview")
+    body["constraints"] = {"maxRetries": 1}
+    run_id = submit(api_for(client_user), body)
+    drain()
+
+    assert Run.objects.get(pk=run_id).status == "failed"
+    assert NodeRun.objects.get(run_id=run_id, node_id="test").attempts == 2
+
+
+def test_it_does_not_retry_a_permanent_capability_error(api_for, client_user, drain):
+    run_id = submit(api_for(client_user), review_envelope(load_envelope("linkedin-variants"), "test.BrokenReview"))
+    drain()
+
+    node_errors = [e for e in events(run_id) if e.type == "node_error"]
+    assert len(node_errors) == 1
+    assert node_errors[0].payload["willRetry"] is False
+    assert node_errors[0].payload["error"]["code"] == "review_refused"
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "failed" and run.error["code"] == "review_refused"
