@@ -113,7 +113,8 @@ def _item_schemas(schemas: _Schemas, index: int, root: dict[str, Any]) -> _Schem
 
 # --- Values ----------------------------------------------------------------
 
-def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text: bool) -> Any:
+def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text: bool,
+          text_keys: frozenset[str] = frozenset()) -> Any:
     if schemas and _marks_sensitive(schemas):
         return REDACTED
     if isinstance(value, str):
@@ -130,27 +131,43 @@ def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text:
                 out[key if isinstance(key, _SCALARS) else name] = REDACTED
                 continue
             sub = _property_schemas(schemas, name, root) if schemas else _NO_SCHEMAS
-            out[key if isinstance(key, _SCALARS) else name] = _walk(item, sub, root, depth + 1, text)
+            # Under a free-text key (an error message, a reason) every string is
+            # text-redacted too: that is where `api_key=…` ends up.
+            out[key if isinstance(key, _SCALARS) else name] = _walk(item, sub, root, depth + 1,
+                                                                    text or name in text_keys, text_keys)
         return out
     if isinstance(value, (list, tuple)):
         if not schemas:
-            return [_walk(item, _NO_SCHEMAS, root, depth + 1, text) for item in value]
-        return [_walk(item, _item_schemas(schemas, i, root), root, depth + 1, text) for i, item in enumerate(value)]
+            return [_walk(item, _NO_SCHEMAS, root, depth + 1, text, text_keys) for item in value]
+        return [_walk(item, _item_schemas(schemas, i, root), root, depth + 1, text, text_keys)
+                for i, item in enumerate(value)]
     # Unknown type (datetime, Decimal, model instance, bytes…): never pass an
     # object through, its repr may hold a secret.
     return redact_text(str(value))
 
 
-def redact(value: Any, *, schema: dict[str, Any] | None = None, text: bool = False) -> Any:
+# Keys whose values are free text written by programs or people (error
+# messages, reasons, notes, instructions), not content produced for the
+# caller: `redact(..., text_keys=FREE_TEXT_KEYS)` text-redacts every string
+# under them, at any depth. Content strings (a post body) are left alone.
+FREE_TEXT_KEYS: frozenset[str] = frozenset({
+    "message", "error", "errors", "reason", "note", "rationale", "diagnostics", "validationErrors",
+    "specialInstructions", "freeformText", "operatorPrompt", "details", "objective", "pauseReason",
+})
+
+
+def redact(value: Any, *, schema: dict[str, Any] | None = None, text: bool = False,
+           text_keys: frozenset[str] | tuple[str, ...] = ()) -> Any:
     """Return a redacted deep copy of `value`.
 
     `schema` (a JSON Schema for `value`) marks more fields with
     `"x-sensitive": true`. `text=True` also runs `redact_text` over every
     string leaf: right for log lines, wrong for payloads whose strings are
     content (a post draft may legitimately say "password: …").
+    `text_keys` text-redacts only the strings found under those keys.
     """
     root = schema if isinstance(schema, dict) else {}
-    return _walk(value, _resolve(root, root) if root else _NO_SCHEMAS, root, 0, text)
+    return _walk(value, _resolve(root, root) if root else _NO_SCHEMAS, root, 0, text, frozenset(text_keys))
 
 
 def redact_facets(facets: Mapping[str, Any], catalog_schemas: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Views are thin: parse, call one service or selector, serialize.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -15,6 +16,8 @@ from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from flexagents.errors import ServerBusy, ValidationFailed
@@ -25,6 +28,8 @@ from runs import services
 from runs.events import event_frame
 from runs.selectors import run_events_after, run_get_for_user
 from runs.streaming import event_stream, hub
+
+logger = logging.getLogger("runs.apis")
 
 
 class FlexApiView(APIView):
@@ -204,3 +209,67 @@ class PlanPreviewApi(FlexApiView):
         from planner.envelope import validate_envelope
 
         return Response(preview_plan(validate_envelope(request.data)))
+
+
+class DebugViewThrottle(UserRateThrottle):
+    """Per user (per IP for anonymous requests, which are refused first anyway).
+
+    The rate is read from settings on each request, not frozen at import, so
+    `FLEX_DEBUG_VIEW_RATE` and test overrides apply. Counts live in Django's
+    default cache: with no CACHES configured that is a per-process LocMem
+    cache, so each process counts on its own (docs/api.md, Limits).
+    """
+
+    scope = "debug_view"
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
+class RunDebugApi(FlexApiView):
+    """GET /api/v1/flex/runs/{runId} — everything about a run, redacted."""
+
+    throttle_classes = [DebugViewThrottle]
+
+    @extend_schema(summary="The debug view of a run (redacted; rate-limited per user)",
+                   responses={200: OpenApiResponse(description="run, policies, planVersions, nodes, facetProvenance, "
+                                                               "hitl, latestSnapshot, output, events, audit")})
+    def get(self, request: Request, run_id: str) -> Response:
+        from runs.debug import run_debug_view
+
+        run = run_get_for_user(user=request.user, run_id=run_id)
+        body = run_debug_view(run=run)
+        logger.info("debug view read", extra={"run_id": run.id, "operator_id": request.user.pk,
+                                              "plan_version": run.plan_version, "action": "debug_read"})
+        return Response(body)
+
+
+class RunCancelInputSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field; the body takes only 'reason'."]
+                                               for name in unknown})
+        return attrs
+
+
+class RunCancelApi(FlexApiView):
+    """POST /api/v1/flex/runs/{runId}/cancel — terminal and audited."""
+
+    @extend_schema(request=RunCancelInputSerializer, summary="Cancel a run (409 run_already_completed when terminal)")
+    def post(self, request: Request, run_id: str) -> Response:
+        from runs.listing import run_summary
+
+        data = request.data if isinstance(request.data, dict) else None
+        if data is None:
+            raise ValidationFailed("The body must be a JSON object.",
+                                   details={"errors": [{"path": "/", "message": "expected an object"}]})
+        serializer = RunCancelInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        # The service writes the audit entry and its structured log line
+        # (run_id, operator_id, plan_version, action=run_cancelled).
+        run = services.run_cancel(user=request.user, run_id=run_id, reason=serializer.validated_data["reason"])
+        return Response(run_summary(run_id=run.id))
+

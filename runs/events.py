@@ -62,10 +62,23 @@ def iso(dt: datetime) -> str:
     return dt.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def redact_payload(type_: str, payload: Any) -> Any:
+    """An event payload as it may leave the system (SSE, events JSON, debug
+    view): sensitive keys at any depth, credentials inside free text (error
+    messages, reasons), and the `x-sensitive` fields of facet values."""
+    from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_facets
+    from planner.facets import get_catalog
+
+    out = redact(payload, text_keys=FREE_TEXT_KEYS)
+    if type_ == COMPLETE and isinstance(out, dict) and isinstance(out.get("output"), dict):
+        # The output's top-level properties are facet names (API.md, TaskEnvelope).
+        schemas = {name: facet.schema for name, facet in get_catalog().items()}
+        out["output"] = redact_facets(out["output"], schemas)
+    return out
+
+
 def event_frame(event: RunEvent) -> dict[str, Any]:
     """The JSON `data` of an SSE frame (API.md, Events), redacted."""
-    from flexagents.redaction import redact
-
     frame: dict[str, Any] = {
         "type": event.type,
         "id": event_id(event.run_id, event.seq),
@@ -76,7 +89,7 @@ def event_frame(event: RunEvent) -> dict[str, Any]:
     }
     if event.node_id:
         frame["nodeId"] = event.node_id
-    frame["payload"] = redact(event.payload)
+    frame["payload"] = redact_payload(event.type, event.payload)
     return frame
 
 
