@@ -273,3 +273,54 @@ class RunCancelApi(FlexApiView):
         run = services.run_cancel(user=request.user, run_id=run_id, reason=serializer.validated_data["reason"])
         return Response(run_summary(run_id=run.id))
 
+
+class RunResumeInputSerializer(serializers.Serializer):
+    runId = serializers.CharField(max_length=40)
+    expectedPlanVersion = serializers.IntegerField(min_value=0)
+    responses = serializers.ListField(child=serializers.JSONField(), required=False, default=list, max_length=20)
+    latestResponseId = serializers.CharField(required=False, allow_null=True, max_length=40)
+    operator = serializers.DictField(required=False)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return attrs
+
+
+class RunResumeApi(SseApiView):
+    """POST /api/v1/flex/run.resume — resume a paused run or one awaiting a
+    person (same service as /api/hitl/resume and the admin buttons)."""
+
+    @extend_schema(request=RunResumeInputSerializer,
+                   responses={202: OpenApiResponse(description='{"runId", "status", "planVersion", "streamUrl", '
+                                                               '"lastEventId"}'),
+                              (200, "text/event-stream"): OpenApiResponse(description="SSE of the resumed run")},
+                   summary="Resume a run (409 on a stale plan version; one of concurrent resumes wins)")
+    def post(self, request: Request) -> Any:
+        from hitl.services import run_resume
+        from runs.events import event_id
+
+        serializer = RunResumeInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        wants_stream = "text/event-stream" in request.headers.get("Accept", "")
+        if wants_stream:
+            admit_stream(request.user)
+        try:
+            result = run_resume(user=request.user, run_id=data["runId"],
+                                expected_plan_version=data["expectedPlanVersion"], responses=data["responses"],
+                                latest_response_id=data.get("latestResponseId"), operator=data.get("operator"),
+                                note=data["note"])
+        except BaseException:
+            if wants_stream:
+                hub.leave(getattr(request.user, "pk", None))
+            raise
+        run = result.run
+        if wants_stream:
+            # From just before the resume's own events: hitl_resolved, plan_updated, …
+            return sse_response(run_id=run.id, after_seq=result.first_seq - 1, user=request.user, stop_on_wait=True)
+        return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
+                         "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)},
+                        status=202)

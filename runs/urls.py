@@ -7,6 +7,7 @@ app_name = "runs"
 urlpatterns = [
     path("run.stream", apis.RunStreamApi.as_view(), name="run-stream-submit"),
     path("runs", apis.RunListCreateApi.as_view(), name="runs"),
+    path("run.resume", apis.RunResumeApi.as_view(), name="run-resume"),
     path("runs/<str:run_id>", apis.RunDebugApi.as_view(), name="run-debug"),
     path("runs/<str:run_id>/cancel", apis.RunCancelApi.as_view(), name="run-cancel"),
     path("runs/<str:run_id>/stream", apis.RunStreamGetApi.as_view(), name="run-stream"),

@@ -1,0 +1,168 @@
+"""The HITL API (API.md, HITL): pending, respond, resume, remove.
+
+Views are thin: parse, call one selector or service, serialize.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from flexagents.errors import ValidationFailed
+from hitl import services
+from hitl.models import HitlKind, HitlUrgency
+from hitl.selectors import hitl_pending_for_user, hitl_run_id_for
+from runs.apis import FlexApiView
+from runs.events import iso
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown keys are a 422, not silently dropped."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({key: ["unknown field"] for key in unknown})
+        return super().to_internal_value(data)
+
+
+class AddressSerializer(StrictSerializer):
+    runId = serializers.CharField(required=False, max_length=40)
+    threadId = serializers.CharField(required=False, max_length=200)
+    requestId = serializers.CharField(max_length=40)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("runId") and not attrs.get("threadId"):
+            raise serializers.ValidationError({"runId": ["send runId or threadId"]})
+        return attrs
+
+
+class RespondInputSerializer(AddressSerializer):
+    responses = serializers.ListField(child=serializers.JSONField(), max_length=services.MAX_RESPONSES_PER_CALL)
+    latestResponseId = serializers.CharField(required=False, allow_null=True, max_length=40)
+    operator = serializers.DictField(required=False)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+
+
+class ResumeInputSerializer(RespondInputSerializer):
+    responses = serializers.ListField(child=serializers.JSONField(), max_length=services.MAX_RESPONSES_PER_CALL,
+                                      required=False, default=list)
+
+
+class RemoveInputSerializer(AddressSerializer):
+    requestId = serializers.CharField(required=False, max_length=40)
+    reason = serializers.CharField(max_length=4000)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+
+
+def _parse(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _run_id(request: Request, data: dict[str, Any]) -> str:
+    return hitl_run_id_for(user=request.user, run_id=data.get("runId"), thread_id=data.get("threadId"),
+                           request_id=data.get("requestId"))
+
+
+class HitlPendingApi(FlexApiView):
+    """GET /api/hitl/pending — the inbox of requests waiting for a person."""
+
+    MAX_LIMIT = 200
+
+    @extend_schema(summary="Pending HITL requests on runs you may view, most urgent and oldest first",
+                   parameters=[OpenApiParameter("kind", str, enum=list(HitlKind.values), required=False),
+                               OpenApiParameter("urgency", str, enum=list(HitlUrgency.values), required=False),
+                               OpenApiParameter("threadId", str, required=False),
+                               OpenApiParameter("briefId", str, required=False),
+                               OpenApiParameter("offset", int, required=False),
+                               OpenApiParameter("limit", int, required=False)])
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        errors = []
+        if params.get("kind") and params["kind"] not in HitlKind.values:
+            errors.append({"path": "/kind", "message": f"expected one of {', '.join(HitlKind.values)}"})
+        if params.get("urgency") and params["urgency"] not in HitlUrgency.values:
+            errors.append({"path": "/urgency", "message": f"expected one of {', '.join(HitlUrgency.values)}"})
+        offset = _int(params.get("offset"), 0, 0, 10**9, "offset", errors)
+        limit = _int(params.get("limit"), 50, 1, self.MAX_LIMIT, "limit", errors)
+        if errors:
+            raise ValidationFailed("Some query parameters are not valid.", details={"errors": errors})
+        qs = hitl_pending_for_user(user=request.user, kind=params.get("kind"), urgency=params.get("urgency"),
+                                   thread_id=params.get("threadId"), brief_id=params.get("briefId"))
+        page = list(qs[offset:offset + limit + 1])
+        next_url = None
+        if len(page) > limit:
+            page = page[:limit]
+            query = params.copy()
+            query["offset"] = str(offset + limit)
+            query["limit"] = str(limit)
+            next_url = request.build_absolute_uri(f"{reverse('hitl:pending')}?{query.urlencode()}")
+        return Response({"runs": [_pending_entry(r) for r in page], "next": next_url})
+
+
+def _pending_entry(hitl_request: Any) -> dict[str, Any]:
+    run = hitl_request.run
+    return {"runId": run.id, "threadId": run.thread_id or None, "briefId": run.brief_id or None,
+            "status": run.status, "planVersion": run.plan_version, "updatedAt": iso(run.updated_at),
+            "pendingRequestId": hitl_request.id,
+            "pendingRequest": services.hitl_request_payload(hitl_request, responses=hitl_request.responses.all())}
+
+
+def _int(raw: str | None, default: int, low: int, high: int, name: str, errors: list[dict[str, str]]) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        errors.append({"path": f"/{name}", "message": f"expected an integer from {low} to {high}"})
+        return default
+    return value
+
+
+class HitlRespondApi(FlexApiView):
+    """POST /api/hitl/respond — append responses without resuming."""
+
+    @extend_schema(request=RespondInputSerializer, summary="Append responses to a pending request")
+    def post(self, request: Request) -> Response:
+        data = _parse(RespondInputSerializer, request)
+        body = services.hitl_respond(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
+                                     responses=data["responses"], latest_response_id=data.get("latestResponseId"),
+                                     operator=data.get("operator"), note=data["note"])
+        return Response(body)
+
+
+class HitlResumeApi(FlexApiView):
+    """POST /api/hitl/resume — answer, resolve the request, resume the run."""
+
+    @extend_schema(request=ResumeInputSerializer, summary="Resolve a pending request and resume its run")
+    def post(self, request: Request) -> Response:
+        data = _parse(ResumeInputSerializer, request)
+        result = services.hitl_resume(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
+                                      responses=data["responses"], latest_response_id=data.get("latestResponseId"),
+                                      operator=data.get("operator"), note=data["note"])
+        listing = services.hitl_run_payloads(run=result.run)
+        return Response({"runId": result.run.id, "status": result.run.status, "planVersion": result.run.plan_version,
+                         "pendingRequestId": listing["pendingRequestId"], "requests": listing["requests"],
+                         "responses": [services.hitl_response_payload(r) for r in result.responses]})
+
+
+class HitlRemoveApi(FlexApiView):
+    """POST /api/hitl/remove — remove the pending request and cancel the run."""
+
+    @extend_schema(request=RemoveInputSerializer, summary="Remove a pending request; the run is cancelled")
+    def post(self, request: Request) -> Response:
+        data = _parse(RemoveInputSerializer, request)
+        run = services.hitl_remove(user=request.user, run_id=_run_id(request, data),
+                                   request_id=data.get("requestId"), reason=data["reason"], note=data["note"])
+        listing = services.hitl_run_payloads(run=run)
+        return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
+                         "pendingRequestId": None, "requests": listing["requests"]})
