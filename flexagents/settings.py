@@ -217,7 +217,7 @@ FLEX_CAPABILITIES = [
     "planner.capabilities.output.OutputMapper",
 ]
 FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
-FLEX_FACET_CATALOG = BASE_DIR / "planner" / "catalog" / "facets.json"
+FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
 
 # --- Logging -------------------------------------------------------------------
 LOGGING = {

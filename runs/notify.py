@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +23,10 @@ WORK_CHANNEL = "flexagents:work"
 
 _redis_lock = threading.Lock()
 _redis_client: Any = None
+# After a failed publish, skip Redis for a moment: while Redis is down each
+# attempt would cost a connect timeout inside the worker's commit path.
+_BACKOFF_SECONDS = 1.0
+_skip_until = 0.0
 
 
 def _sync_redis() -> Any:
@@ -43,14 +48,25 @@ def publish_frames(frames: list[tuple[str, int, str, str]]) -> None:
 
     for run_id, seq, type_, data in frames:
         hub.deliver(run_id, seq, type_, data)
+    _publish(REDIS_CHANNEL, lambda: json.dumps([{"runId": r, "seq": s, "type": t, "data": d}
+                                                  for r, s, t, d in frames]))
+
+
+def _publish(channel: str, message: Any) -> bool:
+    """Publish to Redis, best effort; never raises. `message` is a string or a
+    callable making one (not built at all while Redis is skipped)."""
+    global _skip_until
     client = _sync_redis()
-    if client is None:
-        return
+    if client is None or time.monotonic() < _skip_until:
+        return False
     try:
-        message = json.dumps([{"runId": r, "seq": s, "type": t, "data": d} for r, s, t, d in frames])
-        client.publish(REDIS_CHANNEL, message)
+        client.publish(channel, message() if callable(message) else message)
+        return True
     except Exception as exc:  # noqa: BLE001 — best effort by design (see module docstring)
-        logger.warning("event publish to redis failed; streams will read the event table", extra={"error": str(exc)})
+        _skip_until = time.monotonic() + _BACKOFF_SECONDS
+        logger.warning("publish to redis failed; readers fall back to the event table",
+                       extra={"error": str(exc), "channel": channel})
+        return False
 
 
 def announce_work() -> None:
@@ -58,13 +74,7 @@ def announce_work() -> None:
     from runs.engine import worker
 
     worker.wake_local_workers()
-    client = _sync_redis()
-    if client is None:
-        return
-    try:
-        client.publish(WORK_CHANNEL, "1")
-    except Exception as exc:  # noqa: BLE001 — workers also poll
-        logger.warning("work announcement to redis failed; workers will poll", extra={"error": str(exc)})
+    _publish(WORK_CHANNEL, "1")  # workers also poll
 
 
 def start_work_listener() -> threading.Thread | None:
@@ -74,15 +84,13 @@ def start_work_listener() -> threading.Thread | None:
         return None
 
     def listen() -> None:
-        import time
-
         import redis
 
         from runs.engine import worker
 
         while True:
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1.0)
             try:
-                client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1.0)
                 pubsub = client.pubsub()
                 pubsub.subscribe(WORK_CHANNEL)
                 for message in pubsub.listen():
@@ -90,7 +98,12 @@ def start_work_listener() -> threading.Thread | None:
                         worker.wake_local_workers()
             except Exception as exc:  # noqa: BLE001 — reconnect; workers poll meanwhile
                 logger.warning("work listener lost redis; reconnecting", extra={"error": str(exc)})
-                time.sleep(1.0)
+            finally:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            time.sleep(1.0)
 
     thread = threading.Thread(target=listen, name="flex-work-listener", daemon=True)
     thread.start()

@@ -273,12 +273,46 @@ def encode(event: Event) -> str:
     return sse_encode_event(event.type, event.data, event_id=f"{run_id_from_channel(event.channel)}:{event.id}")
 
 
+def _release_request_thread() -> None:
+    """Give back what the (sync) view left behind for this request.
+
+    Django's ASGI handler runs each request in its own `ThreadSensitiveContext`,
+    so a sync view gets a fresh one-thread executor, and that thread — holding
+    the database connection the view used — lives until the response ends. For
+    an SSE response that is the stream's whole life: one thread and one
+    connection per open stream (STACK.md: 100 streams = 102 threads). Here the
+    connection is closed on that thread and the executor is detached from the
+    request context and shut down; thread-sensitive work later in the request
+    (the response's close) gets a short-lived executor again, which Django's
+    handler shuts down at the end as usual. Relies on asgiref internals
+    (3.x `SyncToAsync.context_to_thread_executor`); if they change, the stream
+    still works, only with the old cost.
+    """
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    try:
+        context = SyncToAsync.thread_sensitive_context.get(None)
+        executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context is not None else None
+    except Exception:  # noqa: BLE001 — best effort, see the docstring
+        logger.debug("could not detach the request executor", exc_info=True)
+        return
+    if executor is None:
+        return
+    try:
+        executor.submit(connections.close_all)
+        executor.shutdown(wait=False)
+    except Exception:  # noqa: BLE001
+        logger.debug("could not shut down the request executor", exc_info=True)
+
+
 async def event_stream(*, run_id: str, after_seq: int, user: Any, stop_on_wait: bool = False) -> AsyncIterator[str]:
     """Frames after `after_seq`, then live ones, until the run is terminal
     (or, with `stop_on_wait`, waits for a person or is paused).
 
     Admission (`hub.admit`) must have succeeded; this generator releases it.
     """
+    _release_request_thread()
     user_id = getattr(user, "pk", None)
     listener = RunListener(run_id, after_seq, user_id)
     listener.assign_loop()

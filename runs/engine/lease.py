@@ -7,7 +7,12 @@ worker claimed — can no longer commit anything.
 
 Claimable runs: `queued` runs whose lease is free or expired (a worker that
 died while planning or right after a resume), and `running` runs whose lease
-expired (a worker that died mid-node: the takeover, or "sweep").
+expired (a worker that died mid-node: the takeover, or "sweep"). Every worker
+sweeps for expired leases every `FLEX_SWEEP_SECONDS`, so a dead worker's run
+is taken over within lease + sweep time.
+
+A run whose owner let it go on purpose (graceful shutdown: `hand_back`) has
+no owner; its next claim is not a takeover and does not count a crash.
 """
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ def lease_duration() -> timedelta:
     return timedelta(seconds=settings.FLEX_LEASE_SECONDS)
 
 
-def claim_next(*, worker_id: str, run_id: str | None = None) -> Claim | None:
+def claim_next(*, worker_id: str, run_id: str | None = None, sweep: bool = True) -> Claim | None:
     """Claim the oldest claimable run (or `run_id`), or return None.
+    With `sweep=False` only queued runs are considered (the cheap query).
 
     1. In one transaction, find a candidate. On PostgreSQL the row is locked
        with `FOR UPDATE SKIP LOCKED`, so concurrent workers pick different
@@ -52,15 +58,15 @@ def claim_next(*, worker_id: str, run_id: str | None = None) -> Claim | None:
     now = timezone.now()
     free_or_expired = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     available = Q(available_at__isnull=True) | Q(available_at__lte=now)
-    claimable = (Q(status=RunStatus.QUEUED) & free_or_expired & available) | (
-        Q(status__in=[RunStatus.RUNNING, RunStatus.PLANNING]) & Q(lease_expires_at__lt=now)
-    )
+    claimable = Q(status=RunStatus.QUEUED) & free_or_expired & available
+    if sweep:
+        claimable |= Q(status__in=[RunStatus.RUNNING, RunStatus.PLANNING]) & Q(lease_expires_at__lt=now)
     with transaction.atomic():
         qs = Run.objects.select_for_update(skip_locked=True).filter(claimable)
         if run_id is not None:
             qs = qs.filter(pk=run_id)
         # Index run_queue_idx serves the queued branch; run_lease_idx the expired one.
-        row = qs.order_by("created_at").values("id", "lease_token", "status").first()
+        row = qs.order_by("created_at").values("id", "lease_token", "status", "lease_owner").first()
         if row is None:
             return None
         updated = Run.objects.filter(pk=row["id"], lease_token=row["lease_token"]).update(
@@ -70,31 +76,52 @@ def claim_next(*, worker_id: str, run_id: str | None = None) -> Claim | None:
         )
         if updated != 1:
             return None
+    # A run still owned by someone whose lease ran out lost its worker (a
+    # crash attempt); one handed back on purpose has no owner.
     return Claim(run_id=row["id"], token=row["lease_token"] + 1, worker_id=worker_id,
-                 takeover=row["status"] != RunStatus.QUEUED)
+                 takeover=row["status"] != RunStatus.QUEUED and bool(row["lease_owner"]))
+
+
+ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.PLANNING, RunStatus.RUNNING)
 
 
 def renew(claim: Claim) -> bool:
-    """Extend the lease; False when it was lost (another worker holds it)."""
+    """Extend the lease; False when it was lost (another worker holds it, or
+    this worker already let go: a late renewal must not re-lease a released
+    run, or a resumed run would wait a whole lease before anyone claims it)."""
     with transaction.atomic():
-        return Run.objects.filter(pk=claim.run_id, lease_token=claim.token).update(
+        return Run.objects.filter(pk=claim.run_id, lease_token=claim.token, lease_owner=claim.worker_id).update(
             lease_expires_at=timezone.now() + lease_duration()) == 1
 
 
 def release(claim: Claim) -> None:
-    """Let go of the run (it is waiting for a person, terminal, or handed back).
-    The token stays: the next claim increments it."""
+    """Let go of the run after `advance` returned or failed.
+
+    A waiting or terminal run drops its lease. A run still active (the engine
+    raised, or had nothing to do) keeps its owner with the lease expired now:
+    the next claim is a takeover and counts a crash attempt, so an engine bug
+    that repeats is bounded instead of requeued forever — and never left
+    `running` with no lease, which no sweep would ever find.
+    """
+    now = timezone.now()
     with transaction.atomic():
-        Run.objects.filter(pk=claim.run_id, lease_token=claim.token).update(
-            lease_owner="", lease_expires_at=None)
+        mine = Run.objects.filter(pk=claim.run_id, lease_token=claim.token)
+        mine.exclude(status__in=ACTIVE_STATUSES).update(lease_owner="", lease_expires_at=None)
+        mine.filter(status__in=ACTIVE_STATUSES).update(lease_expires_at=now - timedelta(milliseconds=1))
 
 
 def hand_back(claim: Claim) -> None:
-    """Give a run back to the queue untouched (graceful shutdown): expire the
-    lease now so any worker can claim it at once."""
+    """Give a run back to the queue untouched (graceful shutdown).
+
+    The token moves on (so this process can commit nothing more for the run,
+    even if a capability call returns after this), the owner is cleared (the
+    next claim is not a crash takeover: the started node re-runs with the
+    same attempt number and idempotency key) and the lease is expired now so
+    any worker can claim it at once."""
     with transaction.atomic():
         Run.objects.filter(pk=claim.run_id, lease_token=claim.token).update(
-            lease_owner="", lease_expires_at=timezone.now() - timedelta(seconds=1))
+            lease_owner="", lease_token=F("lease_token") + 1,
+            lease_expires_at=timezone.now() - timedelta(seconds=1))
 
 
 class Heartbeat:
@@ -134,8 +161,13 @@ class Heartbeat:
                     continue
                 try:
                     if not renew(claim):
-                        logger.warning("lease lost", extra={"run_id": claim.run_id, "worker": claim.worker_id})
-                        self.lost.set()
+                        with self._lock:
+                            # Only if we still track that claim: a renewal racing
+                            # with track() must not mark the *next* run as lost.
+                            if self._claim is claim:
+                                logger.warning("lease lost", extra={"run_id": claim.run_id,
+                                                                    "worker": claim.worker_id})
+                                self.lost.set()
                 except Exception:  # noqa: BLE001 — a failed renewal is retried next tick
                     logger.exception("lease renewal failed", extra={"run_id": claim.run_id})
                     close_old_connections()

@@ -1,7 +1,8 @@
 """Workers: threads inside the web process (embedded default) or the
 `manage.py flex_worker` process. Both run the same `Worker.run_forever` loop:
 
-1. claim a run (queued, or whose lease expired: the takeover "sweep");
+1. claim a run: a queued one, or — at most every `FLEX_SWEEP_SECONDS` — one
+   whose lease expired (the takeover "sweep");
 2. advance it with a heartbeat thread renewing the lease;
 3. let go of it when it waits for a person or is terminal;
 4. when idle, sleep until woken (a run was queued in this process, or a
@@ -37,9 +38,12 @@ def new_worker_id(prefix: str = "worker") -> str:
 
 
 class Worker:
-    def __init__(self, *, worker_id: str | None = None, poll_seconds: float | None = None) -> None:
+    def __init__(self, *, worker_id: str | None = None, poll_seconds: float | None = None,
+                 sweep_seconds: float | None = None) -> None:
         self.worker_id = worker_id or new_worker_id()
         self.poll_seconds = poll_seconds if poll_seconds is not None else settings.FLEX_IDLE_POLL_SECONDS
+        self.sweep_seconds = sweep_seconds if sweep_seconds is not None else settings.FLEX_SWEEP_SECONDS
+        self._last_sweep = float("-inf")
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self.current: lease.Claim | None = None
@@ -60,7 +64,11 @@ class Worker:
 
     def run_once(self, heartbeat: lease.Heartbeat | None = None) -> bool:
         """Claim and advance at most one run. True if a run was advanced."""
-        claim = lease.claim_next(worker_id=self.worker_id)
+        now = time.monotonic()
+        sweep = now - self._last_sweep >= self.sweep_seconds
+        if sweep:
+            self._last_sweep = now
+        claim = lease.claim_next(worker_id=self.worker_id, sweep=sweep)
         if claim is None:
             return False
         self.current = claim
@@ -73,10 +81,16 @@ class Worker:
             if heartbeat is not None:
                 heartbeat.track(None)
             self.current = None
-            if outcome == "handed_back":
-                lease.hand_back(claim)
-            elif outcome != "lease_lost":
-                lease.release(claim)
+            try:
+                if outcome == "handed_back":
+                    lease.hand_back(claim)
+                elif outcome != "lease_lost":
+                    # Also after an exception (outcome ""): release() leaves an
+                    # active run to the sweep as a counted crash attempt.
+                    lease.release(claim)
+            except Exception:  # noqa: BLE001 — the lease then simply expires
+                logger.exception("could not let go of a run", extra={"run_id": claim.run_id})
+                close_old_connections()
         self.runs_advanced += 1
         return True
 
@@ -104,7 +118,7 @@ class Worker:
 def drain(*, worker_id: str = "drain", max_steps: int = 1000) -> int:
     """Advance every claimable run until none is left, in this thread.
     For management commands and tests that want a run executed now."""
-    worker = Worker(worker_id=worker_id)
+    worker = Worker(worker_id=worker_id, sweep_seconds=0.0)
     steps = 0
     while steps < max_steps and worker.run_once():
         steps += 1

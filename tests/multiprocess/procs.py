@@ -1,0 +1,196 @@
+"""Real child processes for the multi-process tests: daphne web processes,
+`manage.py flex_worker` workers and a private redis-server.
+
+Each `Proc` writes its output to a log file; a `ProcGroup` remembers every
+process a test started, stops them all at teardown and prints their logs
+when the test failed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+BASE_DIR = Path(settings.BASE_DIR)
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, *, timeout: float = 20.0, proc: "Proc | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before listening:\n{proc.logs()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s" + (f":\n{proc.logs()}" if proc else ""))
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=BASE_DIR, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            os.kill(self.pid, sig)
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, like a crash."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in `timeout`."""
+        if self.alive:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.popen.returncode
+
+    def logs(self, tail: int = 4000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return text[-tail:]
+
+    def proc_status(self, field: str) -> int:
+        """A numeric field of /proc/<pid>/status (Threads, VmRSS in kB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def threads(self) -> int:
+        return self.proc_status("Threads")
+
+    def rss_kb(self) -> int:
+        return self.proc_status("VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+class ProcGroup:
+    """The processes of one test."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: list[Proc] = []
+        self.log_dir = Path(tempfile.mkdtemp(prefix="flex-mp-"))
+        self._count = 0
+
+    def _name(self, kind: str) -> str:
+        self._count += 1
+        return f"{kind}-{self._count}"
+
+    def start(self, kind: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(self._name(kind), argv, {**self.env, **(env or {})}, self.log_dir)
+        self.procs.append(proc)
+        return proc
+
+    def daphne(self, *, port: int | None = None, env: dict[str, str] | None = None) -> tuple[Proc, int]:
+        port = port or free_port()
+        proc = self.start("daphne", [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+                                     "flexagents.asgi:application"], env)
+        wait_for_port(port, proc=proc)
+        return proc, port
+
+    def worker(self, *args: str, env: dict[str, str] | None = None, ready: bool = True) -> Proc:
+        proc = self.start("worker", [sys.executable, "manage.py", "flex_worker", *args], env)
+        if ready:
+            wait_for(lambda: "flex_worker started" in proc.logs() or not proc.alive, timeout=20,
+                     what=f"{proc.name} to start")
+            if not proc.alive:
+                raise RuntimeError(f"{proc.name} died at start:\n{proc.logs()}")
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                proc.stop(timeout=5)
+            except Exception:  # noqa: BLE001 — teardown must go on
+                pass
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {p.name} (pid {p.pid}, rc {p.popen.returncode}) {' '.join(p.argv[-3:])}\n{p.logs()}"
+                         for p in self.procs)
+
+
+class PrivateRedis:
+    """A redis-server on a free port, owned by one test (never the shared one)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--daemonize", "yes"], check=True, capture_output=True)
+        wait_for_port(self.port, timeout=10)
+
+    def shutdown(self) -> None:
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
+        wait_for(lambda: not _listening(self.port), timeout=10, what="redis to stop")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
