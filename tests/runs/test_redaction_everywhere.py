@@ -1,0 +1,233 @@
+"""Secrets planted in metadata, inputs, node outputs, error messages and a
+cancel reason — nested and non-string — appear nowhere a person can read
+them: the debug view, the run list, the events JSON, the SSE frames and the
+log lines. Ordinary values stay visible, and the stored data keeps the real
+values (capabilities need them)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings as django_settings
+
+from flexagents.logging import JsonFormatter
+from planner.capabilities.qa import review
+from planner.types import Capability, CapabilityError, ContextBundle
+from runs.models import NodeRun, Run
+from tests.conftest import load_envelope
+
+MODULE = __name__
+
+# Every planted secret, as it must never be shown.
+SECRETS = {
+    "metadata apiKey": "sk-meta-111",
+    "metadata nested numeric password": "424242",
+    "input nested numeric password": "777001",
+    "input nested apiKey": "sk-input-222",
+    "special instruction token": "abc-special-333",
+    "node output numeric password": "918273",
+    "node output token list": "sk-out-555",
+    "capability error api_key": "sk-err-666",
+    "exception password": "hunter2-888",
+    "cancel reason token": "abc-reason-777",
+}
+
+
+class LeakyReview(Capability):
+    """A reviewer whose report carries a nested, numeric password and a list of tokens."""
+
+    capability_id = "leaky.Review"
+    display_name = "Leaky reviewer"
+    kind = "validation"
+    input_facets = ("copyVariants",)
+    output_facets = ("qa_report",)
+
+    def run(self, bundle: ContextBundle) -> dict[str, Any]:
+        report = review(bundle.facets["copyVariants"])
+        report["reviewer"] = {"name": "Review bot", "account": {"password": 918273, "token": ["sk-out-555"]}}
+        return {"qa_report": report}
+
+
+class BrokenReview(Capability):
+    """Fails with a credential in the message: first a crash, then for good."""
+
+    capability_id = "leaky.BrokenReview"
+    display_name = "Broken reviewer"
+    kind = "validation"
+    input_facets = ("copyVariants",)
+    output_facets = ("qa_report",)
+
+    def run(self, bundle: ContextBundle) -> dict[str, Any]:
+        if bundle.attempt == 1:
+            raise RuntimeError("connection reset while sending password=hunter2-888")
+        raise CapabilityError("failed with api_key=sk-err-666", code="review_refused", retryable=False)
+
+
+def planted_envelope(review_capability: str) -> dict[str, Any]:
+    envelope = load_envelope("facets-output")
+    envelope["metadata"] = {"threadId": "thread-secrets", "briefId": "brief-secrets", "campaign": "spring-launch",
+                            "apiKey": "sk-meta-111", "vault": {"nested": {"password": 424242}}}
+    envelope["inputs"]["company_information"]["billing"] = {"password": 777001, "apiKey": "sk-input-222",
+                                                            "plan": "enterprise"}
+    envelope["specialInstructions"].append("Publish through the CMS with token=abc-special-333 please.")
+    forbid = ["qa.ContentReview"] + [c for c in ("leaky.Review", "leaky.BrokenReview") if c != review_capability]
+    envelope["policies"]["planner"]["selection"] = {"require": [review_capability], "forbid": forbid}
+    if review_capability == "leaky.BrokenReview":
+        envelope["outputContract"] = {"mode": "facets", "facets": ["qa_report"]}
+    return envelope
+
+
+@pytest.fixture
+def leaky_capabilities(settings: Any) -> None:
+    settings.FLEX_EXTRA_CAPABILITIES = [f"{MODULE}.LeakyReview", f"{MODULE}.BrokenReview"]
+
+
+@pytest.fixture
+def json_log() -> Any:
+    """Every log line of the test, formatted as production formats it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+async def _collect(response: Any) -> str:
+    chunks = []
+    async for chunk in response.streaming_content:
+        chunks.append(chunk.decode() if isinstance(chunk, bytes) else chunk)
+    return "".join(chunks)
+
+
+def read_stream(response: Any) -> str:
+    return async_to_sync(_collect)(response)
+
+
+def leaked(text: str) -> list[str]:
+    return [name for name, secret in SECRETS.items() if secret in text]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_planted_secrets_appear_nowhere_a_person_can_read_them(leaky_capabilities, json_log, api_for, client_user,
+                                                               operator, support, drain):
+    api = api_for(client_user)
+    leaky = api.post("/api/v1/flex/runs", planted_envelope("leaky.Review"), format="json").json()["runId"]
+    broken = api.post("/api/v1/flex/runs", planted_envelope("leaky.BrokenReview"), format="json").json()["runId"]
+    drain()
+    cancelled = api.post("/api/v1/flex/runs", planted_envelope("leaky.Review"), format="json").json()["runId"]
+    assert api.post(f"/api/v1/flex/runs/{cancelled}/cancel",
+                    {"reason": "Duplicate; see ticket, token=abc-reason-777"}, format="json").status_code == 200
+
+    assert Run.objects.get(pk=leaky).status == "completed"
+    assert Run.objects.get(pk=broken).status == "failed"
+
+    shown: dict[str, str] = {}
+    for reader in (client_user, support, operator):
+        reader_api = api_for(reader)
+        for run_id in (leaky, broken, cancelled):
+            debug = reader_api.get(f"/api/v1/flex/runs/{run_id}")
+            assert debug.status_code == 200
+            shown[f"debug {run_id} as {reader.username}"] = debug.content.decode()
+            events = reader_api.get(f"/api/v1/flex/runs/{run_id}/events")
+            assert events.status_code == 200
+            shown[f"events {run_id} as {reader.username}"] = events.content.decode()
+            stream = reader_api.get(f"/api/v1/flex/runs/{run_id}/stream")
+            assert stream.status_code == 200
+            shown[f"sse {run_id} as {reader.username}"] = read_stream(stream)
+        listing = reader_api.get("/api/v1/flex/runs")
+        assert listing.status_code == 200
+        shown[f"list as {reader.username}"] = listing.content.decode()
+    shown["logs"] = json_log.getvalue()
+
+    assert {name: leaked(text) for name, text in shown.items() if leaked(text)} == {}
+
+    # The streams really carried the run (not an empty body that leaks nothing).
+    assert '"status":"completed"' in shown[f"sse {leaky} as clara"]
+    assert "review_refused" in shown[f"sse {broken} as clara"]
+    # Ordinary values stay visible, and the redacted ones say so.
+    debug = json.loads(shown[f"debug {leaky} as sam"])
+    envelope = debug["run"]["envelope"]
+    assert envelope["metadata"]["campaign"] == "spring-launch"
+    assert envelope["metadata"]["apiKey"] == "[redacted]"
+    assert envelope["metadata"]["vault"]["nested"]["password"] == "[redacted]"
+    billing = envelope["inputs"]["company_information"]["billing"]
+    assert billing == {"password": "[redacted]", "apiKey": "[redacted]", "plan": "enterprise"}
+    assert envelope["inputs"]["company_information"]["name"] == "Akkuro"
+    assert "Variant A should highlight risk reduction." in envelope["specialInstructions"]
+    assert "Publish through the CMS with token=[redacted] please." in envelope["specialInstructions"]
+    reviewer = debug["output"]["qa_report"]["reviewer"]
+    assert reviewer == {"name": "Review bot", "account": {"password": "[redacted]", "token": "[redacted]"}}
+    review_node = next(n for n in debug["nodes"] if n["capabilityId"] == "leaky.Review")
+    assert review_node["output"]["qa_report"]["reviewer"]["account"]["password"] == "[redacted]"
+    assert review_node["input"]["metadata"]["apiKey"] == "[redacted]"
+    assert debug["latestSnapshot"]["facets"]["company_information"]["billing"]["plan"] == "enterprise"
+
+    broken_debug = json.loads(shown[f"debug {broken} as sam"])
+    broken_node = next(n for n in broken_debug["nodes"] if n["capabilityId"] == "leaky.BrokenReview")
+    assert broken_node["error"]["message"] == "failed with api_key=[redacted]"
+    assert "failed with api_key=[redacted]" in broken_debug["run"]["error"]["message"]
+    errors = [f["payload"]["error"]["message"] for f in broken_debug["events"]["latest"] if f["type"] == "node_error"]
+    assert errors == ["RuntimeError: connection reset while sending password=[redacted]",
+                      "failed with api_key=[redacted]"]
+
+    cancelled_debug = json.loads(shown[f"debug {cancelled} as sam"])
+    assert cancelled_debug["audit"][-1]["details"]["reason"] == "Duplicate; see ticket, token=[redacted]"
+    assert "run_cancelled" in shown["logs"] and "debug view read" in shown["logs"]
+
+    # Stored data keeps the real values.
+    stored = Run.objects.get(pk=leaky)
+    assert stored.envelope["metadata"]["apiKey"] == "sk-meta-111"
+    assert stored.envelope["inputs"]["company_information"]["billing"]["password"] == 777001
+    assert NodeRun.objects.get(run_id=leaky, capability_id="leaky.Review").output["qa_report"]["reviewer"][
+        "account"]["password"] == 918273
+
+
+@pytest.fixture
+def sensitive_catalog(settings: Any, tmp_path: Path) -> None:
+    """The shipped catalog, with two fields marked `x-sensitive`."""
+    catalog = json.loads(Path(django_settings.FLEX_FACET_CATALOG).read_text())
+    for facet in catalog["facets"]:
+        if facet["name"] == "company_information":
+            facet["schema"]["properties"]["positioning"]["x-sensitive"] = True
+        if facet["name"] == "copyVariants":
+            facet["schema"]["items"]["properties"]["callToAction"]["x-sensitive"] = True
+    path = tmp_path / "facets.json"
+    path.write_text(json.dumps(catalog))
+    settings.FLEX_FACET_CATALOG = path
+
+
+def test_x_sensitive_facet_fields_are_redacted_in_the_debug_view_and_events(sensitive_catalog, api_for, client_user,
+                                                                           drain):
+    envelope = load_envelope("linkedin-variants")
+    api = api_for(client_user)
+    run_id = api.post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    drain()
+
+    body = api.get(f"/api/v1/flex/runs/{run_id}").json()
+    events = api.get(f"/api/v1/flex/runs/{run_id}/events").json()["events"]
+
+    positioning = envelope["inputs"]["company_information"]["positioning"]
+    company = body["run"]["envelope"]["inputs"]["company_information"]
+    assert company["positioning"] == "[redacted]" and company["name"] == "Akkuro"
+    assert body["latestSnapshot"]["facets"]["company_information"]["positioning"] == "[redacted]"
+    strategist = next(n for n in body["nodes"] if n["nodeId"] == "strategist")
+    assert strategist["input"]["facets"]["company_information"]["positioning"] == "[redacted]"
+    for variants in (body["output"]["copyVariants"], body["latestSnapshot"]["facets"]["copyVariants"],
+                     events[-1]["payload"]["output"]["copyVariants"],
+                     body["events"]["latest"][-1]["payload"]["output"]["copyVariants"]):
+        assert [v["callToAction"] for v in variants] == ["[redacted]", "[redacted]"]
+        assert all("Akkuro" in v["body"] for v in variants)
+    # The raw field is only in what is stored.
+    stored = Run.objects.get(pk=run_id)
+    assert stored.envelope["inputs"]["company_information"]["positioning"] == positioning
+    assert all(v["callToAction"] != "[redacted]" for v in stored.output["copyVariants"])
