@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -6,6 +7,10 @@ from flexagents import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # History pages for people (session login; clients are not admin staff).
+    path("runs/", include("runs.page_urls")),
+    path("accounts/login/", auth_views.LoginView.as_view(next_page="/runs/"), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/accounts/login/"), name="logout"),
     path("api/health", views.health, name="health"),
     path("api/v1/flex/", include("runs.urls")),
     path("api/hitl/", include("hitl.urls")),

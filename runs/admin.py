@@ -1,0 +1,370 @@
+"""The operator console: a read-mostly admin for runs whose actions call the
+same services as the API (same events, same audit entries, same 409 rules).
+
+- The list is one query whatever its length (creator joined, the pending HITL
+  request annotated); filters by status, pending request, capability and
+  date; search by run id, objective, thread id and brief id.
+- The run page is read-only and redacted (`runs.pages.run_detail`, shared
+  with the history pages), with POST-only, CSRF-protected buttons: Resume,
+  Answer and Cancel. Their errors are the services' errors, shown as admin
+  messages with their code.
+- Who sees what comes from `flexagents.roles` (guardian object permissions
+  included): operators act on any run, support staff see every run and no
+  buttons (a forged POST gets 403), a user granted one run sees only it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.filters import DateFieldListFilter
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from flexagents.errors import FlexError, RunNotFound
+from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
+from hitl.models import HitlKind, HitlRequest, HitlStatus
+from runs import services as run_services
+from runs.models import NodeRun, Run, RunStatus
+from runs.pages import capability_choices, run_detail, runs_annotated
+from runs.selectors import run_get_for_user, runs_visible_to
+
+
+# --- the services the buttons call ---------------------------------------------------
+# The same functions as /api/hitl/resume, /api/hitl/respond, run.resume and
+# /runs/{id}/cancel: looked up when called, so the console always uses the
+# API's current code path.
+
+def _hitl_service(name: str) -> Callable[..., Any]:
+    from hitl import services as hitl_services
+
+    service = getattr(hitl_services, name, None)
+    if service is None:
+        from runs import services as runs_services
+
+        service = getattr(runs_services, name, None)
+    if service is None:
+        raise FlexError(f"This server has no {name} service yet.", code="not_implemented", status_code=501)
+    return service
+
+
+def error_message(exc: FlexError) -> str:
+    """A 409/422 as an admin message: the sentence, its code and the details
+    an operator needs (current status, expected plan version, latest response)."""
+    parts = [f"{exc.message} [{exc.code}]"]
+    for key in ("status", "expectedPlanVersion", "receivedPlanVersion", "latestResponseId"):
+        if key in exc.details:
+            parts.append(f"{key}={exc.details[key]}")
+    return " ".join(parts)
+
+
+# --- list filters -------------------------------------------------------------------
+
+class PendingRequestFilter(admin.SimpleListFilter):
+    title = "pending request"
+    parameter_name = "pending"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Has a pending request"), ("no", "No pending request")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        has = Exists(HitlRequest.objects.filter(run=OuterRef("pk"), status=HitlStatus.PENDING))
+        if self.value() == "yes":
+            return queryset.filter(has)
+        if self.value() == "no":
+            return queryset.exclude(has)
+        return queryset
+
+
+class CapabilityFilter(admin.SimpleListFilter):
+    title = "capability"
+    parameter_name = "capability"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(c, c) for c in capability_choices()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        if self.value():
+            return queryset.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=self.value())))
+        return queryset
+
+
+# --- forms of the buttons -------------------------------------------------------------
+
+class CancelForm(forms.Form):
+    reason = forms.CharField(max_length=2000, required=False)
+
+
+class ResumeForm(forms.Form):
+    expected_plan_version = forms.IntegerField(min_value=0)
+    note = forms.CharField(max_length=4000, required=False)
+
+
+class AnswerForm(forms.Form):
+    """One answer to a pending request. `latest_response_id` is the id of the
+    request's latest response when the form was rendered (the stale rule)."""
+
+    ANSWERS = [("approve", "Approve"), ("reject", "Reject"), ("option", "Pick an option"), ("freeform", "Free text")]
+    request_id = forms.CharField(max_length=40)
+    answer = forms.ChoiceField(choices=ANSWERS)
+    option_id = forms.CharField(max_length=200, required=False)
+    text = forms.CharField(max_length=8000, required=False)
+    note = forms.CharField(max_length=4000, required=False)
+    latest_response_id = forms.CharField(max_length=40, required=False)
+    mode = forms.ChoiceField(choices=[("resume", "Answer and resume"), ("respond", "Add without resuming")],
+                             required=False)
+
+    def response(self) -> dict[str, Any]:
+        """The HitlResponseInput of API.md."""
+        data = self.cleaned_data
+        note = data.get("note") or ""
+        response: dict[str, Any] = {"requestId": data["request_id"], "metadata": {"note": note} if note else {}}
+        if data["answer"] == "approve":
+            response.update(responseType="approval", approved=True)
+        elif data["answer"] == "reject":
+            response.update(responseType="rejection", approved=False)
+        elif data["answer"] == "option":
+            response.update(responseType="option", selectedOptionId=data.get("option_id") or "")
+        else:
+            response.update(responseType="freeform", freeformText=data.get("text") or "")
+        return response
+
+
+def operator_display(request: HttpRequest) -> dict[str, str]:
+    user = request.user
+    return {"displayName": user.get_full_name() or user.get_username()}
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ("id", "status_badge", "objective_short", "plan_version", "pending_request", "creator",
+                    "created_at", "updated_at")
+    list_display_links = ("id",)
+    list_filter = ("status", PendingRequestFilter, CapabilityFilter, ("created_at", DateFieldListFilter))
+    search_fields = ("id", "objective", "thread_id", "brief_id")
+    date_hierarchy = "created_at"
+    list_select_related = ("created_by",)
+    list_per_page = 50
+    show_full_result_count = False
+    ordering = ("-created_at", "-id")
+    actions = ["cancel_runs", "approve_runs"]
+    change_form_template = "admin/runs/run/console.html"
+
+    # -- who may do what ---------------------------------------------------------------
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
+        return runs_annotated(runs_visible_to(user=request.user))
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return False
+        if obj is not None:
+            return user_may_view_run(user, obj)
+        return user_may_view_all_runs(user) or runs_visible_to(user=user).exists()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs are submitted through the API
+
+    def has_change_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        return False  # read-only: state changes go through the buttons (services)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        return False  # history is never deleted from the console
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return user_may_operate_all_runs(request.user)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    # -- list columns ------------------------------------------------------------------
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: Run) -> str:
+        return format_html('<span class="badge status-{}">{}</span>', run.status, run.get_status_display())
+
+    @admin.display(description="objective")
+    def objective_short(self, run: Run) -> str:
+        return run.objective if len(run.objective) <= 80 else run.objective[:79] + "…"
+
+    @admin.display(description="pending request")
+    def pending_request(self, run: Run) -> str:
+        if not getattr(run, "pending_request_id", None):
+            return "—"
+        question = run.pending_question or ""
+        return format_html('<span class="badge pending">{}</span> {}', run.pending_kind,
+                           question if len(question) <= 60 else question[:59] + "…")
+
+    @admin.display(description="creator", ordering="created_by__username")
+    def creator(self, run: Run) -> str:
+        return run.created_by.get_username() if run.created_by else "—"
+
+    # -- the run page --------------------------------------------------------------------
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("inbox/", wrap(self.inbox_view), name="%s_%s_inbox" % info),
+            path("<path:object_id>/resume/", wrap(self.resume_view), name="%s_%s_resume" % info),
+            path("<path:object_id>/answer/", wrap(self.answer_view), name="%s_%s_answer" % info),
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="%s_%s_cancel" % info),
+        ] + super().get_urls()
+
+    def _get_run(self, request: HttpRequest, object_id: str) -> Run:
+        try:
+            return run_get_for_user(user=request.user, run_id=object_id)
+        except RunNotFound:
+            raise Http404("No such run.") from None
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        run = self._get_run(request, object_id)
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        may_operate = user_may_operate_run(request.user, run)
+        detail = run_detail(run)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Run {run.id}",
+            "subtitle": run.objective[:80],
+            "opts": self.opts,
+            "original": run,
+            "run": run,
+            "d": detail,
+            "may_operate": may_operate,
+            "can_resume": may_operate and run.status == RunStatus.PAUSED,
+            "can_cancel": may_operate and not run.is_terminal,
+            "pending": detail.pending_request if may_operate else None,
+            "history_url": reverse("run_pages:detail", args=[run.id]),
+            "debug_url": f"/api/v1/flex/runs/{run.id}",
+            "has_view_permission": True,
+            **(extra_context or {}),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.change_form_template, context)
+
+    # -- the buttons -----------------------------------------------------------------------
+    def _act(self, request: HttpRequest, object_id: str,
+             act: Callable[[HttpRequest, Run], str]) -> HttpResponse:
+        """POST only (CSRF is checked by admin_view), the run must be visible
+        (else 404) and operable by this user (else 403). The service's domain
+        errors become admin error messages."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = self._get_run(request, object_id)
+        if not user_may_operate_run(request.user, run):
+            raise PermissionDenied
+        try:
+            messages.success(request, act(request, run))
+        except FlexError as exc:
+            messages.error(request, error_message(exc))
+        return HttpResponseRedirect(reverse("admin:runs_run_change", args=[run.id]))
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        def act(request: HttpRequest, run: Run) -> str:
+            form = ResumeForm(request.POST)
+            if not form.is_valid():
+                raise FlexError("The resume form is incomplete.", code="validation_failed", status_code=422)
+            resumed = _hitl_service("run_resume")(
+                user=request.user, run_id=run.id, expected_plan_version=form.cleaned_data["expected_plan_version"],
+                responses=[], latest_response_id=None, operator=operator_display(request),
+                note=form.cleaned_data.get("note") or "")
+            return f"Run {run.id} resumed (plan version {_version(resumed, run)})."
+
+        return self._act(request, object_id, act)
+
+    def answer_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        def act(request: HttpRequest, run: Run) -> str:
+            form = AnswerForm(request.POST)
+            if not form.is_valid():
+                raise FlexError("The answer form is incomplete.", code="validation_failed", status_code=422)
+            data = form.cleaned_data
+            kwargs = {"user": request.user, "run_id": run.id, "request_id": data["request_id"],
+                      "responses": [form.response()], "latest_response_id": data.get("latest_response_id") or None}
+            if data.get("mode") == "respond":
+                _hitl_service("hitl_respond")(**kwargs)
+                return f"Response added to {data['request_id']}; the run still waits."
+            _hitl_service("hitl_resume")(**kwargs, operator=operator_display(request), note=data.get("note") or "")
+            return f"Request {data['request_id']} answered; run {run.id} resumed."
+
+        return self._act(request, object_id, act)
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        def act(request: HttpRequest, run: Run) -> str:
+            form = CancelForm(request.POST)
+            reason = form.cleaned_data.get("reason", "") if form.is_valid() else ""
+            run_services.run_cancel(user=request.user, run_id=run.id, reason=reason)
+            return f"Run {run.id} cancelled."
+
+        return self._act(request, object_id, act)
+
+    # -- bulk actions ------------------------------------------------------------------------
+    @admin.action(description="Cancel selected runs", permissions=["operate"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        done = 0
+        for run_id in queryset.values_list("pk", flat=True):
+            try:
+                run_services.run_cancel(user=request.user, run_id=run_id,
+                                        reason="Cancelled from the admin console (bulk action)")
+                done += 1
+            except FlexError as exc:
+                messages.error(request, f"{run_id}: {error_message(exc)}")
+        if done:
+            messages.success(request, f"Cancelled {done} run(s).")
+
+    @admin.action(description="Approve the pending approval request of selected runs", permissions=["operate"])
+    def approve_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        pending = (HitlRequest.objects.filter(run__in=queryset.values("pk"), status=HitlStatus.PENDING,
+                                              kind=HitlKind.APPROVAL)
+                   .prefetch_related("responses").order_by("run_id", "created_at"))
+        done = 0
+        for hitl_request in pending:
+            latest = list(hitl_request.responses.all())
+            try:
+                _hitl_service("hitl_resume")(
+                    user=request.user, run_id=hitl_request.run_id, request_id=hitl_request.id,
+                    responses=[{"requestId": hitl_request.id, "responseType": "approval", "approved": True,
+                                "metadata": {"note": "Approved from the admin console (bulk action)"}}],
+                    latest_response_id=latest[-1].response_id if latest else None,
+                    operator=operator_display(request), note="bulk approve")
+                done += 1
+            except FlexError as exc:
+                messages.error(request, f"{hitl_request.run_id}: {error_message(exc)}")
+        skipped = queryset.count() - done
+        if done:
+            messages.success(request, f"Approved {done} request(s).")
+        if skipped > 0:
+            messages.warning(request, f"{skipped} selected run(s) had no pending approval request to approve.")
+
+    # -- the HITL inbox ------------------------------------------------------------------------
+    def inbox_view(self, request: HttpRequest) -> HttpResponse:
+        """Pending requests the user may see, most urgent first, then oldest."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from hitl.admin import inbox_requests
+
+        rows = inbox_requests(user=request.user)
+        context = {**self.admin_site.each_context(request), "title": "HITL inbox: pending requests",
+                   "opts": self.opts, "rows": rows}
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/hitl/inbox.html", context)
+
+
+def _version(resumed: Any, run: Run) -> Any:
+    if isinstance(resumed, Run):
+        return resumed.plan_version
+    if isinstance(resumed, dict):
+        return resumed.get("planVersion", "?")
+    run.refresh_from_db(fields=["plan_version"])
+    return run.plan_version

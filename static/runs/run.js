@@ -1,0 +1,115 @@
+// Live timeline of a run page: follows /api/v1/flex/runs/<id>/stream with
+// EventSource (session cookie auth), starting after the last event the page
+// rendered, and recolours plan nodes as node events arrive. No build step.
+(function () {
+  "use strict";
+  var list = document.getElementById("timeline");
+  if (!list || list.dataset.live !== "1" || !window.EventSource) { return; }
+  var state = document.getElementById("live-state");
+  var statusBadge = document.getElementById("run-status");
+  var planVersion = document.getElementById("plan-version");
+  var lastId = list.dataset.lastEventId || "";
+  var seen = {};
+  Array.prototype.forEach.call(list.querySelectorAll("li[data-id]"), function (li) { seen[li.dataset.id] = true; });
+  var TYPES = ["start", "plan_requested", "plan_rejected", "plan_generated", "plan_updated", "node_start",
+    "node_complete", "node_error", "validation_error", "policy_triggered", "hitl_request", "hitl_update",
+    "hitl_resolved", "complete", "log"];
+  var COLOURS = { pending: "#9aa5b1", running: "#2f80ed", completed: "#27ae60", failed: "#eb5757",
+    awaiting_hitl: "#f2994a", skipped: "#cfd6dd" };
+  var source = null;
+
+  function summary(f) {
+    var p = f.payload || {};
+    switch (f.type) {
+      case "node_start": return p.nodeId + " started (attempt " + p.attempt + ")";
+      case "node_complete": return p.nodeId + " completed \u2192 " + (p.outputFacets || []).join(", ");
+      case "node_error": return p.nodeId + ": " + ((p.error || {}).message || "");
+      case "hitl_request": return p.kind + ": " + p.question;
+      case "hitl_resolved": return p.requestId + " " + p.resolution;
+      case "plan_updated": return "plan v" + p.previousVersion + " \u2192 v" + p.version + " (" + p.reason + ")";
+      case "plan_generated": return "plan v" + p.version + ": " + (p.nodes || []).length + " nodes";
+      case "complete": return "status " + p.status;
+      case "policy_triggered": return "policy " + p.policyId + " \u2192 " + ((p.action || {}).type || "");
+      case "validation_error": return p.scope + " validation failed (" + (p.errors || []).length + " errors)";
+      case "log": return String(p.message || "");
+      default: return "";
+    }
+  }
+
+  function setStatus(status) {
+    if (!statusBadge || !status) { return; }
+    statusBadge.textContent = status;
+    statusBadge.className = "badge status-" + status;
+  }
+
+  function colourNode(nodeId, status) {
+    if (!nodeId) { return; }
+    var nodes = document.querySelectorAll("#plan-graph g.plan-node");
+    Array.prototype.forEach.call(nodes, function (g) {
+      if (g.getAttribute("data-node-id") !== nodeId) { return; }
+      g.setAttribute("data-status", status);
+      var rect = g.querySelector("rect");
+      if (rect) { rect.setAttribute("fill", COLOURS[status] || "#9aa5b1"); }
+      var label = g.querySelector(".plan-node-status");
+      if (label) { label.textContent = label.textContent.split(" \u00b7 ")[0] + " \u00b7 " + status; }
+    });
+  }
+
+  function showOutput(payload) {
+    var box = document.getElementById("output");
+    if (!box) { return; }
+    var pre = document.createElement("pre");
+    pre.className = "json" + (payload.status === "completed" ? "" : " error");
+    pre.textContent = JSON.stringify(payload.output || payload.error || payload, null, 2);
+    box.innerHTML = "";
+    box.appendChild(pre);
+  }
+
+  function onFrame(e) {
+    var f;
+    try { f = JSON.parse(e.data); } catch (err) { return; }
+    if (!f || !f.id || seen[f.id]) { return; }
+    seen[f.id] = true;
+    lastId = f.id;
+    var li = document.createElement("li");
+    li.className = "ev ev-" + f.type + " new";
+    li.dataset.id = f.id;
+    var seq = document.createElement("span"); seq.className = "seq"; seq.textContent = f.seq;
+    var type = document.createElement("b"); type.className = "type"; type.textContent = f.type;
+    var text = document.createElement("span"); text.className = "summary"; text.textContent = summary(f);
+    var time = document.createElement("time"); time.textContent = (f.timestamp || "").slice(11, 19);
+    li.appendChild(seq); li.appendChild(document.createTextNode(" ")); li.appendChild(type);
+    li.appendChild(document.createTextNode(" ")); li.appendChild(text); li.appendChild(time);
+    list.appendChild(li);
+    list.scrollTop = list.scrollHeight;
+    if (planVersion && f.planVersion) { planVersion.textContent = f.planVersion; }
+    var p = f.payload || {};
+    if (f.type === "node_start") { colourNode(p.nodeId, "running"); setStatus("running"); }
+    else if (f.type === "node_complete") { colourNode(p.nodeId, "completed"); }
+    else if (f.type === "node_error" && !p.willRetry) { colourNode(p.nodeId, "failed"); }
+    else if (f.type === "hitl_request") { colourNode(f.nodeId || p.pendingNodeId, "awaiting_hitl"); setStatus("awaiting_hitl"); }
+    else if (f.type === "plan_updated") { (p.nodes || []).forEach(function (n) { colourNode(n.id, n.status); }); }
+    else if (f.type === "complete") {
+      setStatus(p.status);
+      showOutput(p);
+      state.textContent = "finished";
+      source.close();
+    }
+  }
+
+  function connect() {
+    var url = list.dataset.streamUrl + (lastId ? "?lastEventId=" + encodeURIComponent(lastId) : "");
+    source = new EventSource(url, { withCredentials: true });
+    source.onopen = function () { state.textContent = "live"; };
+    TYPES.forEach(function (t) { source.addEventListener(t, onFrame); });
+    source.onmessage = onFrame;
+    source.onerror = function () {
+      if (state.textContent === "finished") { return; }
+      // The browser reconnects by itself with Last-Event-ID; if it gave up
+      // (an HTTP error), reconnect from the last id we showed.
+      state.textContent = "reconnecting…";
+      if (source.readyState === EventSource.CLOSED) { setTimeout(connect, 2000); }
+    };
+  }
+  connect();
+})();
