@@ -147,6 +147,11 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
     action = policy["action"]
     kind = action["type"]
     node_id = node.node_id if node is not None else ""
+    if kind == "replan" and trigger == ON_VALIDATION_FAIL and node is not None and _replanned_before(ctx, policy, node):
+        # Once per (policy, node): a node that never validates ends the run.
+        step.event(ev.LOG, {"level": "warning", "message": f"policy {policy['id']} already replanned node "
+                                                           f"{node_id}; not replanning again"}, node_id)
+        return False
     payload: dict[str, Any] = {"policyId": policy["id"], "trigger": trigger, "action": action}
     if node_id:
         payload["nodeId"] = node_id
@@ -228,12 +233,6 @@ def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: st
         if "status" in changes:
             statuses[changed] = changes["status"]
     if trigger == ON_VALIDATION_FAIL and node is not None:
-        already = PlanVersion.objects.filter(run_id=ctx.run.id, reason=PlanVersion.Reason.REPLAN,
-                                             trigger__policyId=policy["id"], trigger__nodeId=node_id).exists()
-        if already:
-            step.event(ev.LOG, {"level": "warning", "message": f"policy {policy['id']} already replanned node "
-                                                               f"{node_id}; not replanning again"}, node_id)
-            return False
         step.update_node(node_id, status=NodeStatus.PENDING)
         statuses[node_id] = NodeStatus.PENDING
     previous = ctx.run.plan_version
@@ -264,6 +263,11 @@ def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: st
         return True
     # onStart / onNodeComplete: the flow goes on under the new version.
     return False
+
+
+def _replanned_before(ctx: "RunContext", policy: dict[str, Any], node: "NodeRun") -> bool:
+    return PlanVersion.objects.filter(run_id=ctx.run.id, reason=PlanVersion.Reason.REPLAN,
+                                      trigger__policyId=policy["id"], trigger__nodeId=node.node_id).exists()
 
 
 def _contract_summary(ctx: "RunContext", node_id: str) -> dict[str, Any]:
