@@ -35,6 +35,11 @@ from runs.pages import capability_choices, run_detail, runs_annotated
 from runs.selectors import run_get_for_user, runs_visible_to
 
 
+admin.site.site_header = "Flex Agents console"
+admin.site.site_title = "Flex Agents console"
+admin.site.index_title = "Runs, people in the loop, capabilities"
+
+
 # --- the services the buttons call ---------------------------------------------------
 # The same functions as /api/hitl/resume, /api/hitl/respond, run.resume and
 # /runs/{id}/cancel: looked up when called, so the console always uses the

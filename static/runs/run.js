@@ -65,6 +65,41 @@
     box.appendChild(pre);
   }
 
+  // The HITL dialogue follows too: new responses and resolutions.
+  function requestBox(requestId) {
+    return document.querySelector('#dialogue .hitl-request[data-request-id="' + requestId + '"]');
+  }
+
+  function addResponse(requestId, r) {
+    var box = requestBox(requestId);
+    if (!box || !r) { return; }
+    var ol = box.querySelector("ol.responses");
+    var empty = ol.querySelector("li.muted");
+    if (empty) { ol.removeChild(empty); }
+    if (ol.querySelector('[data-response-id="' + r.responseId + '"]')) { return; }
+    var li = document.createElement("li");
+    li.className = "response";
+    li.dataset.responseId = r.responseId;
+    var who = document.createElement("b"); who.textContent = r.responderDisplayName || "someone";
+    li.appendChild(who);
+    li.appendChild(document.createTextNode(" \u00b7 " + r.responseType +
+      (r.selectedOptionId ? " \u00b7 option " + r.selectedOptionId : "")));
+    if (r.freeformText) {
+      var q = document.createElement("blockquote"); q.textContent = r.freeformText; li.appendChild(q);
+    }
+    ol.appendChild(li);
+  }
+
+  function resolveRequest(p) {
+    var box = requestBox(p.requestId);
+    if (!box) { return; }
+    (p.responses || []).forEach(function (r) { addResponse(p.requestId, r); });
+    box.className = "hitl-request hitl-resolved";
+    var badges = box.querySelectorAll(".hitl-head .badge");
+    var badge = badges[badges.length - 1];
+    if (badge) { badge.textContent = "resolved: " + p.resolution; badge.className = "badge status-resolved"; }
+  }
+
   function onFrame(e) {
     var f;
     try { f = JSON.parse(e.data); } catch (err) { return; }
@@ -88,6 +123,8 @@
     else if (f.type === "node_complete") { colourNode(p.nodeId, "completed"); }
     else if (f.type === "node_error" && !p.willRetry) { colourNode(p.nodeId, "failed"); }
     else if (f.type === "hitl_request") { colourNode(f.nodeId || p.pendingNodeId, "awaiting_hitl"); setStatus("awaiting_hitl"); }
+    else if (f.type === "hitl_update") { addResponse(p.requestId, p.response); }
+    else if (f.type === "hitl_resolved") { resolveRequest(p); }
     else if (f.type === "plan_updated") { (p.nodes || []).forEach(function (n) { colourNode(n.id, n.status); }); }
     else if (f.type === "complete") {
       setStatus(p.status);
