@@ -136,7 +136,9 @@ class ProcGroup:
         return f"{kind}-{self._count}"
 
     def start(self, kind: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(self._name(kind), argv, {**self.env, **(env or {})}, self.log_dir)
+        name = self._name(kind)
+        # PGAPPNAME (libpq): lets a test count one process's PostgreSQL connections.
+        proc = Proc(name, argv, {**self.env, "PGAPPNAME": f"flex-{name}", **(env or {})}, self.log_dir)
         self.procs.append(proc)
         return proc
 
