@@ -51,6 +51,9 @@ def _text_param(params: Any, name: str) -> str | None:
         return None
     if len(value) > MAX_FILTER_LENGTH:
         raise _invalid(name, f"at most {MAX_FILTER_LENGTH} characters")
+    if "\x00" in value:
+        # PostgreSQL refuses NUL in text parameters; say so instead of a 500.
+        raise _invalid(name, "must not contain NUL characters")
     return value
 
 

@@ -111,6 +111,8 @@ def test_it_filters_by_creation_time(api_for, client_user):
     ({"cursor": "not-a-cursor"}, "/cursor"),
     ({"cursor": "W10"}, "/cursor"),  # valid base64 of "[]"
     ({"q": "x" * 201}, "/q"),
+    ({"threadId": "thread\x00"}, "/threadId"),
+    ({"q": "\x00"}, "/q"),
 ])
 def test_it_refuses_bad_query_parameters_with_a_clear_error(api_for, client_user, params, path):
     response = api_for(client_user).get(LIST, params)
