@@ -160,6 +160,9 @@ class RunAdmin(admin.ModelAdmin):
     actions = ["cancel_runs", "approve_runs"]
     change_form_template = "admin/runs/run/console.html"
 
+    class Media:
+        css = {"all": ("runs/console.css",)}
+
     # -- who may do what ---------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
         return runs_annotated(runs_visible_to(user=request.user))

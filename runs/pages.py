@@ -263,6 +263,8 @@ def event_summary(frame: dict[str, Any]) -> str:
         return f"{p.get('nodeId')}: {(p.get('error') or {}).get('message', '')}"
     if kind == "hitl_request":
         return f"{p.get('kind')}: {p.get('question')}"
+    if kind == "hitl_update":
+        return f"{p.get('requestId')} response #{p.get('responseCount')}: {(p.get('response') or {}).get('responseType')}"
     if kind == "hitl_resolved":
         return f"{p.get('requestId')} {p.get('resolution')}"
     if kind == "plan_updated":

@@ -25,6 +25,7 @@
       case "node_complete": return p.nodeId + " completed \u2192 " + (p.outputFacets || []).join(", ");
       case "node_error": return p.nodeId + ": " + ((p.error || {}).message || "");
       case "hitl_request": return p.kind + ": " + p.question;
+      case "hitl_update": return p.requestId + " response #" + p.responseCount + ": " + ((p.response || {}).responseType || "");
       case "hitl_resolved": return p.requestId + " " + p.resolution;
       case "plan_updated": return "plan v" + p.previousVersion + " \u2192 v" + p.version + " (" + p.reason + ")";
       case "plan_generated": return "plan v" + p.version + ": " + (p.nodes || []).length + " nodes";

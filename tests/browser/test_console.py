@@ -81,9 +81,11 @@ def test_an_operator_approves_one_run_and_cancels_another_from_the_admin(
     page = chromium().new_page(viewport={"width": 1440, "height": 900})
     login(page, server, "olivia")
 
+    page.set_viewport_size({"width": 1760, "height": 900})
     page.goto(f"{server}/admin/runs/run/")
     assert page.locator(f"tr:has-text('{to_approve.id}') .badge.pending").count() == 1
     screenshot(page, "console-run-list")
+    page.set_viewport_size({"width": 1440, "height": 900})
 
     page.goto(f"{server}/admin/runs/run/{to_approve.id}/change/")
     assert page.locator("#answer input[value=approve]").is_checked()
