@@ -221,10 +221,62 @@ def _pair_sub(match: re.Match[str]) -> str:
     return f"{match.group('key')}{match.group('sep')}{masked}"
 
 
+# A sensitive key whose value opens a bracket: `{'credentials': {'a': {'b': 'x'}}}`
+# (a dict's repr in an exception message). Regexes cannot match nesting, so
+# the value is found by counting brackets (`_bracket_end`).
+_NESTED_RE = re.compile(
+    rf"(?P<key>\\?[\"']?{_KEY_CHARS}*(?:{_SENSITIVE_STEMS}){_KEY_CHARS}*\\?[\"']?)[ \t]*[:=][ \t]*(?=[\[{{])",
+    re.IGNORECASE,
+)
+_CLOSING = {"[": "]", "{": "}"}
+
+
+def _bracket_end(s: str, start: int) -> int:
+    """The index just past the bracket that closes the one at `start`
+    (quotes respected); the end of the line when it never closes."""
+    stack: list[str] = []
+    quote = ""
+    i = start
+    while i < len(s):
+        c = s[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c in _CLOSING:
+            stack.append(_CLOSING[c])
+        elif stack and c == stack[-1]:
+            stack.pop()
+            if not stack:
+                return i + 1
+        elif c in "\r\n":
+            return i
+        i += 1
+    return len(s)
+
+
+def _mask_nested(s: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for match in _NESTED_RE.finditer(s):
+        if match.start() < pos:
+            continue  # inside a value already masked
+        out.append(s[pos:match.end()])
+        out.append(REDACTED)
+        pos = _bracket_end(s, match.end())
+    out.append(s[pos:])
+    return "".join(out)
+
+
 def redact_text(s: str) -> str:
     """Mask credentials inside free text (error messages, log lines)."""
     if not s:
         return s
     s = _HEADER_RE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{REDACTED}", s)
+    if "{" in s or "[" in s:
+        s = _mask_nested(s)
     s = _PAIR_RE.sub(_pair_sub, s)
     return _SCHEME_RE.sub(lambda m: f"{m.group('scheme')} {REDACTED}", s)

@@ -34,6 +34,7 @@ SECRETS = {
     "node output token list": "sk-out-555",
     "capability error api_key": "sk-err-666",
     "exception password": "hunter2-888",
+    "exception nested credentials": "nested-999",
     "cancel reason token": "abc-reason-777",
 }
 
@@ -64,7 +65,8 @@ class BrokenReview(Capability):
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         if bundle.attempt == 1:
-            raise RuntimeError("connection reset while sending password=hunter2-888")
+            raise RuntimeError("connection reset while sending password=hunter2-888 "
+                               "with {'credentials': {'vault': {'pin': 'nested-999'}}}")
         raise CapabilityError("failed with api_key=sk-err-666", code="review_refused", retryable=False)
 
 
@@ -177,7 +179,8 @@ def test_planted_secrets_appear_nowhere_a_person_can_read_them(leaky_capabilitie
     assert broken_node["error"]["message"] == "failed with api_key=[redacted]"
     assert "failed with api_key=[redacted]" in broken_debug["run"]["error"]["message"]
     errors = [f["payload"]["error"]["message"] for f in broken_debug["events"]["latest"] if f["type"] == "node_error"]
-    assert errors == ["RuntimeError: connection reset while sending password=[redacted]",
+    assert errors == ["RuntimeError: connection reset while sending password=[redacted] "
+                      "with {'credentials': [redacted]}",
                       "failed with api_key=[redacted]"]
 
     cancelled_debug = json.loads(shown[f"debug {cancelled} as sam"])
