@@ -83,6 +83,26 @@ class RunAcceptedSerializer(serializers.Serializer):
     streamUrl = serializers.URLField()
 
 
+class RunSummarySerializer(serializers.Serializer):
+    """Documentation only: a list item and the cancel response (runs.listing)."""
+
+    runId = serializers.CharField()
+    status = serializers.CharField()
+    objective = serializers.CharField()
+    planVersion = serializers.IntegerField()
+    threadId = serializers.CharField(allow_null=True)
+    briefId = serializers.CharField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    updatedAt = serializers.DateTimeField()
+    createdBy = serializers.CharField(allow_null=True)
+    pendingRequestId = serializers.CharField(allow_null=True)
+
+
+class RunListSerializer(serializers.Serializer):
+    results = RunSummarySerializer(many=True)
+    next = serializers.URLField(allow_null=True)
+
+
 class RunStreamApi(SseApiView):
     """POST /api/v1/flex/run.stream — submit an envelope and stream the run."""
 
@@ -111,7 +131,7 @@ class RunListCreateApi(FlexApiView):
         return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
                          "streamUrl": stream_url(request, run.id)}, status=202)
 
-    @extend_schema(summary="List the runs you may view, newest first",
+    @extend_schema(summary="List the runs you may view, newest first", responses={200: RunListSerializer},
                    parameters=[OpenApiParameter(n, str, required=False) for n in
                                ("status", "threadId", "briefId", "capabilityId", "createdAfter", "createdBefore",
                                 "q", "cursor", "limit")])
@@ -258,7 +278,8 @@ class RunCancelInputSerializer(serializers.Serializer):
 class RunCancelApi(FlexApiView):
     """POST /api/v1/flex/runs/{runId}/cancel — terminal and audited."""
 
-    @extend_schema(request=RunCancelInputSerializer, summary="Cancel a run (409 run_already_completed when terminal)")
+    @extend_schema(request=RunCancelInputSerializer, responses={200: RunSummarySerializer},
+                   summary="Cancel a run (409 run_already_completed when terminal)")
     def post(self, request: Request, run_id: str) -> Response:
         from runs.listing import run_summary
 
