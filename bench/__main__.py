@@ -1,0 +1,169 @@
+"""`python -m bench` (or `make bench`): every benchmark, on SQLite and on
+PostgreSQL, with a private Redis. Prints the figures and how they compare
+with this round's targets. Nothing here is a test: no figure fails the run.
+
+Environment: FLEX_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/flex_bench;
+the database is dropped and re-created), FLEX_BENCH_DIR (default /tmp/flex_bench),
+FLEX_BENCH_CLIENTS (default 500), FLEX_BENCH_ONLY (sqlite or postgresql).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+from bench import capabilities
+from bench.common import RESULT_PREFIX, ROOT, WORK, free_port, wait_port
+
+PG_URL = os.environ.get("FLEX_BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/flex_bench")
+CLIENTS = int(os.environ.get("FLEX_BENCH_CLIENTS", "500"))
+TARGETS = {"pg_ms_per_node": 0.7, "commits_per_node": 1.0, "sse_p50_ms": 10.0, "sse_p99_ms": 50.0}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def base_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({
+        "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "flexagents.settings", "PYTHONUNBUFFERED": "1",
+        "SECRET_KEY": env.get("SECRET_KEY", "flex-bench"), "LOG_LEVEL": "WARNING", "FLEX_EMBEDDED_WORKERS": "0",
+        "FLEX_IDLE_POLL_SECONDS": "0.05", "FLEX_FACET_CATALOG": str(WORK / "facets.json"),
+        "FLEX_EXTRA_CAPABILITIES": ",".join(capabilities.PATHS), "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+def prepare_sqlite() -> str | None:
+    path = WORK / "bench.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        p = path.with_name(path.name + suffix)
+        if p.exists():
+            p.unlink()
+    return f"sqlite:///{path}"
+
+
+def prepare_postgres() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    parsed = urlparse(PG_URL)
+    name = parsed.path.lstrip("/") or "flex_bench"
+    admin = urlunparse(parsed._replace(path="/postgres"))
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # noqa: BLE001
+        log(f"PostgreSQL unavailable ({exc}); skipping it")
+        return None
+    return PG_URL
+
+
+def phase(module: str, env: dict[str, str], *args: str) -> dict[str, Any]:
+    log(f"  … {module} {' '.join(args)}")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            log(f"    done in {time.monotonic() - started:.1f}s")
+            return json.loads(line[len(RESULT_PREFIX):])
+    raise RuntimeError(f"{module} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+class PrivateRedis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "PrivateRedis":
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--daemonize", "yes"], check=True, capture_output=True)
+        wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
+
+
+def bench_database(vendor: str, url: str) -> dict[str, Any]:
+    env = base_env(url)
+    log(f"[{vendor}] migrating")
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    out: dict[str, Any] = {"engine": phase("bench.engine", env), "throughput": phase("bench.throughput", env)}
+    if shutil.which("redis-server"):
+        with PrivateRedis() as redis:
+            out["sse_redis"] = phase("bench.sse", {**env, "REDIS_URL": redis.url}, str(CLIENTS))
+    # Without Redis: streams learn of new events by polling (FLEX_SSE_POLL_SECONDS, 0.25 s default).
+    out["sse_polling"] = phase("bench.sse", env, "0", "4")
+    return out
+
+
+def verdict(value: float, target: float) -> str:
+    return f"{'OK ' if value <= target else 'MISS'} (target ≤ {target:g}, ratio {value / target:.2f})"
+
+
+def report(results: dict[str, dict[str, Any]]) -> None:
+    print("\n=== Flex Agents benchmark ===")
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}\n")
+    for vendor, r in results.items():
+        e = r["engine"]
+        print(f"--- {vendor}")
+        for key in ("plan3", "plan20"):
+            p = e[key]
+            print(f"engine {p['nodes']:>2}-node plan: {p['ms_per_run']:.2f} ms/run, overhead {p['ms_per_node']:.3f} ms/node,"
+                  f" {p['commits_per_node']:.2f} commits/node, {p['statements_per_node']:.1f} SQL/node ({p['runs']} runs)")
+        line = f"engine marginal cost of one more node: {e['marginal_ms_per_node']:.3f} ms, " \
+               f"{e['marginal_commits_per_node']:.2f} commits"
+        if vendor == "postgresql":
+            line += "  " + verdict(e["marginal_ms_per_node"], TARGETS["pg_ms_per_node"])
+        print(line)
+        print(f"  commits per node (marginal): {verdict(e['marginal_commits_per_node'], TARGETS['commits_per_node'])}")
+        t = r["throughput"]["throughput"]
+        base = t["1"]["runs_per_second"]
+        print("runs/sec (3-node runs): " + ", ".join(
+            f"{n} worker{'s' if n != '1' else ''}: {v['runs_per_second']:.1f} (x{v['runs_per_second'] / base:.2f})"
+            for n, v in t.items()))
+        if "sse_redis" in r:
+            s = r["sse_redis"]
+            lat = s["latency"]
+            print(f"SSE commit->receive with Redis: p50 {lat['p50_ms']:.1f} ms {verdict(lat['p50_ms'], TARGETS['sse_p50_ms'])},"
+                  f" p99 {lat['p99_ms']:.1f} ms {verdict(lat['p99_ms'], TARGETS['sse_p99_ms'])} ({lat['frames']} frames)")
+            m = s.get("many")
+            if m:
+                print(f"{m['clients']} SSE clients on one daphne: {m['complete_deliveries']}/{m['clients']} complete,"
+                      f" p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, opened in {m['seconds_to_open']:.1f}s")
+                for label in ("baseline", "peak", "after"):
+                    v = m[label]
+                    print(f"  {label:>8}: threads {v['threads']}, db connections {v['db']}, RSS {v['rss_mb']:.0f} MB")
+        p = r["sse_polling"]["latency"]
+        print(f"SSE without Redis (polling): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms ({p['frames']} frames)")
+        print()
+
+
+def main() -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    capabilities.write_catalog(WORK / "facets.json")
+    only = os.environ.get("FLEX_BENCH_ONLY")
+    results: dict[str, dict[str, Any]] = {}
+    for vendor, prepare in (("sqlite", prepare_sqlite), ("postgresql", prepare_postgres)):
+        if only and only != vendor:
+            continue
+        url = prepare()
+        if url:
+            results[vendor] = bench_database(vendor, url)
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    report(results)
+    print(f"(raw figures: {WORK / 'results.json'}; process logs in {WORK})")
+
+
+if __name__ == "__main__":
+    main()
