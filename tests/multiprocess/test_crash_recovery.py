@@ -121,3 +121,28 @@ def test_a_healthy_node_running_three_lease_lengths_is_not_taken_over(procs, tok
     assert sleeper_events(run_id, "node_error") == []
     assert Run.objects.get(pk=run_id).lease_token == claimed_token
     assert len(calls(log)) == 1
+
+
+def test_a_sigterm_hands_the_run_back_promptly_and_the_node_reruns_without_a_crash_attempt(procs, token, tmp_path):
+    web, port = procs.daphne()
+    leaving = procs.worker("--grace", "0.5")
+    log = tmp_path / "calls.jsonl"
+    run_id = submit(port, token, sleeper_envelope(sleep=5.0, call_log=str(log)))
+    wait_for(lambda: len(calls(log)) == 1, timeout=20, what="the capability to be called")
+    token_before = Run.objects.get(pk=run_id).lease_token
+
+    asked_at = time.monotonic()
+    assert leaving.stop(timeout=10) == 0
+    assert time.monotonic() - asked_at < 4.0  # did not wait for the 5 s capability
+    run = Run.objects.get(pk=run_id)
+    assert run.lease_owner == "" and run.lease_token > token_before  # handed back, fenced
+
+    heir = procs.worker()
+    assert wait_run_status(run_id, ("completed", "failed"), timeout=30) == "completed"
+    assert [c["pid"] for c in calls(log)] == [leaving.pid, heir.pid]
+    # Same attempt, same idempotency key: a hand-back is not a crash.
+    assert calls(log)[0]["key"] == calls(log)[1]["key"]
+    node = sleeper_node(run_id)
+    assert (node.commits, node.attempts, node.crash_attempts) == (1, 1, 0)
+    assert sleeper_events(run_id, "node_error") == []
+    assert len(sleeper_events(run_id, "node_complete")) == 1
