@@ -32,8 +32,14 @@ from runs.streaming import event_stream, hub
 logger = logging.getLogger("runs.apis")
 
 
+class JsonObjectSerializer(serializers.Serializer):
+    """OpenAPI fallback for views whose bodies are described in docs/api.md."""
+
+
 class FlexApiView(APIView):
     """Errors are JSON even when the client asked for an event stream."""
+
+    serializer_class = JsonObjectSerializer  # for drf-spectacular only
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(response, Response) and response.status_code >= 400:
