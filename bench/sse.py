@@ -146,20 +146,29 @@ def many_clients(web: Any, port: int, token: str, user: Any, clients: int, total
                 return cursor.fetchone()[0]
         return sqlite_handles(web)
 
-    base = {"threads": web.status("Threads"), "db": conns(), "rss_mb": web.status("VmRSS") / 1024}
+    def snapshot() -> dict[str, Any]:
+        return {"threads": web.status("Threads"), "db": conns(), "rss_mb": round(web.status("VmRSS") / 1024, 1)}
+
+    base = snapshot()
     run_id = held_run(user, step_sleep=0.02)
-    peak = {"threads": 0, "db": 0, "rss_mb": 0.0}
+    # Peaks per phase: "connect" (requests in flight: Django runs each sync
+    # view on its own thread), "delivery" (streams open and busy).
+    peaks: dict[str, dict[str, Any]] = {"connect": {}, "delivery": {}}
+    current = ["connect"]
     sampling = threading.Event()
 
     def sample() -> None:
         try:
             while not sampling.is_set():
-                peak["threads"] = max(peak["threads"], web.status("Threads"))
-                peak["db"] = max(peak["db"], conns())
-                peak["rss_mb"] = max(peak["rss_mb"], web.status("VmRSS") / 1024)
+                now = snapshot()
+                peak = peaks[current[0]]
+                for key, value in now.items():
+                    peak[key] = max(peak.get(key, 0), value)
                 time.sleep(0.1)
         finally:
             connection.close()
+
+    idle: dict[str, Any] = {}
 
     async def scenario() -> tuple[list[list[tuple[int, float, float]]], float]:
         opened = asyncio.Event()
@@ -172,6 +181,9 @@ def many_clients(web: Any, port: int, token: str, user: Any, clients: int, total
             await asyncio.sleep(0.2)
         await asyncio.wait_for(opened.wait(), timeout=120)
         open_seconds = time.monotonic() - started
+        await asyncio.sleep(1.5)
+        idle.update(await asyncio.to_thread(lambda: (snapshot(), connection.close())[0]))
+        current[0] = "delivery"
         await asyncio.to_thread(release, run_id)
         return await asyncio.gather(*tasks), open_seconds
 
@@ -183,11 +195,11 @@ def many_clients(web: Any, port: int, token: str, user: Any, clients: int, total
     complete = sum(1 for frames in all_frames if [f[0] for f in frames] == list(range(1, total_events + 1)))
     latencies = [f[1] for frames in all_frames for f in frames]
     time.sleep(2.0)
-    after = {"threads": web.status("Threads"), "db": conns(), "rss_mb": web.status("VmRSS") / 1024}
     return {"clients": clients, "complete_deliveries": complete, "frames": len(latencies),
             "seconds_to_open": open_seconds,
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "baseline": base, "peak": peak, "after": after}
+            "baseline": base, "connect_peak": peaks["connect"], "open_idle": idle,
+            "delivery_peak": peaks["delivery"], "after": snapshot()}
 
 
 if __name__ == "__main__":

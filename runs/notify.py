@@ -46,8 +46,7 @@ def publish_frames(frames: list[tuple[str, int, str, str]]) -> None:
     and, when Redis is configured, to every other process."""
     from runs.streaming import hub
 
-    for run_id, seq, type_, data in frames:
-        hub.deliver(run_id, seq, type_, data)
+    hub.deliver_many(frames)
     _publish(REDIS_CHANNEL, lambda: json.dumps([{"runId": r, "seq": s, "type": t, "data": d}
                                                   for r, s, t, d in frames]))
 
