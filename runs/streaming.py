@@ -246,20 +246,28 @@ class StreamHub:
     async def _redis_forever(self) -> None:
         """Subscribe to event notifications; reconnect forever with back-off.
         After every (re)connect, force a re-read: messages published while we
-        were away are lost, the events are not."""
+        were away are lost, the events are not.
+
+        Cancellation (the event loop shutting down) must always end this task:
+        redis-py can swallow a CancelledError inside a blocking read, so we
+        read with a timeout and check `Task.cancelling()` on every turn
+        instead of trusting `pubsub.listen()` to raise it.
+        """
         import redis.asyncio as aioredis
 
+        task = asyncio.current_task()
         delay = 0.1
-        while True:
+        while not _cancelling(task):
             client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1.0)
             try:
-                pubsub = client.pubsub()
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe("flexagents:events")
                 self.redis_reconnects += 1
                 self.force_reread()
                 delay = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
+                while not _cancelling(task):
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
                         continue
                     self.deliver_many([(item["runId"], item["seq"], item["type"], item["data"])
                                        for item in json.loads(message["data"])])
@@ -269,11 +277,17 @@ class StreamHub:
                 logger.warning("redis subscriber lost its connection; reconnecting", extra={"error": str(exc)})
             finally:
                 try:
-                    await client.aclose()
-                except Exception:  # noqa: BLE001
+                    await asyncio.wait_for(client.aclose(), timeout=1.0)
+                except BaseException:  # noqa: BLE001 — closing is best effort, even when cancelled
                     pass
+            if _cancelling(task):
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _cancelling(task: asyncio.Task | None) -> bool:
+    return task is not None and task.cancelling() > 0
 
 
 def _set_all(listeners: list[RunListener]) -> None:
