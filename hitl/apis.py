@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from flexagents.errors import ValidationFailed
+from flexagents.params import int_param
 from hitl import services
 from hitl.models import HitlKind, HitlUrgency
 from hitl.selectors import hitl_pending_for_user, hitl_run_id_for
@@ -90,8 +91,8 @@ class HitlPendingApi(FlexApiView):
             errors.append({"path": "/kind", "message": f"expected one of {', '.join(HitlKind.values)}"})
         if params.get("urgency") and params["urgency"] not in HitlUrgency.values:
             errors.append({"path": "/urgency", "message": f"expected one of {', '.join(HitlUrgency.values)}"})
-        offset = _int(params.get("offset"), 0, 0, 10**9, "offset", errors)
-        limit = _int(params.get("limit"), 50, 1, self.MAX_LIMIT, "limit", errors)
+        offset = int_param(params, "offset", default=0, low=0, high=10**9, errors=errors)
+        limit = int_param(params, "limit", default=50, low=1, high=self.MAX_LIMIT, errors=errors)
         if errors:
             raise ValidationFailed("Some query parameters are not valid.", details={"errors": errors})
         qs = hitl_pending_for_user(user=request.user, kind=params.get("kind"), urgency=params.get("urgency"),
@@ -113,19 +114,6 @@ def _pending_entry(hitl_request: Any) -> dict[str, Any]:
             "status": run.status, "planVersion": run.plan_version, "updatedAt": iso(run.updated_at),
             "pendingRequestId": hitl_request.id,
             "pendingRequest": services.hitl_request_payload(hitl_request, responses=hitl_request.responses.all())}
-
-
-def _int(raw: str | None, default: int, low: int, high: int, name: str, errors: list[dict[str, str]]) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        errors.append({"path": f"/{name}", "message": f"expected an integer from {low} to {high}"})
-        return default
-    return value
 
 
 class HitlRespondApi(FlexApiView):

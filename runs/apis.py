@@ -21,6 +21,7 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from flexagents.errors import ServerBusy, ValidationFailed
+from flexagents.params import int_param
 from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
@@ -189,8 +190,8 @@ class RunEventsApi(FlexApiView):
                                OpenApiParameter("limit", int, required=False)])
     def get(self, request: Request, run_id: str) -> Response:
         run = run_get_for_user(user=request.user, run_id=run_id)
-        after = _int_param(request, "after", 0, 0, 2**31)
-        limit = _int_param(request, "limit", 100, 1, self.MAX_LIMIT)
+        after = int_param(request.query_params, "after", default=0, low=0, high=2**31)
+        limit = int_param(request.query_params, "limit", default=100, low=1, high=self.MAX_LIMIT)
         rows = run_events_after(run=run, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -199,20 +200,6 @@ class RunEventsApi(FlexApiView):
             base = request.build_absolute_uri(reverse("runs:run-events", kwargs={"run_id": run.id}))
             next_url = f"{base}?after={rows[-1].seq}&limit={limit}"
         return Response({"events": [event_frame(r) for r in rows], "next": next_url})
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be an integer from {low} to {high}.",
-                               details={"errors": [{"path": f"/{name}", "message": f"expected {low}..{high}"}]})
-    return value
 
 
 class CapabilitiesApi(FlexApiView):

@@ -24,6 +24,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.request import Request
 
 from flexagents.errors import ValidationFailed
+from flexagents.params import int_param
 from flexagents.redaction import FREE_TEXT_KEYS, redact
 from hitl.models import HitlRequest, HitlStatus
 from runs.events import iso
@@ -76,16 +77,7 @@ def parse_timestamp(raw: str, name: str) -> datetime:
 
 
 def _limit(params: Any) -> int:
-    raw = params.get("limit")
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise _invalid("limit", f"expected an integer from 1 to {MAX_LIMIT}")
-    return value
+    return int_param(params, "limit", default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
 
 
 def encode_cursor(created_at: datetime, run_id: str) -> str:

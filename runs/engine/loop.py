@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from planner.contracts import schema_hash, validate_instance
+from planner.contracts import validate_instance
 from planner.planner import build_plan
 from runs import events as ev
 from runs.engine import executor, policies, retry, scheduling

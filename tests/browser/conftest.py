@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 
-from tests.multiprocess.procs import ProcGroup, wait_for
+from tests.multiprocess.procs import child_database_url, ProcGroup, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -35,15 +34,6 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
             if not os.access(CHROMIUM, os.X_OK):
                 item.add_marker(pytest.mark.skip(reason=f"{CHROMIUM} is missing: install Debian's chromium "
                                                         "(scripts/ensure-browser.sh); never `playwright install`"))
-
-
-def child_database_url() -> str:
-    """DATABASE_URL of the test database, for the daphne child."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return "sqlite:///" + str(Path(db["TEST"]["NAME"]).resolve())
-    parsed = urlparse(settings.DATABASE_URL)
-    return urlunparse(parsed._replace(path="/" + connection.settings_dict["NAME"]))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.multiprocess import capabilities
-from tests.multiprocess.procs import ProcGroup
+from tests.multiprocess.procs import child_database_url, ProcGroup
 
 LEASE_SECONDS = 1.5
 SWEEP_SECONDS = 0.2
@@ -27,15 +26,6 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
-
-
-def child_database_url() -> str:
-    """DATABASE_URL of the test database, for child processes."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return "sqlite:///" + str(Path(db["TEST"]["NAME"]).resolve())
-    parsed = urlparse(settings.DATABASE_URL)
-    return urlunparse(parsed._replace(path="/" + connection.settings_dict["NAME"]))
 
 
 def is_postgres() -> bool:

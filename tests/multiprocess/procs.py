@@ -196,3 +196,18 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def child_database_url() -> str:
+    """DATABASE_URL of the test database, for child processes (daphne,
+    flex_worker): the SQLite test file, or the PostgreSQL test database."""
+    from urllib.parse import urlparse, urlunparse
+
+    from django.conf import settings
+    from django.db import connection
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return "sqlite:///" + str(Path(db["TEST"]["NAME"]).resolve())
+    parsed = urlparse(settings.DATABASE_URL)
+    return urlunparse(parsed._replace(path="/" + connection.settings_dict["NAME"]))

@@ -10,7 +10,7 @@ from django.db import connection
 from hitl.models import HitlRequest
 from runs.models import AuditEntry, PlanVersion, Run, RunEvent
 from tests.conftest import load_envelope
-from tests.hitl.helpers import APPROVE, events_of, pending_request, submit
+from tests.hitl.helpers import APPROVE, events_of, submit
 from tests.sse import streamed, types
 
 URL = "/api/v1/flex/run.resume"

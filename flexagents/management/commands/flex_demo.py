@@ -47,8 +47,8 @@ class Command(BaseCommand):
         out.write("")
         out.write("  Try it:")
         out.write(f"    export TOKEN={operator_token}")
-        out.write(f"    curl -N -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\")
-        out.write(f"      --data @../shared/examples/envelopes/linkedin-variants.json {base}/api/v1/flex/run.stream")
+        out.write("    curl -N -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\")
+        out.write(f"      --data @examples/envelopes/linkedin-variants.json {base}/api/v1/flex/run.stream")
         out.write("")
 
 
