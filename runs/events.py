@@ -10,6 +10,7 @@ gap or a repeat. Publication to live streams happens only after commit
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 from typing import Any, Iterable
@@ -112,7 +113,8 @@ def append_events(
        events, applies `run_updates`, and — the fence — matches only while the
        run still has `lease_token` and one of `statuses`. Taking the row lock
        here serialises every writer of the run until commit.
-    2. Reads back `last_seq` (ours until commit) and inserts the event rows.
+    2. Numbers the events from the `last_seq` that UPDATE returned (ours until
+       commit) and inserts them.
     3. Schedules publication for after the commit.
 
     Raises `Fenced` when the condition matched nothing; the caller's
@@ -121,20 +123,14 @@ def append_events(
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("append_events must run inside transaction.atomic()")
     now = timezone.now()
-    condition = Q(pk=run_id)
-    if lease_token is not None:
-        condition &= Q(lease_token=lease_token)
-    if statuses is not None:
-        condition &= Q(status__in=list(statuses))
     updates = dict(run_updates or {})
     updates["updated_at"] = now
-    if events:
-        updates["last_seq"] = F("last_seq") + len(events)
-    if Run.objects.filter(condition).update(**updates) != 1:
+    last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token,
+                         statuses=list(statuses) if statuses is not None else None, updates=updates)
+    if last_seq is None:
         raise Fenced(run_id)
     if not events:
         return []
-    last_seq = Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).get()
     first = last_seq - len(events) + 1
     rows = [
         RunEvent(run_id=run_id, seq=first + i, type=e.type, node_id=e.node_id, plan_version=plan_version,
@@ -144,6 +140,59 @@ def append_events(
     RunEvent.objects.bulk_create(rows)
     publish_on_commit(rows)
     return rows
+
+
+def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
+              updates: dict[str, Any]) -> int | None:
+    """The fenced UPDATE of the run row; returns the new `last_seq`, or None
+    when the fence matched nothing.
+
+    One statement with `RETURNING` on the hot path (it runs once per node):
+    the row lock it takes is held until commit, so the returned value is ours.
+    The ORM has no UPDATE … RETURNING, hence the SQL; values still go through
+    each field's own `get_db_prep_save` (JSON, datetimes).
+    """
+    connection = transaction.get_connection()
+    if (connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35)) or any(
+            hasattr(value, "resolve_expression") for value in updates.values()):
+        return _bump_run_orm(run_id=run_id, count=count, lease_token=lease_token, statuses=statuses,
+                             updates=updates)
+    qn = connection.ops.quote_name
+    assignments, params = [], []
+    for name, value in updates.items():
+        model_field = Run._meta.get_field(name)
+        assignments.append(f"{qn(model_field.column)} = %s")
+        params.append(model_field.get_db_prep_save(value, connection))
+    assignments.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
+    params.append(count)
+    where, where_params = [f"{qn('id')} = %s"], [run_id]
+    if lease_token is not None:
+        where.append(f"{qn('lease_token')} = %s")
+        where_params.append(lease_token)
+    if statuses is not None:
+        if not statuses:
+            return None
+        where.append(f"{qn('status')} IN ({', '.join(['%s'] * len(statuses))})")
+        where_params.extend(str(status) for status in statuses)
+    sql = (f"UPDATE {qn(Run._meta.db_table)} SET {', '.join(assignments)} "
+           f"WHERE {' AND '.join(where)} RETURNING {qn('last_seq')}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + where_params)
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _bump_run_orm(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
+                  updates: dict[str, Any]) -> int | None:
+    """The same with two statements, for SQLite older than 3.35 (no RETURNING)."""
+    condition = Q(pk=run_id)
+    if lease_token is not None:
+        condition &= Q(lease_token=lease_token)
+    if statuses is not None:
+        condition &= Q(status__in=statuses)
+    if Run.objects.filter(condition).update(**updates, last_seq=F("last_seq") + count) != 1:
+        return None
+    return Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).get()
 
 
 def publish_on_commit(rows: list[RunEvent]) -> None:
