@@ -39,6 +39,9 @@ class HitlRequest(models.Model):
     pending_node_id = models.CharField(max_length=120, blank=True, default="")
     operator_prompt = models.TextField(blank=True, default="")
     contract_summary = models.JSONField(default=dict, blank=True)
+    # For an approval: the facet values under review (what the person is asked
+    # to approve), stored as produced; every surface shows them redacted.
+    review = models.JSONField(default=dict, blank=True)
     plan_version = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=20, choices=HitlStatus.choices, default=HitlStatus.PENDING)
     resolution = models.CharField(max_length=20, blank=True, default="")

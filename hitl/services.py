@@ -16,14 +16,15 @@ def hitl_request_build(*, run, kind: str, question: str, options: list[dict] | N
                        allow_free_form: bool = False, urgency: str = "normal", pending_node_id: str = "",
                        operator_prompt: str = "", contract_summary: dict | None = None, plan_version: int = 0,
                        source: str = "", approve_action: dict | None = None,
-                       reject_action: dict | None = None) -> HitlRequest:
+                       reject_action: dict | None = None, review: dict | None = None) -> HitlRequest:
     """An unsaved request; the caller saves it in its own transaction."""
     from django.utils import timezone
 
     return HitlRequest(
         run_id=run.id, kind=kind, question=question, options=list(options or []), allow_free_form=allow_free_form,
         urgency=urgency, urgency_rank=URGENCY_RANK.get(urgency, 1), pending_node_id=pending_node_id,
-        operator_prompt=operator_prompt, contract_summary=contract_summary or {}, plan_version=plan_version,
+        operator_prompt=operator_prompt, contract_summary=contract_summary or {}, review=dict(review or {}),
+        plan_version=plan_version,
         source=source, approve_action=approve_action, reject_action=reject_action, thread_id=run.thread_id,
         brief_id=run.brief_id, created_at=timezone.now())
 
@@ -55,6 +56,7 @@ def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlRespon
         "pendingNodeId": request.pending_node_id,
         "operatorPrompt": request.operator_prompt,
         "contractSummary": request.contract_summary,
+        "review": request.review,
         "planVersion": request.plan_version,
         "status": request.status,
         "createdAt": _iso(request.created_at),

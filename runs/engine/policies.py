@@ -139,7 +139,7 @@ def _fire_matching(ctx: "RunContext", step: "Step", trigger: str, *, node: "Node
             data = data or policy_data(ctx, node=node, output=output, errors=errors)
             if not condition_holds(spec["condition"], data):
                 continue
-        if _fire(ctx, step, policy, trigger, node, errors):
+        if _fire(ctx, step, policy, trigger, node, errors, output=output):
             return True
     return False
 
@@ -147,7 +147,7 @@ def _fire_matching(ctx: "RunContext", step: "Step", trigger: str, *, node: "Node
 # --- actions -----------------------------------------------------------------------
 
 def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None",
-          errors: list[dict[str, Any]]) -> bool:
+          errors: list[dict[str, Any]], *, output: dict[str, Any] | None = None) -> bool:
     """Apply one policy's action to the step; True when it halted the flow."""
     action = policy["action"]
     kind = action["type"]
@@ -166,7 +166,7 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
                             "event": action["event"], "payload": action.get("payload") or {}}, node_id)
         return False
     if kind == "hitl":
-        _raise_approval(ctx, step, policy, trigger, node, errors)
+        _raise_approval(ctx, step, policy, trigger, node, errors, review=output)
         return True
     if kind == "pause":
         if trigger == ON_VALIDATION_FAIL and node is not None:
@@ -191,7 +191,7 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
 
 
 def _raise_approval(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None",
-                    errors: list[dict[str, Any]]) -> None:
+                    errors: list[dict[str, Any]], *, review: dict[str, Any] | None = None) -> None:
     """An approval request. After onNodeComplete the node stays completed;
     after onValidationFail it waits (approve = one more attempt, see docs)."""
     action = policy["action"]
@@ -212,7 +212,8 @@ def _raise_approval(ctx: "RunContext", step: "Step", policy: dict[str, Any], tri
         options=[{"id": "approve", "label": "Approve"}, {"id": "reject", "label": "Reject"}],
         allow_free_form=False, urgency="normal", pending_node_id=node_id, operator_prompt=rationale,
         contract_summary=summary, plan_version=ctx.run.plan_version, source=policy["id"],
-        approve_action=_follow_up(action.get("approveAction")), reject_action=_follow_up(action.get("rejectAction")))
+        approve_action=_follow_up(action.get("approveAction")), reject_action=_follow_up(action.get("rejectAction")),
+        review=review)
     step.writes.append(lambda: request.save(force_insert=True))
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
