@@ -38,7 +38,7 @@ class HitlResponseInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ("response_id", "response_type", "approved", "selected_option_id", "answer_text", "shown_metadata",
-              "responder_display_name", "created_at")
+              "responder", "created_at")
     readonly_fields = fields
     ordering = ("id",)
 
@@ -52,6 +52,10 @@ class HitlResponseInline(admin.TabularInline):
     @admin.display(description="freeform text")
     def answer_text(self, obj: HitlResponse) -> str:
         return hitl_response_payload(obj)["freeformText"] or ""
+
+    @admin.display(description="responder")
+    def responder(self, obj: HitlResponse) -> str:
+        return hitl_response_payload(obj)["responderDisplayName"] or ""
 
     @admin.display(description="metadata")
     def shown_metadata(self, obj: HitlResponse) -> str:

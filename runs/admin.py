@@ -247,7 +247,7 @@ class RunAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": f"Run {run.id}",
-            "subtitle": run.objective[:80],
+            "subtitle": redact_text(run.objective)[:80],
             "opts": self.opts,
             "original": run,
             "run": run,
