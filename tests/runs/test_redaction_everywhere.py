@@ -423,7 +423,7 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
     assert "publish with CMS token=[redacted]" in shown[f"done history {approved} as clara"]
     snapshot = json.loads(shown[f"done debug {approved} as sam"])["latestSnapshot"]["facets"]
     assert snapshot["creative_brief"]["objective"].endswith("token=[redacted]")
-    assert "run_cancelled" not in shown["logs"] and "hitl_removed" in shown["logs"]
+    assert "hitl_removed" in shown["logs"] and "hitl_responded" in shown["logs"]
 
     # Stored rows keep the real values (capabilities and clarifications need them).
     assert HitlResponse.objects.filter(run_id=approved, freeform_text__contains="hunter2-answer-606").exists()
