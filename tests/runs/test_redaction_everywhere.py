@@ -349,6 +349,7 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
             pending = api.get("/api/hitl/pending")
             assert pending.status_code == 200
             shown[f"{when} pending as {name}"] = pending.content.decode()
+            shown[f"{when} run list as {name}"] = api.get("/api/v1/flex/runs").content.decode()
             for run_id in (approved, removed):
                 shown[f"{when} debug {run_id} as {name}"] = api.get(f"/api/v1/flex/runs/{run_id}").content.decode()
                 shown[f"{when} events {run_id} as {name}"] = api.get(
@@ -395,8 +396,9 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
     assert Run.objects.get(pk=approved).status == "completed"
     read_every_page("done")
     for person in (client_user, support, operator):
-        stream = api_for(person).get(f"/api/v1/flex/runs/{approved}/stream")
-        shown[f"sse as {person.username}"] = read_stream(stream)
+        for run_id in (approved, removed):
+            stream = api_for(person).get(f"/api/v1/flex/runs/{run_id}/stream")
+            shown[f"sse {run_id} as {person.username}"] = read_stream(stream)
     shown["logs"] = json_log.getvalue()
 
     assert {name: hitl_leaked(text) for name, text in shown.items() if hitl_leaked(text)} == {}
@@ -421,6 +423,9 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
                 f"waiting admin request {request_id} as sam"):
         assert "Fine by me; the CMS password=[redacted]" in shown[key] or "CMS uses token=[redacted]" in shown[key], key
     assert "publish with CMS token=[redacted]" in shown[f"done history {approved} as clara"]
+    listed = next(r for r in json.loads(shown["done run list as clara"])["results"] if r["runId"] == approved)
+    assert listed["objective"].endswith("publish with CMS token=[redacted]")
+    assert '"resolution":"removed"' in shown[f"sse {removed} as sam"]
     snapshot = json.loads(shown[f"done debug {approved} as sam"])["latestSnapshot"]["facets"]
     assert snapshot["creative_brief"]["objective"].endswith("token=[redacted]")
     assert "hitl_removed" in shown["logs"] and "hitl_responded" in shown["logs"]
