@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from flexagents.errors import ValidationFailed
 from flexagents.params import int_param
+from flexagents.redaction import redact
 from hitl import services
 from hitl.models import HitlKind, HitlUrgency
 from hitl.selectors import hitl_pending_for_user, hitl_run_id_for
@@ -109,11 +110,14 @@ class HitlPendingApi(FlexApiView):
 
 
 def _pending_entry(hitl_request: Any) -> dict[str, Any]:
+    """One inbox entry: the run's fields redacted like the run list's, the
+    request through the HITL presenter."""
     run = hitl_request.run
-    return {"runId": run.id, "threadId": run.thread_id or None, "briefId": run.brief_id or None,
-            "status": run.status, "planVersion": run.plan_version, "updatedAt": iso(run.updated_at),
-            "pendingRequestId": hitl_request.id,
-            "pendingRequest": services.hitl_request_payload(hitl_request, responses=hitl_request.responses.all())}
+    entry = redact({"runId": run.id, "threadId": run.thread_id or None, "briefId": run.brief_id or None,
+                    "status": run.status, "planVersion": run.plan_version, "updatedAt": iso(run.updated_at),
+                    "pendingRequestId": hitl_request.id})
+    entry["pendingRequest"] = services.hitl_request_payload(hitl_request, responses=hitl_request.responses.all())
+    return entry
 
 
 class HitlRespondApi(FlexApiView):

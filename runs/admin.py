@@ -28,6 +28,7 @@ from django.utils.html import format_html
 
 from flexagents.errors import FlexError, RunNotFound
 from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
+from flexagents.redaction import redact_text
 from hitl.models import HitlKind, HitlRequest, HitlStatus
 from runs import services as run_services
 from runs.models import NodeRun, Run, RunStatus
@@ -202,13 +203,14 @@ class RunAdmin(admin.ModelAdmin):
 
     @admin.display(description="objective")
     def objective_short(self, run: Run) -> str:
-        return run.objective if len(run.objective) <= 80 else run.objective[:79] + "…"
+        objective = redact_text(run.objective)
+        return objective if len(objective) <= 80 else objective[:79] + "…"
 
     @admin.display(description="pending request")
     def pending_request(self, run: Run) -> str:
         if not getattr(run, "pending_request_id", None):
             return "—"
-        question = run.pending_question or ""
+        question = redact_text(run.pending_question or "")
         return format_html('<span class="badge pending">{}</span> {}', run.pending_kind,
                            question if len(question) <= 60 else question[:59] + "…")
 
@@ -245,7 +247,7 @@ class RunAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": f"Run {run.id}",
-            "subtitle": run.objective[:80],
+            "subtitle": redact_text(run.objective)[:80],
             "opts": self.opts,
             "original": run,
             "run": run,

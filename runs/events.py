@@ -65,12 +65,15 @@ def iso(dt: datetime) -> str:
 
 def redact_payload(type_: str, payload: Any) -> Any:
     """An event payload as it may leave the system (SSE, events JSON, debug
-    view): sensitive keys at any depth, credentials inside free text (error
-    messages, reasons), and the `x-sensitive` fields of facet values."""
-    from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_facets
+    view): sensitive keys at any depth, credentials inside every string, and
+    the `x-sensitive` fields of facet values (HITL payloads: `hitl.presenters`)."""
+    from flexagents.redaction import redact, redact_facets
+    from hitl.presenters import present_hitl_event
     from planner.facets import get_catalog
 
-    out = redact(payload, text_keys=FREE_TEXT_KEYS)
+    if type_ in (HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED):
+        return present_hitl_event(type_, payload)
+    out = redact(payload)
     if type_ == COMPLETE and isinstance(out, dict) and isinstance(out.get("output"), dict):
         # The output's top-level properties are facet names (API.md, TaskEnvelope).
         schemas = {name: facet.schema for name, facet in get_catalog().items()}

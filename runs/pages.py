@@ -27,9 +27,10 @@ from django.utils.dateparse import parse_date
 from django.utils.safestring import SafeString, mark_safe
 
 from flexagents.errors import RunNotFound
-from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_text
+from flexagents.redaction import FREE_TEXT_KEYS, redact
 from flexagents.roles import role_of, user_may_operate_run
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
+from hitl.presenters import hitl_request_payload
 from runs.events import event_frame
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
 from runs.selectors import run_get_for_user, runs_visible_to
@@ -200,18 +201,23 @@ def run_detail(run: Run) -> RunDetail:
     pending = None
     for request in requests:
         responses = list(request.responses.all())
+        # Everything a person reads of a request comes from the HITL presenter
+        # (redacted); only the datetimes are the row's, for the date filters.
+        shown = hitl_request_payload(request, responses=responses)
         row = {
-            "id": request.id, "kind": request.kind, "question": redact_text(request.question), "options": request.options,
+            "id": request.id, "kind": request.kind, "question": shown["question"], "options": shown["options"],
             "allow_free_form": request.allow_free_form, "urgency": request.urgency, "status": request.status,
             "resolution": request.resolution, "pending_node_id": request.pending_node_id,
-            "operator_prompt": request.operator_prompt, "plan_version": request.plan_version,
+            "operator_prompt": shown["operatorPrompt"], "review": shown["review"],
+            "plan_version": request.plan_version,
             "created_at": request.created_at, "resolved_at": request.resolved_at,
             "latest_response_id": responses[-1].response_id if responses else "",
             "responses": [{
                 "id": r.response_id, "type": r.response_type, "approved": r.approved,
-                "option": r.selected_option_id, "text": redact_text(r.freeform_text),
-                "note": redact_text(str((r.metadata or {}).get("note") or "")),
-                "who": r.responder_display_name or "", "at": r.created_at} for r in responses],
+                "option": p["selectedOptionId"] or "", "text": p["freeformText"] or "",
+                "note": str((p["metadata"] or {}).get("note") or "") if isinstance(p["metadata"], dict) else "",
+                "who": p["responderDisplayName"] or "", "at": r.created_at}
+                for r, p in zip(responses, shown["responses"])],
         }
         request_rows.append(row)
         if request.status == HitlStatus.PENDING and pending is None:
