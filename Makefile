@@ -25,7 +25,7 @@ run: migrate
 # DATABASE_URL says otherwise).
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy planner/
+	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly
 

@@ -21,7 +21,7 @@ from operator import or_
 from typing import Any, Sequence
 
 from django.core.exceptions import ValidationError
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Field, Model, Q, QuerySet
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -39,14 +39,15 @@ class KeysetCursorPagination(CursorPagination):
     page_size_query_param = "limit"
     page_size = 20
     max_page_size = 100
-    ordering: Sequence[str] = ("-created_at", "-id")
+    ordering: tuple[str, ...] = ("-created_at", "-id")
     results_key = "results"
 
-    def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: Any = None) -> list[Any]:
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any]:
+        assert isinstance(queryset, QuerySet), "keyset pagination needs a queryset"
         self.request = request
         self.base_url = request.build_absolute_uri()
         self.page_size = self.get_page_size(request)
-        position = self.decode_cursor(request, queryset.model)
+        position = self.decode_position(request, queryset.model)
         queryset = queryset.order_by(*self.ordering)
         if position is not None:
             queryset = queryset.filter(self.after(position))
@@ -75,7 +76,7 @@ class KeysetCursorPagination(CursorPagination):
         last = self.page[-1]
         values = [last[k.lstrip("-")] if isinstance(last, dict) else getattr(last, k.lstrip("-"))
                   for k in self.ordering]
-        return replace_query_param(self.base_url, self.cursor_query_param, self.encode_position(values))
+        return replace_query_param(self.base_url or "", self.cursor_query_param, self.encode_position(values))
 
     def get_previous_link(self) -> None:
         return None  # the API pages forward only
@@ -88,7 +89,8 @@ class KeysetCursorPagination(CursorPagination):
         raw = json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in values], separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
-    def decode_cursor(self, request: Request, model: type[Model] | None = None) -> list[Any] | None:
+    def decode_position(self, request: Request, model: type[Model]) -> list[Any] | None:
+        """The ordering values of the cursor, parsed by the model's fields."""
         raw = request.query_params.get(self.cursor_query_param)
         if not raw:
             return None
@@ -96,13 +98,13 @@ class KeysetCursorPagination(CursorPagination):
             values = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
             if not isinstance(values, list) or len(values) != len(self.ordering):
                 raise ValueError
-            if model is None:
-                return values
             position = []
             for key, value in zip(self.ordering, values):
                 if not isinstance(value, (str, int)) or isinstance(value, bool):
                     raise ValueError
                 field = model._meta.get_field(key.lstrip("-"))
+                if not isinstance(field, Field):
+                    raise ValueError
                 parsed = field.to_python(value)
                 if parsed is None or (isinstance(parsed, datetime) and parsed.tzinfo is None):
                     raise ValueError

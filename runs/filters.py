@@ -175,7 +175,8 @@ def api_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> QuerySet
         names = ", ".join(e["path"].lstrip("/") for e in errors)
         raise ValidationFailed(f"The query parameter(s) {names} are not valid: {errors[0]['message']}.",
                                details={"errors": errors})
-    return filterset.qs
+    filtered: QuerySet[Run] = filterset.qs
+    return filtered
 
 
 def form_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> tuple[QuerySet[Run], list[dict[str, str]]]:
@@ -197,7 +198,8 @@ def admin_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> QueryS
     filterset = RunFormFilter(params, queryset=queryset)
     if not filterset.is_valid():
         raise IncorrectLookupParameters(filter_errors(filterset))
-    return filterset.qs
+    filtered: QuerySet[Run] = filterset.qs
+    return filtered
 
 
 class SharedListFilter(admin.SimpleListFilter):
@@ -255,7 +257,7 @@ class CreatedListFilter(admin.ListFilter):
     def has_output(self) -> bool:
         return True
 
-    def expected_parameters(self) -> list[str]:
+    def expected_parameters(self) -> list[str | None]:
         return list(self.parameters)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:

@@ -71,4 +71,5 @@ def run_list_response(request: Request) -> dict[str, Any]:
     qs = api_filtered(runs_visible_to(user=request.user), request.query_params)
     paginator = RunListPagination()
     rows = paginator.paginate_queryset(with_pending_request(qs).values(*SUMMARY_FIELDS, "pending_request_id"), request)
-    return dict(paginator.get_paginated_response([summary_from_row(row) for row in rows]).data)
+    body: dict[str, Any] = paginator.get_paginated_response([summary_from_row(row) for row in rows]).data
+    return body
