@@ -125,7 +125,8 @@ def test_a_run_id_finds_its_run_everywhere(api_for: Any, operator: Any, runs: di
         runs["end"]}
 
 
-@pytest.mark.parametrize("params", [{"createdAfter": "yesterday"}, {"status": "sleeping"}, {"pending": "maybe"}])
+@pytest.mark.parametrize("params", [{"createdAfter": "yesterday"}, {"createdBefore": "2026-02-30"},
+                                    {"status": "sleeping"}, {"pending": "maybe"}, {"q": "x" * 201}])
 def test_a_bad_value_is_refused_everywhere_in_the_way_of_each_surface(api_for: Any, operator: Any,
                                                                      runs: dict[str, str],
                                                                      params: dict[str, str]) -> None:
@@ -141,6 +142,18 @@ def test_a_bad_value_is_refused_everywhere_in_the_way_of_each_surface(api_for: A
 
     admin = client.get(reverse("admin:runs_run_changelist"), {ADMIN_NAMES.get(name, name): value})
     assert admin.status_code == 302 and admin["Location"].endswith("?e=1")
+
+
+def test_a_nul_in_the_search_text_is_refused_everywhere(api_for: Any, operator: Any, runs: dict[str, str]) -> None:
+    client = logged_in(operator)
+
+    api = api_for(operator).get(API, {"q": "run\x00"})
+    assert api.status_code == 422 and [e["path"] for e in api.json()["details"]["errors"]] == ["/q"]
+    assert 'data-path="/q"' in client.get(PAGES, {"q": "run\x00"}).content.decode()
+    # The admin's own search form refuses it first, says so and searches nothing.
+    admin = client.get(reverse("admin:runs_run_changelist"), {"q": "run\x00"})
+    assert "Null characters are not allowed" in admin.content.decode()
+    assert admin_rows(admin.content.decode()) == set(runs.values())
 
 
 def test_the_admin_date_links_use_the_same_inclusive_bounds(operator: Any, runs: dict[str, str]) -> None:
