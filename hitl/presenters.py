@@ -18,14 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from flexagents.dates import iso_or_none
 from flexagents.redaction import is_sensitive_key, redact, redact_facets
 from hitl.models import HitlRequest, HitlResponse
 
 
-def _iso(dt: Any) -> str | None:
-    from runs.events import iso
-
-    return iso(dt) if dt else None
 
 
 def _facet_schemas() -> dict[str, dict[str, Any]]:
@@ -75,7 +72,7 @@ def hitl_response_payload(response: HitlResponse) -> dict[str, Any]:
         "metadata": response.metadata,
         "responderId": str(response.responder_id) if response.responder_id else None,
         "responderDisplayName": response.responder_display_name,
-        "createdAt": _iso(response.created_at),
+        "createdAt": iso_or_none(response.created_at),
     })
 
 
@@ -96,8 +93,8 @@ def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlRespon
         "planVersion": request.plan_version,
         "status": request.status,
         "resolution": request.resolution or None,
-        "createdAt": _iso(request.created_at),
-        "resolvedAt": _iso(request.resolved_at),
+        "createdAt": iso_or_none(request.created_at),
+        "resolvedAt": iso_or_none(request.resolved_at),
         "responses": [hitl_response_payload(r) for r in responses],
     })
 

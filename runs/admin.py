@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.filters import DateFieldListFilter
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -31,8 +30,9 @@ from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, us
 from flexagents.redaction import redact_text
 from hitl.models import HitlKind, HitlRequest, HitlStatus
 from runs import services as run_services
-from runs.models import NodeRun, Run, RunStatus
-from runs.pages import capability_choices, run_detail, runs_annotated
+from runs.filters import RUN_LIST_FILTERS, run_text_search
+from runs.models import Run, RunStatus
+from runs.pages import run_detail, runs_annotated
 from runs.selectors import run_get_for_user, runs_visible_to
 
 
@@ -67,37 +67,6 @@ def error_message(exc: FlexError) -> str:
         if key in exc.details:
             parts.append(f"{key}={exc.details[key]}")
     return " ".join(parts)
-
-
-# --- list filters -------------------------------------------------------------------
-
-class PendingRequestFilter(admin.SimpleListFilter):
-    title = "pending request"
-    parameter_name = "pending"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Has a pending request"), ("no", "No pending request")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        has = Exists(HitlRequest.objects.filter(run=OuterRef("pk"), status=HitlStatus.PENDING))
-        if self.value() == "yes":
-            return queryset.filter(has)
-        if self.value() == "no":
-            return queryset.exclude(has)
-        return queryset
-
-
-class CapabilityFilter(admin.SimpleListFilter):
-    title = "capability"
-    parameter_name = "capability"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(c, c) for c in capability_choices()]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        if self.value():
-            return queryset.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=self.value())))
-        return queryset
 
 
 # --- forms of the buttons -------------------------------------------------------------
@@ -151,8 +120,9 @@ class RunAdmin(admin.ModelAdmin):
     list_display = ("id", "status_badge", "objective_short", "plan_version", "pending_request", "creator",
                     "created_at", "updated_at")
     list_display_links = ("id",)
-    list_filter = ("status", PendingRequestFilter, CapabilityFilter, ("created_at", DateFieldListFilter))
-    search_fields = ("id", "objective", "thread_id", "brief_id")
+    # The run-list filters of the API and the history pages (runs.filters).
+    list_filter = RUN_LIST_FILTERS
+    search_fields = ("id", "objective", "thread_id", "brief_id")  # shows the box; the search is `q` below
     date_hierarchy = "created_at"
     list_select_related = ("created_by",)
     list_per_page = 50
@@ -163,6 +133,10 @@ class RunAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("runs/console.css",)}
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run],
+                           search_term: str) -> tuple[QuerySet[Run], bool]:
+        return run_text_search(queryset, search_term), False
 
     # -- who may do what ---------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:

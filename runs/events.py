@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
 from typing import Any, Iterable
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+
+from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
 
 from runs.models import Run, RunEvent
 
@@ -57,10 +58,6 @@ class PendingEvent:
 
 def event_id(run_id: str, seq: int) -> str:
     return f"{run_id}:{seq}"
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def redact_payload(type_: str, payload: Any) -> Any:

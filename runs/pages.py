@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
 from html import escape
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import timezone
-from django.utils.dateparse import parse_date
 from django.utils.safestring import SafeString, mark_safe
 
 from flexagents.errors import RunNotFound
@@ -32,6 +29,7 @@ from flexagents.roles import role_of, user_may_operate_run
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
 from hitl.presenters import hitl_request_payload
 from runs.events import event_frame
+from runs.filters import capability_choices, form_filtered
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
 from runs.selectors import run_get_for_user, runs_visible_to
 
@@ -52,40 +50,6 @@ def runs_annotated(qs: QuerySet[Run]) -> QuerySet[Run]:
             .annotate(pending_request_id=Subquery(pending.values("id")[:1]),
                       pending_kind=Subquery(pending.values("kind")[:1]),
                       pending_question=Subquery(pending.values("question")[:1])))
-
-
-def runs_filter(qs: QuerySet[Run], params: Any) -> QuerySet[Run]:
-    """The filters of the history list (the admin offers the same ones):
-    status, pending (yes/no), capability, created after/before (dates), q."""
-    status = params.get("status")
-    if status in RunStatus.values:
-        qs = qs.filter(status=status)
-    pending = params.get("pending")
-    if pending in ("yes", "no"):
-        has = Exists(HitlRequest.objects.filter(run=OuterRef("pk"), status=HitlStatus.PENDING))
-        qs = qs.filter(has) if pending == "yes" else qs.exclude(has)
-    capability = params.get("capability")
-    if capability:
-        qs = qs.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=capability)))
-    for name, lookup in (("created_after", "created_at__gte"), ("created_before", "created_at__lt")):
-        day = parse_date(params.get(name) or "") if params.get(name) else None
-        if day is not None:
-            moment = timezone.make_aware(datetime.combine(day, time.min))
-            if name == "created_before":
-                moment += timedelta(days=1)  # inclusive of that day
-            qs = qs.filter(**{lookup: moment})
-    q = (params.get("q") or "").strip()
-    if q:
-        from django.db.models import Q
-
-        qs = qs.filter(Q(pk=q) | Q(objective__icontains=q) | Q(thread_id=q) | Q(brief_id=q))
-    return qs
-
-
-def capability_choices() -> list[str]:
-    from planner.registry import get_registry
-
-    return sorted(get_registry().ids())
 
 
 # --- one run ------------------------------------------------------------------------
@@ -292,12 +256,13 @@ def event_summary(frame: dict[str, Any]) -> str:
 
 @login_required(login_url=LOGIN_URL)
 def run_list_page(request: HttpRequest) -> HttpResponse:
-    qs = runs_filter(runs_annotated(runs_visible_to(user=request.user)), request.GET)
+    qs, errors = form_filtered(runs_annotated(runs_visible_to(user=request.user)), request.GET)
     page = Paginator(qs.order_by("-created_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
     params = request.GET.copy()
     params.pop("page", None)
     return render(request, "runs/run_list.html", {
-        "page": page, "runs": list(page.object_list), "filters": request.GET, "query": params.urlencode(),
+        "page": page, "runs": list(page.object_list), "filters": request.GET, "filter_errors": errors,
+        "query": params.urlencode(),
         "statuses": RunStatus.values, "capabilities": capability_choices(), "role": role_of(request.user),
     })
 
