@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.template.loader import render_to_string
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from flexagents.redaction import redact_text
 from flexagents.roles import user_may_view_all_runs
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
 from runs.selectors import runs_visible_to
@@ -34,10 +38,18 @@ class HitlResponseInline(admin.TabularInline):
     model = HitlResponse
     extra = 0
     can_delete = False
-    fields = ("response_id", "response_type", "approved", "selected_option_id", "freeform_text",
+    fields = ("response_id", "response_type", "approved", "selected_option_id", "freeform_redacted", "note",
               "responder_display_name", "created_at")
     readonly_fields = fields
     ordering = ("id",)
+
+    @admin.display(description="free text")
+    def freeform_redacted(self, obj: HitlResponse) -> str:
+        return redact_text(obj.freeform_text)
+
+    @admin.display(description="note")
+    def note(self, obj: HitlResponse) -> str:
+        return redact_text(str((obj.metadata or {}).get("note") or ""))
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -55,8 +67,12 @@ class HitlRequestAdmin(admin.ModelAdmin):
     list_select_related = ("run",)
     show_full_result_count = False
     inlines = [HitlResponseInline]
-    fields = ("id", "run", "kind", "status", "resolution", "urgency", "question", "options", "allow_free_form",
-              "pending_node_id", "operator_prompt", "plan_version", "source", "created_at", "resolved_at")
+
+    class Media:
+        css = {"all": ("runs/console.css",)}
+    fields = ("id", "run_link", "kind", "status", "resolution", "urgency", "question_redacted", "under_review",
+              "options", "allow_free_form", "pending_node_id", "operator_prompt_redacted", "plan_version", "source",
+              "created_at", "resolved_at")
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[HitlRequest]:
@@ -82,8 +98,27 @@ class HitlRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="run", ordering="run_id")
     def run_link(self, obj: HitlRequest) -> str:
-        return format_html('<a href="{}">{}</a>', reverse("admin:runs_run_change", args=[obj.run_id]), obj.run_id)
+        # Admin URLs carry quoted ids (`run_01a` → `run_5F01a`).
+        return format_html('<a href="{}" class="run-link">{}</a>', reverse("admin:runs_run_change",
+                                                                           args=[quote(obj.run_id)]), obj.run_id)
 
     @admin.display(description="question")
     def question_short(self, obj: HitlRequest) -> str:
-        return obj.question if len(obj.question) <= 80 else obj.question[:79] + "…"
+        question = redact_text(obj.question)
+        return question if len(question) <= 80 else question[:79] + "…"
+
+    @admin.display(description="question")
+    def question_redacted(self, obj: HitlRequest) -> str:
+        return redact_text(obj.question)
+
+    @admin.display(description="operator prompt")
+    def operator_prompt_redacted(self, obj: HitlRequest) -> str:
+        return redact_text(obj.operator_prompt)
+
+    @admin.display(description="under review")
+    def under_review(self, obj: HitlRequest) -> SafeString:
+        """What the request asks a person to approve, redacted (runs.pages.review_rows)."""
+        from runs.pages import review_rows
+
+        return render_to_string("runs/_review.html", {"review": review_rows(obj.review), "request_id": obj.id,
+                                                      "kind": obj.kind}) or "—"

@@ -16,6 +16,8 @@ from datetime import datetime, time, timedelta
 from html import escape
 from typing import Any
 
+from django.conf import settings
+from django.contrib.admin.utils import quote
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
@@ -27,7 +29,7 @@ from django.utils.dateparse import parse_date
 from django.utils.safestring import SafeString, mark_safe
 
 from flexagents.errors import RunNotFound
-from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_text
+from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_facets, redact_text
 from flexagents.roles import role_of, user_may_operate_run
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
 from runs.events import event_frame
@@ -159,6 +161,32 @@ def pretty(value: Any, *, redacted: bool = False) -> str:
     return json.dumps(value if redacted else scrub(value), indent=2, sort_keys=False, default=str)
 
 
+def facet_schemas() -> dict[str, dict[str, Any]]:
+    from planner.facets import get_catalog
+
+    return {name: facet.schema for name, facet in get_catalog().items()}
+
+
+def review_rows(review: Any, schemas: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What a person is asked to approve (`HitlRequest.review`), one row per
+    facet, redacted by the one redactor: sensitive keys at any depth and the
+    fields the facet's schema marks `x-sensitive`. A string is shown as text,
+    anything else as indented JSON."""
+    if not isinstance(review, dict) or not review:
+        return []
+    from planner.facets import get_catalog
+
+    catalog = get_catalog()
+    redacted = redact_facets(review, facet_schemas() if schemas is None else schemas)
+    rows = []
+    for name, value in redacted.items():
+        facet = catalog.get(name)
+        rows.append({"facet": name, "title": getattr(facet, "title", "") or name,
+                     "text": value if isinstance(value, str) else "",
+                     "json": "" if isinstance(value, str) else pretty(value, redacted=True)})
+    return rows
+
+
 @dataclass
 class RunDetail:
     run: Run
@@ -204,7 +232,8 @@ def run_detail(run: Run) -> RunDetail:
             "id": request.id, "kind": request.kind, "question": redact_text(request.question), "options": request.options,
             "allow_free_form": request.allow_free_form, "urgency": request.urgency, "status": request.status,
             "resolution": request.resolution, "pending_node_id": request.pending_node_id,
-            "operator_prompt": request.operator_prompt, "plan_version": request.plan_version,
+            "operator_prompt": redact_text(request.operator_prompt), "plan_version": request.plan_version,
+            "review": review_rows(request.review, schemas),
             "created_at": request.created_at, "resolved_at": request.resolved_at,
             "latest_response_id": responses[-1].response_id if responses else "",
             "responses": [{
@@ -308,6 +337,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "d": detail, "run": run, "role": role_of(request.user),
         "stream_url": reverse("runs:run-stream", kwargs={"run_id": run.id}),
         "debug_url": f"/api/v1/flex/runs/{run.id}",
-        "admin_url": reverse("admin:runs_run_change", args=[run.id]) if may_operate else "",
+        "admin_url": reverse("admin:runs_run_change", args=[quote(run.id)]) if may_operate else "",
         "live": not run.is_terminal,
+        "flex_enabled": bool(settings.FLEX_ENABLED),
     })

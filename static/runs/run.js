@@ -8,6 +8,7 @@
   var state = document.getElementById("live-state");
   var statusBadge = document.getElementById("run-status");
   var planVersion = document.getElementById("plan-version");
+  var updated = document.getElementById("run-updated");
   var lastId = list.dataset.lastEventId || "";
   var seen = {};
   Array.prototype.forEach.call(list.querySelectorAll("li[data-id]"), function (li) { seen[li.dataset.id] = true; });
@@ -35,6 +36,18 @@
       case "log": return String(p.message || "");
       default: return "";
     }
+  }
+
+  // "Updated" follows the run: each event is a change of the run, at its
+  // timestamp (ISO 8601 UTC, the page renders UTC "YYYY-MM-DD HH:MM:SS").
+  function showUpdated(timestamp) {
+    if (!updated || !timestamp) { return; }
+    var at = new Date(timestamp);
+    if (isNaN(at.getTime())) { return; }
+    var previous = new Date(updated.getAttribute("datetime") || 0);
+    if (!isNaN(previous.getTime()) && at < previous) { return; }
+    updated.setAttribute("datetime", at.toISOString());
+    updated.textContent = at.toISOString().slice(0, 19).replace("T", " ");
   }
 
   function setStatus(status) {
@@ -119,6 +132,7 @@
     list.appendChild(li);
     list.scrollTop = list.scrollHeight;
     if (planVersion && f.planVersion) { planVersion.textContent = f.planVersion; }
+    showUpdated(f.timestamp);
     var p = f.payload || {};
     if (f.type === "node_start") { colourNode(p.nodeId, "running"); setStatus("running"); }
     else if (f.type === "node_complete") { colourNode(p.nodeId, "completed"); }
