@@ -23,6 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT_MS = 20_000
 REVIEWED_TEXT = "Today we are proud to announce it"
+PAUSE_ON_START = {"id": "hold", "trigger": {"kind": "onStart"}, "action": {"type": "pause", "reason": "hold it"}}
 
 
 def submit_and_wait(user: Any, name: str, drain: Callable[[], int]) -> Run:
@@ -111,6 +112,37 @@ def test_an_operator_answers_the_clarify_question_and_watches_the_timeline_compl
 
     assert orm(status_of, run.id) == RunStatus.COMPLETED
     assert orm(lambda: AuditEntry.objects.filter(run_id=run.id, action="hitl_resumed", actor=operator).count()) == 1
+
+
+def test_a_request_raised_while_the_history_page_is_open_appears_with_its_review(
+        server: str, operator: Any, client_user: Any, drain: Any, orm: Any, chromium: Any) -> None:
+    envelope = load_envelope("approval-required")
+    envelope["policies"]["runtime"].insert(0, PAUSE_ON_START)
+    run = run_create(user=client_user, envelope=envelope)
+    drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.PAUSED
+    context = chromium().new_context(viewport={"width": 1440, "height": 900})
+    console = context.new_page()
+    login(console, server, "olivia")
+    history = context.new_page()
+    history.goto(f"{server}/runs/")
+    open_history_from_list(history, run.id)
+    history.wait_for_selector("#live-state:text('live')", timeout=TIMEOUT_MS)
+    assert history.locator("#dialogue .hitl-request").count() == 0
+
+    open_run_list(console)
+    open_run_from_list(console, run.id)
+    console.click("#resume-submit")
+    console.wait_for_selector(".messagelist .success", timeout=TIMEOUT_MS)
+
+    history.bring_to_front()
+    history.wait_for_selector("#dialogue .hitl-request .review", timeout=TIMEOUT_MS)
+    box = history.locator("#dialogue .hitl-request")
+    assert "Approve the output of copywriter" in box.inner_text()
+    assert REVIEWED_TEXT in box.locator(".review").inner_text()
+    assert history.locator("#run-status").inner_text() == "awaiting_hitl"
+    screenshot(history, "history-approval-arrives-live")
 
 
 def test_an_operator_reads_the_copy_under_review_from_the_inbox_and_approves_it(
@@ -228,8 +260,7 @@ def test_support_sees_the_same_pages_without_buttons_and_a_forged_post_is_forbid
 
     # A forged POST with a valid session and CSRF token: refused by role.
     token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
-    cancel_url = re.sub(r"/change/.*$", "/cancel/", page.url) if "/change/" in page.url else None
-    page.go_back()
+    page.go_back()  # to the run page: its cancel URL is the one an operator's button posts to
     cancel_url = page.url.split("#")[0].replace("/change/", "/cancel/")
     forged = page.request.post(cancel_url, form={"reason": "forged", "csrfmiddlewaretoken": token},
                                headers={"Origin": server, "Referer": f"{server}/admin/"}, max_redirects=0)
