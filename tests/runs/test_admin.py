@@ -533,3 +533,30 @@ def test_with_flex_disabled_every_console_action_is_refused_with_a_clear_message
         assert run.status == status
     assert not AuditEntry.objects.filter(action__in=["run_cancelled", "hitl_resumed", "run_resumed"]).exists()
     assert 'id="flex-disabled"' in client.get(reverse("admin:index")).content.decode()
+
+
+# --- secrets in responses stay out of every console and history page ---------------------------
+
+def test_secrets_in_responses_appear_on_no_console_or_history_page(operator: Any, approval_run: Run) -> None:
+    from hitl.services import hitl_respond
+
+    request = pending_of(approval_run)
+    hitl_respond(user=operator, run_id=approval_run.id, request_id=request.id, responses=[
+        {"responseType": "freeform", "freeformText": "use password=hunter2 for the CRM",
+         "metadata": {"apiKey": "sk-live-778899", "note": "token=abc123xyz"}}])
+    client = browser(operator)
+    pages = {
+        "run page": client.get(change_url(approval_run)),
+        "inbox": client.get(reverse("admin:runs_run_inbox")),
+        "request list": client.get(reverse("admin:hitl_hitlrequest_changelist")),
+        "request page": client.get(reverse("admin:hitl_hitlrequest_change", args=[quote(request.id)])),
+        "bulk confirmation": client.post(reverse("admin:runs_run_changelist"),
+                                         {"action": "approve_runs", "_selected_action": [approval_run.id]}),
+        "history page": client.get(reverse("run_pages:detail", args=[approval_run.id])),
+    }
+    for name, response in pages.items():
+        body = response.content.decode()
+        assert response.status_code == 200, name
+        for secret in ("hunter2", "sk-live-778899", "abc123xyz"):
+            assert secret not in body, (name, secret)
+    assert "[redacted]" in pages["request page"].content.decode()
