@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from django.conf import settings
+from django.contrib.admin.utils import quote
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
@@ -27,7 +29,7 @@ from flexagents.errors import RunNotFound
 from flexagents.redaction import FREE_TEXT_KEYS, redact
 from flexagents.roles import role_of, user_may_operate_run
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
-from hitl.presenters import hitl_request_payload
+from hitl.presenters import hitl_request_payload, review_rows
 from runs.events import event_frame
 from runs.filters import capability_choices, form_filtered
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
@@ -172,8 +174,8 @@ def run_detail(run: Run) -> RunDetail:
             "id": request.id, "kind": request.kind, "question": shown["question"], "options": shown["options"],
             "allow_free_form": request.allow_free_form, "urgency": request.urgency, "status": request.status,
             "resolution": request.resolution, "pending_node_id": request.pending_node_id,
-            "operator_prompt": shown["operatorPrompt"], "review": shown["review"],
-            "plan_version": request.plan_version,
+            "operator_prompt": shown["operatorPrompt"], "plan_version": request.plan_version,
+            "review": review_rows(request.review, schemas),
             "created_at": request.created_at, "resolved_at": request.resolved_at,
             "latest_response_id": responses[-1].response_id if responses else "",
             "responses": [{
@@ -279,6 +281,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "d": detail, "run": run, "role": role_of(request.user),
         "stream_url": reverse("runs:run-stream", kwargs={"run_id": run.id}),
         "debug_url": f"/api/v1/flex/runs/{run.id}",
-        "admin_url": reverse("admin:runs_run_change", args=[run.id]) if may_operate else "",
+        "admin_url": reverse("admin:runs_run_change", args=[quote(run.id)]) if may_operate else "",
         "live": not run.is_terminal,
+        "flex_enabled": bool(settings.FLEX_ENABLED),
     })
