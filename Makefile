@@ -25,6 +25,7 @@ run: migrate
 test: setup
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly
+	PYTHON=$(PY) bash scripts/check-ts-client.sh
 
 # Everything but the multi-process and browser tests.
 test-fast: setup
