@@ -130,6 +130,25 @@ def test_another_users_ticket_is_refused(api_for, client_user, operator, drain):
     assert StreamTicket.objects.get(run_id=run_id).used_at is None
 
 
+def test_another_users_ticket_is_refused_to_a_logged_in_browser(api_for, client_user, support, drain):
+    """Support may view every run; a support person's browser session with
+    clara's ticket is still refused (an EventSource sends the session cookie
+    on its own origin)."""
+    run_id = completed_run(api_for(client_user), drain)
+    body = ticket_for(api_for(client_user), run_id)
+
+    async def go():
+        client = AsyncClient()
+        await client.aforce_login(support)
+        response = await client.get(path_of(body["streamUrl"]))
+        return response.status_code, json.loads(response.content)
+
+    status, error = async_to_sync(go)()
+
+    assert status == 401 and error["code"] == "not_authenticated"
+    assert open_stream(path_of(body["streamUrl"]))[0] == 200
+
+
 @pytest.mark.parametrize("ticket", ["", "st_made-up", "x" * 5000])
 def test_an_unknown_ticket_is_refused(api_for, client_user, drain, ticket):
     run_id = completed_run(api_for(client_user), drain)
