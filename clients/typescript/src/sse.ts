@@ -81,7 +81,9 @@ export async function* parseSse(body: ReadableStream<Uint8Array>): AsyncGenerato
       // A CR at the very end may be the first half of a CRLF: keep it.
       const lines = buffer.split(/\r\n|\n|\r(?!$)/);
       buffer = done ? "" : lines.pop() ?? "";
-      for (const line of done ? [...lines, ""] : lines) {
+      // At the end of the body an event without its closing blank line is
+      // dropped, as the standard says.
+      for (const line of lines) {
         if (line === "") {
           if (data.length) yield { id, event: event || "message", data: data.join("\n") };
           data = [];
