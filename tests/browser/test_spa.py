@@ -4,6 +4,7 @@ that origin (FLEX_CORS_ALLOWED_ORIGINS) — and from an origin it does not."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,12 @@ def test_the_spa_on_another_origin_submits_gets_the_question_live_answers_it_and
                                                  actor=client_user).count()) == 1
     tickets = orm(lambda: list(StreamTicket.objects.filter(run_id=run_id).values_list("used_at", flat=True)))
     assert tickets and all(used is not None for used in tickets)
+    # The server's log lines (JSON, through flexagents.logging) name the
+    # tickets' use but never a ticket.
+    daphne = next(p for p in stack["logs"].procs if p.name.startswith("daphne"))
+    lines = [line for line in daphne.log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
+    assert any("stream ticket redeemed" in line for line in lines)
+    assert [line for line in lines if re.search(r"st_[A-Za-z0-9_-]{20,}", line)] == []
 
 
 def test_the_spa_shows_what_an_approval_is_about_and_approves_it(
