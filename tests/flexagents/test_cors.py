@@ -113,10 +113,11 @@ def test_sse_responses_carry_the_headers(client_user, drain):
         posted = await client.post("/api/v1/flex/run.stream", load_envelope("linkedin-variants"),
                                    content_type="application/json", headers={**auth, "Origin": SPA,
                                                                              "Accept": "text/event-stream"})
-        first = b""
-        async for chunk in posted.streaming_content:
-            first += chunk
-            break  # the run goes on without this stream
+        chunks = posted.streaming_content.__aiter__()
+        try:
+            first = await chunks.__anext__()
+        finally:
+            await chunks.aclose()  # the run goes on without this stream
         return posted, first
 
     posted, first = async_to_sync(go)()
