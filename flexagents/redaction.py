@@ -214,6 +214,17 @@ _PAIR_RE = re.compile(
 _SCHEME_RE = re.compile(r"\b(?P<scheme>bearer)[ \t]+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 
+# URL query parameters that carry a credential although their name is not
+# one of the sensitive stems: `?ticket=…` (a stream ticket, API.md) — in an
+# access log line, a `Location`, a logged URL. Case-insensitive, up to the
+# next separator.
+URL_SECRET_PARAMS = ("ticket",)
+_QUERY_PARAM_RE = re.compile(
+    r"(?P<key>[?&;](?:" + "|".join(URL_SECRET_PARAMS) + r")=)(?!" + re.escape(REDACTED) + r")[^&#\s\"'<>]*",
+    re.IGNORECASE,
+)
+
+
 def _pair_sub(match: re.Match[str]) -> str:
     value = match.group("value")
     if value.startswith('\\"'):
@@ -287,6 +298,7 @@ def redact_text(s: str) -> str:
     if not s or _MAY_HOLD_SECRET_RE.search(s) is None:
         return s
     s = _HEADER_RE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{REDACTED}", s)
+    s = _QUERY_PARAM_RE.sub(lambda m: f"{m.group('key')}{REDACTED}", s)
     if "{" in s or "[" in s:
         s = _mask_nested(s)
     s = _PAIR_RE.sub(_pair_sub, s)

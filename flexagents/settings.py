@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from flexagents.env import env_bool, env_float, env_int, env_str
+from flexagents.env import env_bool, env_float, env_int, env_origins, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 TESTING = "pytest" in sys.modules or env_bool("FLEX_TESTING", False)
@@ -40,6 +40,7 @@ CSRF_FAILURE_VIEW = "flexagents.views.csrf_failure"
 INSTALLED_APPS = [
     # daphne first: `runserver` then serves ASGI, which SSE needs.
     "daphne",
+    "corsheaders",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -59,6 +60,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: preflights are answered here, and every response under /api/
+    # (errors rewritten below, SSE streams) leaves through it.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -192,6 +196,17 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- CORS: an SPA on another origin (API.md, "The SPA as a client") ----------
+# Empty (the default): same origin only, no CORS header is ever sent.
+CORS_ALLOWED_ORIGINS = env_origins("FLEX_CORS_ALLOWED_ORIGINS")
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_METHODS = ("GET", "POST", "OPTIONS")
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Correlation-ID")
+CORS_EXPOSE_HEADERS = ("X-Correlation-ID", "Retry-After", "Idempotent-Replayed")
+# Sent only beside an allowed origin's own name (never with `*`).
+CORS_ALLOW_CREDENTIALS = True
+CORS_PREFLIGHT_MAX_AGE = 600
+
 # --- Events / SSE ------------------------------------------------------------
 EVENTSTREAM_STORAGE_CLASS = "runs.streaming.RunEventStorage"
 EVENTSTREAM_CHANNELMANAGER_CLASS = "runs.streaming.RunChannelManager"
@@ -202,6 +217,8 @@ FLEX_SSE_KEEPALIVE_SECONDS = env_float("FLEX_SSE_KEEPALIVE_SECONDS", 15.0, minim
 FLEX_SSE_POLL_SECONDS = env_float("FLEX_SSE_POLL_SECONDS", 0.25 if not REDIS_URL else 2.0, minimum=0.01)
 FLEX_SSE_MAX_STREAMS_PER_USER = env_int("FLEX_SSE_MAX_STREAMS_PER_USER", 200, minimum=1)
 FLEX_SSE_MAX_STREAMS = env_int("FLEX_SSE_MAX_STREAMS", 5000, minimum=1)
+# How long a stream ticket (`?ticket=` for EventSource) may wait to be used.
+FLEX_STREAM_TICKET_SECONDS = env_int("FLEX_STREAM_TICKET_SECONDS", 60, minimum=1, maximum=3600)
 
 # --- Engine ------------------------------------------------------------------
 FLEX_ENABLED = env_bool("FLEX_ENABLED", True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 from django.http import StreamingHttpResponse
 from django.urls import reverse
@@ -29,6 +30,7 @@ from runs import services
 from runs.events import event_frame
 from runs.selectors import run_events_after, run_get_for_user
 from runs.streaming import event_stream, hub
+from runs.tickets import TICKET_PARAM, StreamTicketAuthentication, stream_ticket_create
 
 logger = logging.getLogger("runs.apis")
 
@@ -163,10 +165,16 @@ def parse_last_event_id(value: str | None, run_id: str) -> int:
 
 
 class RunStreamGetApi(SseApiView):
-    """GET /api/v1/flex/runs/{runId}/stream — replay after Last-Event-ID, then follow."""
+    """GET /api/v1/flex/runs/{runId}/stream — replay after Last-Event-ID, then follow.
+    A browser's EventSource authenticates with `?ticket=` (runs.tickets)."""
+
+    authentication_classes = [StreamTicketAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
 
     @extend_schema(summary="Stream a run's events (SSE)",
-                   parameters=[OpenApiParameter("lastEventId", str, required=False)],
+                   parameters=[OpenApiParameter("lastEventId", str, required=False),
+                               OpenApiParameter("ticket", str, required=False,
+                                                description="A stream ticket (POST …/stream-ticket), for clients "
+                                                            "that cannot send Authorization (EventSource)")],
                    responses={(200, "text/event-stream"): OpenApiResponse(description="SSE frames")})
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
         run = run_get_for_user(user=request.user, run_id=run_id)
@@ -178,6 +186,25 @@ class RunStreamGetApi(SseApiView):
                                             "lastSeq": run.last_seq})
         admit_stream(request.user)
         return sse_response(run_id=run.id, after_seq=after, user=request.user, stop_on_wait=False)
+
+
+class StreamTicketSerializer(serializers.Serializer):
+    ticket = serializers.CharField()
+    expiresAt = serializers.DateTimeField()
+    streamUrl = serializers.URLField()
+
+
+class StreamTicketCreateApi(FlexApiView):
+    """POST /api/v1/flex/runs/{runId}/stream-ticket — a single-use, 60 s ticket
+    for the run's stream, bound to the caller."""
+
+    @extend_schema(request=None, responses={201: StreamTicketSerializer},
+                   summary="A short-lived, single-use ticket to open the run's stream with EventSource")
+    def post(self, request: Request, run_id: str) -> Response:
+        issued = stream_ticket_create(user=request.user, run_id=run_id)
+        url = f"{stream_url(request, issued.run_id)}?{urlencode({TICKET_PARAM: issued.ticket})}"
+        return Response(StreamTicketSerializer({"ticket": issued.ticket, "expiresAt": issued.expires_at,
+                                                "streamUrl": url}).data, status=201)
 
 
 class RunEventsApi(FlexApiView):
