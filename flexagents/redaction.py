@@ -286,10 +286,11 @@ def _mask_nested(s: str) -> str:
     return "".join(out)
 
 
-# Every pattern above needs a sensitive stem or "bearer" somewhere in the
-# text; most strings have neither, and one search tells (rule 3 runs this on
-# every string leaf of every payload).
-_MAY_HOLD_SECRET_RE = re.compile(rf"{_SENSITIVE_STEMS}|bearer", re.IGNORECASE)
+# Every pattern above needs a sensitive stem, "bearer" or a secret URL
+# parameter somewhere in the text; most strings have none, and one search
+# tells (rule 3 runs this on every string leaf of every payload).
+_MAY_HOLD_SECRET_RE = re.compile(rf"{_SENSITIVE_STEMS}|bearer|[?&;](?:{'|'.join(URL_SECRET_PARAMS)})=",
+                                 re.IGNORECASE)
 
 
 def redact_text(s: str) -> str:
