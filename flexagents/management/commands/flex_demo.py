@@ -2,7 +2,7 @@
 
 Creates one user per role and prints the credentials and an operator API
 token. Passwords are chosen once, at random, and kept in
-`db/demo-credentials.json` (the ignored folder beside the SQLite database,
+`demo-credentials.json` beside the SQLite database (`db/`, ignored by git;
 readable by its owner only), so they stay the same on every `make run`;
 `--reset` chooses new ones. A password someone changed since (in the admin,
 say) is left alone and not shown. Meant for a developer's own machine: the
@@ -25,7 +25,14 @@ DEMO_USERS = (("operator", "operator"), ("support", "support"), ("client", "clie
 
 
 def credentials_file() -> Path:
-    return Path(getattr(settings, "FLEX_DEMO_CREDENTIALS_FILE", settings.BASE_DIR / "db" / "demo-credentials.json"))
+    """Beside the SQLite database (a fresh database, fresh file), else in `db/`."""
+    configured = getattr(settings, "FLEX_DEMO_CREDENTIALS_FILE", None)
+    if configured:
+        return Path(configured)
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3" and str(database["NAME"]) != ":memory:":
+        return Path(database["NAME"]).resolve().parent / "demo-credentials.json"
+    return Path(settings.BASE_DIR) / "db" / "demo-credentials.json"
 
 
 def _load(path: Path) -> dict[str, str]:
