@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 BASE_DIR = Path(settings.BASE_DIR)
 # Documents whose examples talk to a running server, in the order a reader meets them.
-DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/runbook.md"]
 _BLOCK = re.compile(r"^[ \t]*```sh\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
 _EXPECTED = re.compile(r"^#\s*(\d{3})\b")
 
@@ -35,20 +35,24 @@ def sh_blocks(text: str) -> list[str]:
     return [textwrap.dedent(block) for block in _BLOCK.findall(text)]
 
 
+_HEREDOC = re.compile(r"<<-?\s*'?(\w+)'?")
+
+
 def _complete(command: str) -> bool:
-    """Whether `command` can end here: quotes closed, parentheses balanced, no trailing backslash."""
+    """Whether `command` can end here: quotes closed, parentheses balanced, no
+    trailing backslash, a here-document closed by its terminator."""
     if command.rstrip().endswith("\\"):
         return False
-    single = double = 0
+    heredoc = _HEREDOC.search(command)
+    if heredoc:
+        return command.splitlines()[-1].strip() == heredoc.group(1)
     depth = 0
     in_single = in_double = False
     for char in command:
         if char == "'" and not in_double:
             in_single = not in_single
-            single += 1
         elif char == '"' and not in_single:
             in_double = not in_double
-            double += 1
         elif char == "(" and not (in_single or in_double):
             depth += 1
         elif char == ")" and not (in_single or in_double):
