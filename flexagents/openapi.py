@@ -90,12 +90,18 @@ def _pascal(name: str) -> str:
     return name[:1].upper() + name[1:]
 
 
+def registry_ids() -> list[str]:
+    from planner.registry import get_registry
+
+    return sorted(get_registry().ids())
+
+
 def envelope_components() -> dict[str, Any]:
     """`TaskEnvelope` and its parts, from the schema the server validates with.
 
-    The catalog is a file of the deployment, so the facet names are closed
-    here as they are on the server (an unknown input or output facet is a
-    422); capability ids are not, agents add them at run time.
+    Facet and capability names are closed here as they are on the server
+    (an unknown one is a 422): the catalog's names, the registry's ids when
+    the schema is served (it is generated on each request).
     """
     from planner.envelope import ENVELOPE_SCHEMA
     from planner.facets import get_catalog
@@ -111,6 +117,12 @@ def envelope_components() -> dict[str, Any]:
         "properties": {name: to_openapi(facet.schema, defs_prefix=f"Facet{_pascal(name)}")
                        for name, facet in catalog.items()},
     }
+    capability_ids = {"type": "string", "enum": registry_ids()}
+    selection = components[f"{prefix}PlannerPolicy"]["properties"]["selection"]["properties"]
+    for rule in selection.values():
+        rule["items"] = {**capability_ids, "description": "A registered capability id"}
+    selector = (components[f"{prefix}RuntimePolicy"]["properties"]["trigger"]["properties"]["selector"])
+    selector["properties"]["capabilityId"] = capability_ids
     for branch in root["properties"]["outputContract"]["oneOf"]:
         facets = branch["properties"].get("facets")
         if facets is not None:
@@ -259,10 +271,15 @@ COMPONENTS: dict[str, Any] = {
                               "requests": {"type": "array", "items": _ref("HitlRequest")}}),
 }
 
-SSE = {"text/event-stream": {"schema": {
-    "type": "string",
-    "description": "Server-sent events: `id: <runId>:<seq>`, `event: <type>`, `data: <Event as JSON>` "
-                   "(docs/events.md)."}}}
+# One server-sent event (as OpenAPI 3.2's `itemSchema` has it, and as schemathesis
+# checks each event of a stream): `data` is the Event as JSON.
+SSE = {"text/event-stream": {"schema": _obj(
+    {"event": {"type": "string", "description": "The event type"},
+     "id": {"type": "string", "description": "`<runId>:<seq>`; send it back as Last-Event-ID"},
+     "data": {"type": "string", "description": "The Event (components/schemas/Event) as JSON"},
+     "retry": {"type": "integer"}},
+    required=["data"],
+    description="Each server-sent event of the stream (docs/events.md); comments (`: keep-alive`) carry none.")}}
 
 # --- operations ----------------------------------------------------------------------------
 
@@ -392,11 +409,36 @@ def postprocess_schema(result: dict[str, Any], generator: Any, request: Any, pub
     schemas.update(envelope_components())
     schemas.update(copy.deepcopy(COMPONENTS))
     _tighten_requests(schemas)
+    for name, schema in schemas.items():
+        if name.startswith("TaskEnvelope") or name in _STRICT_REQUESTS:
+            _no_nul_characters(schema)
 
     for path, item in result["paths"].items():
         for method, operation in item.items():
             _finish_operation(path, method, operation)
     return result
+
+
+_NO_NUL = "^[^\\u0000]*$"
+
+
+def _no_nul_characters(schema: Any) -> None:
+    """Strings the server reads are refused with NUL characters (neither
+    database stores them): say so on every string of a request body."""
+    if isinstance(schema, list):
+        for item in schema:
+            _no_nul_characters(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") == "string" and "pattern" not in schema and "enum" not in schema:
+        schema["pattern"] = _NO_NUL
+    for key, value in schema.items():
+        if key in ("properties",):
+            for sub in value.values():
+                _no_nul_characters(sub)
+        elif key in ("items", "additionalProperties", "not", "allOf", "oneOf", "anyOf"):
+            _no_nul_characters(value)
 
 
 def _tighten_requests(schemas: dict[str, Any]) -> None:
@@ -416,32 +458,36 @@ def _tighten_requests(schemas: dict[str, Any]) -> None:
             schema["anyOf"] = [{"required": ["runId"]}, {"required": ["threadId"]}]
 
 
+_WHEN = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
+                   {"type": "string", "maxLength": 0}]}
+_EVENT_ID = {"type": "string", "pattern": r"^([A-Za-z0-9_-]+:)?[0-9]{1,10}$"}
 # Query and header parameters as the server reads them (the views declare names only).
 _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("/api/v1/flex/runs", "get"): {
         "status": {"description": "Comma-separated statuses", "schema": {"type": "string"}},
-        "createdAfter": {"schema": {"type": "string", "format": "date-time"}},
-        "createdBefore": {"schema": {"type": "string", "format": "date-time"}},
+        "createdAfter": {"description": "Exclusive; ISO 8601, a date alone is midnight UTC", "schema": _WHEN},
+        "createdBefore": {"description": "Exclusive; ISO 8601, a date alone is midnight UTC", "schema": _WHEN},
         "q": {"description": "Text in the objective", "schema": {"type": "string", "maxLength": 200}},
         "cursor": {"description": "From the `next` link of the previous page", "schema": {"type": "string"}},
         "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     },
     ("/api/v1/flex/runs/{runId}/events", "get"): {
-        "after": {"description": "Events with a greater `seq`", "schema": {"type": "integer", "minimum": 0}},
+        "after": {"description": "Events with a greater `seq`",
+                  "schema": {"type": "integer", "minimum": 0, "maximum": 2**31}},
         "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     },
     ("/api/v1/flex/runs/{runId}/stream", "get"): {
         "lastEventId": {"description": "Replay the events after this one (`<runId>:<seq>` or `<seq>`)",
-                        "schema": {"type": "string"}},
+                        "schema": _EVENT_ID},
     },
     ("/api/hitl/pending", "get"): {
-        "offset": {"schema": {"type": "integer", "minimum": 0}},
+        "offset": {"schema": {"type": "integer", "minimum": 0, "maximum": 10**9}},
         "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 200}},
     },
 }
 _HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("/api/v1/flex/runs/{runId}/stream", "get"): [
-        {"in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "string"},
+        {"in": "header", "name": "Last-Event-ID", "required": False, "schema": _EVENT_ID,
          "description": "As `lastEventId`; the header wins when both are sent"}],
 }
 
