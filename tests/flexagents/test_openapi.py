@@ -14,6 +14,7 @@ from openapi_spec_validator import validate
 
 from runs.models import Run
 from tests.conftest import load_envelope
+from tests.sse import streamed
 
 pytestmark = pytest.mark.django_db
 
@@ -232,6 +233,7 @@ def test_success_bodies_match_their_declared_schemas(schema, api_for, client, cl
         return response.json()
 
     ok("GET", "/api/health", client.get("/api/health"))
+
     ok("GET", "/api/v1/flex/capabilities", owner.get("/api/v1/flex/capabilities"))
     ok("GET", "/api/v1/flex/facets", owner.get("/api/v1/flex/facets"))
     envelope = load_envelope("approval-required")
@@ -265,6 +267,26 @@ def test_success_bodies_match_their_declared_schemas(schema, api_for, client, cl
     drain()
     ok("POST", "/api/hitl/remove", staff.post("/api/hitl/remove", {"runId": fourth, "reason": "not needed"},
                                               format="json"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_event_of_a_stream_matches_the_declared_event(schema, api_for, client_user):
+    owner = api_for(client_user)
+    run_id = owner.post("/api/v1/flex/runs", load_envelope("linkedin-variants"), format="json").json()["runId"]
+    owner.post(f"/api/v1/flex/runs/{run_id}/cancel", {}, format="json")
+
+    # The stream of a finished run replays its events and ends.
+    stream = owner.get(f"/api/v1/flex/runs/{run_id}/stream", HTTP_ACCEPT="text/event-stream")
+
+    assert_declared(schema, "GET", "/api/v1/flex/runs/{runId}/stream", stream)
+    event_schema = operation(schema, "GET", "/api/v1/flex/runs/{runId}/stream")["responses"]["200"]["content"][
+        "text/event-stream"]["schema"]
+    frames = streamed(stream)
+    assert [frame["event"] for frame in frames][-1] == "complete"
+    for frame in frames:
+        raw = {"event": frame["event"], "id": frame["id"], "data": json.dumps(frame["data"])}
+        assert schema_errors(schema, event_schema, raw) == []
+        assert schema_errors(schema, {"$ref": "#/components/schemas/Event"}, frame["data"]) == []
 
 
 # --- request schemas accept what the server accepts -----------------------------------------
@@ -307,6 +329,13 @@ ENVELOPES = {
     "pause action": _envelope(policies={"runtime": [{"id": "p", "trigger": {"kind": "onStart"},
                                                      "action": {"type": "pause", "reason": "look first"}}]}),
     "special instructions not strings": _envelope(specialInstructions=[1]),
+    "unknown capability in a selection": _envelope(policies={"planner": {"selection": {"avoid": ["ghost.Writer"]}}}),
+    "unknown capability in a selector": _envelope(policies={"runtime": [
+        {"id": "p", "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "ghost.Writer"}},
+         "action": {"type": "hitl"}}]}),
+    "known capability in a selector": _envelope(policies={"runtime": [
+        {"id": "p", "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "qa.ContentReview"}},
+         "action": {"type": "hitl"}}]}),
 }
 
 
