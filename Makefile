@@ -21,8 +21,11 @@ run: migrate
 	DEBUG=1 $(PY) manage.py flex_demo --port $(PORT)
 	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) flexagents.asgi:application
 
-# The whole suite (SQLite unless DATABASE_URL says otherwise).
+# The layering contracts and the types, then the whole suite (SQLite unless
+# DATABASE_URL says otherwise).
 test: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly
 

@@ -7,6 +7,9 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from flexagents.http_status import complete_reason_phrases
+
+complete_reason_phrases()  # `422 Unprocessable Entity`, not `422 Unknown Status`
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flexagents.settings")
 
 application = get_asgi_application()

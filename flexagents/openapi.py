@@ -465,8 +465,12 @@ _EVENT_ID = {"type": "string", "pattern": r"^([A-Za-z0-9_-]+:)?[0-9]{1,10}$"}
 _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("/api/v1/flex/runs", "get"): {
         "status": {"description": "Comma-separated statuses", "schema": {"type": "string"}},
-        "createdAfter": {"description": "Exclusive; ISO 8601, a date alone is midnight UTC", "schema": _WHEN},
-        "createdBefore": {"description": "Exclusive; ISO 8601, a date alone is midnight UTC", "schema": _WHEN},
+        "createdAfter": {"description": "Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day",
+                         "schema": _WHEN},
+        "createdBefore": {"description": "Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day",
+                          "schema": _WHEN},
+        "pending": {"description": "Runs with (`yes`) or without (`no`) a pending HITL request",
+                    "schema": {"type": "string", "enum": ["yes", "no"]}},
         "q": {"description": "Text in the objective", "schema": {"type": "string", "maxLength": 200}},
         "cursor": {"description": "From the `next` link of the previous page", "schema": {"type": "string"}},
         "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 100}},

@@ -10,7 +10,12 @@ Rules:
    at any depth, inside lists too.
 2. With a JSON Schema, every value whose schema says `"x-sensitive": true`
    is replaced as well.
-3. Values of types we do not know become `str()` and are then text-redacted:
+3. Every string leaf is free text and goes through `redact_text`, whatever
+   key it sits under: an error message, a note, a person's answer and the
+   content a capability produced alike. One rule for every surface, because
+   the same text is copied from one place to another (a special instruction
+   into a node's input and a post body, an answer into an audit entry).
+4. Values of types we do not know become `str()` and are then text-redacted:
    we fail closed rather than leak an object's repr.
 
 The input is never mutated; the result is a fresh JSON-shaped copy.
@@ -146,25 +151,24 @@ def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text:
     return redact_text(str(value))
 
 
-# Keys whose values are free text written by programs or people (error
-# messages, reasons, notes, instructions), not content produced for the
-# caller: `redact(..., text_keys=FREE_TEXT_KEYS)` text-redacts every string
-# under them, at any depth. Content strings (a post body) are left alone.
+# Kept for callers written before the one free-text rule: every string leaf
+# is text-redacted now (rule 3), so passing these keys changes nothing.
 FREE_TEXT_KEYS: frozenset[str] = frozenset({
     "message", "error", "errors", "reason", "note", "rationale", "diagnostics", "validationErrors",
     "specialInstructions", "freeformText", "operatorPrompt", "details", "objective", "pauseReason",
 })
 
 
-def redact(value: Any, *, schema: dict[str, Any] | None = None, text: bool = False,
+def redact(value: Any, *, schema: dict[str, Any] | None = None, text: bool = True,
            text_keys: frozenset[str] | tuple[str, ...] = ()) -> Any:
     """Return a redacted deep copy of `value`.
 
     `schema` (a JSON Schema for `value`) marks more fields with
-    `"x-sensitive": true`. `text=True` also runs `redact_text` over every
-    string leaf: right for log lines, wrong for payloads whose strings are
-    content (a post draft may legitimately say "password: …").
-    `text_keys` text-redacts only the strings found under those keys.
+    `"x-sensitive": true`. Every string leaf goes through `redact_text`
+    (rule 3; a post draft that says "password: abc" is shown as
+    "password: [redacted]", the stored value is untouched). `text=False`
+    exists only for tests of the key rule; no surface may use it.
+    `text_keys` is accepted for older callers and changes nothing.
     """
     root = schema if isinstance(schema, dict) else {}
     return _walk(value, _resolve(root, root) if root else _NO_SCHEMAS, root, 0, text, frozenset(text_keys))
@@ -271,9 +275,16 @@ def _mask_nested(s: str) -> str:
     return "".join(out)
 
 
+# Every pattern above needs a sensitive stem or "bearer" somewhere in the
+# text; most strings have neither, and one search tells (rule 3 runs this on
+# every string leaf of every payload).
+_MAY_HOLD_SECRET_RE = re.compile(rf"{_SENSITIVE_STEMS}|bearer", re.IGNORECASE)
+
+
 def redact_text(s: str) -> str:
-    """Mask credentials inside free text (error messages, log lines)."""
-    if not s:
+    """Mask credentials inside free text (error messages, notes, answers,
+    content, log lines)."""
+    if not s or _MAY_HOLD_SECRET_RE.search(s) is None:
         return s
     s = _HEADER_RE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{REDACTED}", s)
     if "{" in s or "[" in s:

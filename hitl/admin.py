@@ -3,6 +3,7 @@ Answer button, which calls the HITL services), and the inbox of pending
 requests sorted by urgency, then age."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin
@@ -11,8 +12,10 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from flexagents.redaction import redact_text
 from flexagents.roles import user_may_view_all_runs
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
+from hitl.presenters import hitl_request_payload, hitl_response_payload
 from runs.selectors import runs_visible_to
 
 
@@ -34,8 +37,8 @@ class HitlResponseInline(admin.TabularInline):
     model = HitlResponse
     extra = 0
     can_delete = False
-    fields = ("response_id", "response_type", "approved", "selected_option_id", "freeform_text",
-              "responder_display_name", "created_at")
+    fields = ("response_id", "response_type", "approved", "selected_option_id", "answer_text", "shown_metadata",
+              "responder", "created_at")
     readonly_fields = fields
     ordering = ("id",)
 
@@ -44,6 +47,19 @@ class HitlResponseInline(admin.TabularInline):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    # What people read goes through the HITL presenter (redacted).
+    @admin.display(description="freeform text")
+    def answer_text(self, obj: HitlResponse) -> str:
+        return hitl_response_payload(obj)["freeformText"] or ""
+
+    @admin.display(description="responder")
+    def responder(self, obj: HitlResponse) -> str:
+        return hitl_response_payload(obj)["responderDisplayName"] or ""
+
+    @admin.display(description="metadata")
+    def shown_metadata(self, obj: HitlResponse) -> str:
+        return json.dumps(hitl_response_payload(obj)["metadata"], ensure_ascii=False) if obj.metadata else ""
 
 
 @admin.register(HitlRequest)
@@ -55,8 +71,9 @@ class HitlRequestAdmin(admin.ModelAdmin):
     list_select_related = ("run",)
     show_full_result_count = False
     inlines = [HitlResponseInline]
-    fields = ("id", "run", "kind", "status", "resolution", "urgency", "question", "options", "allow_free_form",
-              "pending_node_id", "operator_prompt", "plan_version", "source", "created_at", "resolved_at")
+    fields = ("id", "run", "kind", "status", "resolution", "urgency", "shown_question", "shown_options",
+              "allow_free_form", "pending_node_id", "shown_operator_prompt", "shown_review", "plan_version", "source",
+              "created_at", "resolved_at")
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[HitlRequest]:
@@ -86,4 +103,26 @@ class HitlRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="question")
     def question_short(self, obj: HitlRequest) -> str:
-        return obj.question if len(obj.question) <= 80 else obj.question[:79] + "…"
+        question = redact_text(obj.question)
+        return question if len(question) <= 80 else question[:79] + "…"
+
+    # The change page shows what the HITL presenter shows (redacted); the
+    # stored row keeps the real values.
+    def _shown(self, obj: HitlRequest) -> dict[str, Any]:
+        return hitl_request_payload(obj, responses=[])
+
+    @admin.display(description="question")
+    def shown_question(self, obj: HitlRequest) -> str:
+        return self._shown(obj)["question"]
+
+    @admin.display(description="options")
+    def shown_options(self, obj: HitlRequest) -> str:
+        return json.dumps(self._shown(obj)["options"], ensure_ascii=False)
+
+    @admin.display(description="operator prompt")
+    def shown_operator_prompt(self, obj: HitlRequest) -> str:
+        return self._shown(obj)["operatorPrompt"]
+
+    @admin.display(description="under review")
+    def shown_review(self, obj: HitlRequest) -> str:
+        return json.dumps(self._shown(obj)["review"], ensure_ascii=False, indent=2) if obj.review else "—"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from flexagents.ids import new_hitl_request_id, new_hitl_response_id
 
@@ -51,7 +52,9 @@ class HitlRequest(models.Model):
     reject_action = models.JSONField(null=True, blank=True)
     thread_id = models.CharField(max_length=200, blank=True, default="")
     brief_id = models.CharField(max_length=200, blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Not auto_now_add: the `hitl_request` event is built from the unsaved
+    # row, and the saved row must carry the same instant (one `createdAt`).
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     resolved_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

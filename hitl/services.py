@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from flexagents.dates import iso_or_none
 from hitl.models import URGENCY_RANK, HitlKind, HitlRequest, HitlResponse, HitlStatus
+# The one presenter (redacted); re-exported because every surface imports it from here.
+from hitl.presenters import hitl_request_payload, hitl_response_payload  # noqa: F401
 
 
-def _iso(dt) -> str | None:
-    from runs.events import iso
-
-    return iso(dt) if dt else None
 
 
 def hitl_request_build(*, run, kind: str, question: str, options: list[dict] | None = None,
@@ -29,41 +28,6 @@ def hitl_request_build(*, run, kind: str, question: str, options: list[dict] | N
         brief_id=run.brief_id, created_at=timezone.now())
 
 
-def hitl_response_payload(response: HitlResponse) -> dict[str, Any]:
-    return {
-        "responseId": response.response_id,
-        "requestId": response.request_id,
-        "responseType": response.response_type,
-        "approved": response.approved,
-        "selectedOptionId": response.selected_option_id or None,
-        "freeformText": response.freeform_text or None,
-        "metadata": response.metadata,
-        "responderId": str(response.responder_id) if response.responder_id else None,
-        "responderDisplayName": response.responder_display_name,
-        "createdAt": _iso(response.created_at),
-    }
-
-
-def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlResponse]) -> dict[str, Any]:
-    return {
-        "requestId": request.id,
-        "runId": request.run_id,
-        "kind": request.kind,
-        "question": request.question,
-        "options": request.options,
-        "allowFreeForm": request.allow_free_form,
-        "urgency": request.urgency,
-        "pendingNodeId": request.pending_node_id,
-        "operatorPrompt": request.operator_prompt,
-        "contractSummary": request.contract_summary,
-        "review": request.review,
-        "planVersion": request.plan_version,
-        "status": request.status,
-        "createdAt": _iso(request.created_at),
-        "responses": [hitl_response_payload(r) for r in responses],
-    }
-
-
 def clarifications_for_node(*, run_id: str, node_id: str) -> list[dict[str, Any]]:
     """Every clarification answered so far for a node, oldest first."""
     requests = (HitlRequest.objects.filter(run_id=run_id, pending_node_id=node_id, kind=HitlKind.CLARIFY,
@@ -77,7 +41,7 @@ def clarifications_for_node(*, run_id: str, node_id: str) -> list[dict[str, Any]
         last = answers[-1]
         answer = last.freeform_text if last.response_type == "freeform" else _option_label(request, last)
         out.append({"questionId": request.id, "question": request.question, "answer": answer,
-                    "nodeId": node_id, "answeredAt": _iso(last.created_at)})
+                    "nodeId": node_id, "answeredAt": iso_or_none(last.created_at)})
     return out
 
 
@@ -363,7 +327,10 @@ def run_resume(*, user: Any, run_id: str, expected_plan_version: int, responses:
         if not run.has_snapshot or not run.plan_version:
             raise MissingSnapshot(details={"runId": run.id, "status": run.status})
         if expected_plan_version != run.plan_version:
-            raise StalePlanVersion(details={"expectedPlanVersion": run.plan_version,
+            # expectedPlanVersion is kept for older clients; currentPlanVersion
+            # names it plainly (API.md, Second wave).
+            raise StalePlanVersion(details={"currentPlanVersion": run.plan_version,
+                                            "expectedPlanVersion": run.plan_version,
                                             "receivedPlanVersion": expected_plan_version})
         request = None
         if run.status == RunStatus.AWAITING_HITL:
@@ -379,12 +346,50 @@ def run_resume(*, user: Any, run_id: str, expected_plan_version: int, responses:
                               trigger_kind="manual" if request is None else "hitl", audit_action="run_resumed")
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    """("approval", "rejection", "option") -> "an approval, rejection or option"."""
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"{'an' if listed[:1] in 'aeiou' else 'a'} {listed}"
+
+
 def _follow_up_for(request: HitlRequest, resolution: str) -> dict[str, Any]:
     if request.kind == HitlKind.CLARIFY:
         return {"type": "continue"}
     if resolution == "approved":
         return dict(request.approve_action or {"type": "continue"})
     return dict(request.reject_action or {"type": "fail"})
+
+
+def hitl_follow_up_payload(request: HitlRequest) -> dict[str, Any] | None:
+    """The `policy_triggered` payload of the follow-up a resolved approval
+    applies when its policy set one (`approveAction` / `rejectAction`);
+    None when the default applies (seed 8.5 AC1)."""
+    if request.kind != HitlKind.APPROVAL or request.resolution not in ("approved", "rejected"):
+        return None
+    approved = request.resolution == "approved"
+    action = request.approve_action if approved else request.reject_action
+    if not action:
+        return None
+    payload: dict[str, Any] = {
+        "policyId": request.source or None,
+        "trigger": (request.contract_summary or {}).get("trigger") or "hitl",
+        "action": dict(action),
+        "requestId": request.id,
+        "resolution": request.resolution,
+        "followUp": "approveAction" if approved else "rejectAction",
+    }
+    if request.pending_node_id:
+        payload["nodeId"] = request.pending_node_id
+    return payload
+
+
+def hitl_follow_up_pending_pause(*, run_id: str) -> dict[str, Any] | None:
+    """For the engine: the `policy_triggered` payload of the `pause` follow-up
+    the latest resolved request of the run left to apply (see `_resume_locked`)."""
+    request = (HitlRequest.objects.filter(run_id=run_id, status=HitlStatus.RESOLVED)
+               .order_by("-resolved_at", "-created_at", "-id").first())
+    payload = hitl_follow_up_payload(request) if request is not None else None
+    return payload if payload is not None and payload["action"].get("type") == "pause" else None
 
 
 def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, responses: Any,
@@ -398,7 +403,7 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
     from runs import events as ev
     from runs import notify
     from runs.models import NodeRun, NodeStatus, PlanVersion, RunStatus
-    from runs.services import audit_add
+    from runs.services import audit_add, check_transition
 
     now = timezone.now()
     display = _display_name(user, operator)
@@ -406,6 +411,7 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
     all_responses: list[HitlResponse] = []
     resolution = ""
     follow_up: dict[str, Any] = {"type": "continue"}
+    follow_up_event: dict[str, Any] | None = None
     if request is not None:
         existing = list(request.responses.all())
         _check_latest_response(request, existing, latest_response_id)
@@ -414,8 +420,8 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
         preview = existing + [_response_row(request=request, item=i, user=user, display_name=display) for i in items]
         resolution = resolution_of(request, preview)
         if not resolution:
-            wanted = " or ".join(RESOLVING_TYPES[request.kind])
-            raise HitlResponseRequired(f"This {request.kind} request must be resolved by a {wanted} response.",
+            raise HitlResponseRequired(f"This {request.kind} request must be resolved by "
+                                       f"{_one_of(RESOLVING_TYPES[request.kind])} response.",
                                        details={"requestId": request.id, "kind": request.kind,
                                                 "responseTypes": list(RESOLVING_TYPES[request.kind])})
         rows, events = _append(request=request, items=items, user=user, display_name=display, existing=existing)
@@ -428,6 +434,7 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
             "requestId": request.id, "resolution": resolution,
             "responses": [hitl_response_payload(r) for r in all_responses]}, request.pending_node_id))
         follow_up = _follow_up_for(request, resolution)
+        follow_up_event = hitl_follow_up_payload(request)
 
     # What happens to the nodes and the run.
     current = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
@@ -464,7 +471,10 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
         run_updates.update(error=error, completed_at=now)
         completing.append(ev.PendingEvent(ev.COMPLETE, {"status": "failed", "error": error}))
     elif action == "pause":
-        target = RunStatus.PAUSED
+        # The table has no awaiting_hitl → paused: the run is queued with its
+        # pause reason, and the worker that takes it moves it running → paused
+        # and emits this `policy_triggered` then (runs.engine.loop.resume_started),
+        # so a stream ends only once the run really is paused.
         run_updates["pause_reason"] = follow_up.get("reason") or "paused after a HITL decision"
 
     previous, version = run.plan_version, run.plan_version + 1
@@ -477,9 +487,12 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
     events.append(ev.PendingEvent(ev.PLAN_UPDATED, {
         "previousVersion": previous, "version": version, "reason": "resume", "trigger": trigger,
         "nodes": [{"id": n["id"], "status": statuses.get(n["id"], "pending")} for n in current.graph.get("nodes", [])]}))
+    if follow_up_event is not None and action != "pause":
+        events.append(ev.PendingEvent(ev.POLICY_TRIGGERED, follow_up_event, node_id))
     events.extend(completing)
     for changed, changes in node_changes.items():
         NodeRun.objects.filter(pk=nodes[changed].pk).update(**changes)
+    check_transition(run, target)
     run_updates.update(status=target, plan_version=version, pending_node_ids=pending)
     # No worker holds a waiting run: the fence is the row lock plus the
     # status read under it.

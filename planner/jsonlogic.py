@@ -96,7 +96,8 @@ def _compare(a: Any, b: Any) -> tuple[Any, Any]:
 
 def _less(a: Any, b: Any, *, or_equal: bool) -> bool:
     x, y = _compare(a, b)
-    return x <= y if or_equal else x < y
+    result: bool = x <= y if or_equal else x < y
+    return result
 
 
 def _get_var(data: Any, path: Any, default: Any = None) -> Any:

@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.filters import DateFieldListFilter
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -28,10 +27,12 @@ from django.utils.html import format_html
 
 from flexagents.errors import FlexError, RunNotFound
 from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
+from flexagents.redaction import redact_text
 from hitl.models import HitlKind, HitlRequest, HitlStatus
 from runs import services as run_services
-from runs.models import NodeRun, Run, RunStatus
-from runs.pages import capability_choices, run_detail, runs_annotated
+from runs.filters import RUN_LIST_FILTERS, run_text_search
+from runs.models import Run, RunStatus
+from runs.pages import run_detail, runs_annotated
 from runs.selectors import run_get_for_user, runs_visible_to
 
 
@@ -66,37 +67,6 @@ def error_message(exc: FlexError) -> str:
         if key in exc.details:
             parts.append(f"{key}={exc.details[key]}")
     return " ".join(parts)
-
-
-# --- list filters -------------------------------------------------------------------
-
-class PendingRequestFilter(admin.SimpleListFilter):
-    title = "pending request"
-    parameter_name = "pending"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Has a pending request"), ("no", "No pending request")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        has = Exists(HitlRequest.objects.filter(run=OuterRef("pk"), status=HitlStatus.PENDING))
-        if self.value() == "yes":
-            return queryset.filter(has)
-        if self.value() == "no":
-            return queryset.exclude(has)
-        return queryset
-
-
-class CapabilityFilter(admin.SimpleListFilter):
-    title = "capability"
-    parameter_name = "capability"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(c, c) for c in capability_choices()]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        if self.value():
-            return queryset.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=self.value())))
-        return queryset
 
 
 # --- forms of the buttons -------------------------------------------------------------
@@ -150,8 +120,9 @@ class RunAdmin(admin.ModelAdmin):
     list_display = ("id", "status_badge", "objective_short", "plan_version", "pending_request", "creator",
                     "created_at", "updated_at")
     list_display_links = ("id",)
-    list_filter = ("status", PendingRequestFilter, CapabilityFilter, ("created_at", DateFieldListFilter))
-    search_fields = ("id", "objective", "thread_id", "brief_id")
+    # The run-list filters of the API and the history pages (runs.filters).
+    list_filter = RUN_LIST_FILTERS
+    search_fields = ("id", "objective", "thread_id", "brief_id")  # shows the box; the search is `q` below
     date_hierarchy = "created_at"
     list_select_related = ("created_by",)
     list_per_page = 50
@@ -162,6 +133,10 @@ class RunAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("runs/console.css",)}
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run],
+                           search_term: str) -> tuple[QuerySet[Run], bool]:
+        return run_text_search(queryset, search_term), False
 
     # -- who may do what ---------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
@@ -202,13 +177,14 @@ class RunAdmin(admin.ModelAdmin):
 
     @admin.display(description="objective")
     def objective_short(self, run: Run) -> str:
-        return run.objective if len(run.objective) <= 80 else run.objective[:79] + "…"
+        objective = redact_text(run.objective)
+        return objective if len(objective) <= 80 else objective[:79] + "…"
 
     @admin.display(description="pending request")
     def pending_request(self, run: Run) -> str:
         if not getattr(run, "pending_request_id", None):
             return "—"
-        question = run.pending_question or ""
+        question = redact_text(run.pending_question or "")
         return format_html('<span class="badge pending">{}</span> {}', run.pending_kind,
                            question if len(question) <= 60 else question[:59] + "…")
 
@@ -245,7 +221,7 @@ class RunAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": f"Run {run.id}",
-            "subtitle": run.objective[:80],
+            "subtitle": redact_text(run.objective)[:80],
             "opts": self.opts,
             "original": run,
             "run": run,

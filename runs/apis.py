@@ -140,8 +140,8 @@ class RunListCreateApi(FlexApiView):
 
     @extend_schema(summary="List the runs you may view, newest first", responses={200: RunListSerializer},
                    parameters=[OpenApiParameter(n, str, required=False) for n in
-                               ("status", "threadId", "briefId", "capabilityId", "createdAfter", "createdBefore",
-                                "q", "cursor", "limit")])
+                               ("status", "threadId", "briefId", "capabilityId", "pending", "createdAfter",
+                                "createdBefore", "q", "cursor", "limit")])
     def get(self, request: Request) -> Response:
         from runs.listing import run_list_response
 

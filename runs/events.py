@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
 from typing import Any, Iterable
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+
+from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
 
 from runs.models import Run, RunEvent
 
@@ -59,18 +60,17 @@ def event_id(run_id: str, seq: int) -> str:
     return f"{run_id}:{seq}"
 
 
-def iso(dt: datetime) -> str:
-    return dt.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def redact_payload(type_: str, payload: Any) -> Any:
     """An event payload as it may leave the system (SSE, events JSON, debug
-    view): sensitive keys at any depth, credentials inside free text (error
-    messages, reasons), and the `x-sensitive` fields of facet values."""
-    from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_facets
+    view): sensitive keys at any depth, credentials inside every string, and
+    the `x-sensitive` fields of facet values (HITL payloads: `hitl.presenters`)."""
+    from flexagents.redaction import redact, redact_facets
+    from hitl.presenters import present_hitl_event
     from planner.facets import get_catalog
 
-    out = redact(payload, text_keys=FREE_TEXT_KEYS)
+    if type_ in (HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED):
+        return present_hitl_event(type_, payload)
+    out = redact(payload)
     if type_ == COMPLETE and isinstance(out, dict) and isinstance(out.get("output"), dict):
         # The output's top-level properties are facet names (API.md, TaskEnvelope).
         schemas = {name: facet.schema for name, facet in get_catalog().items()}

@@ -238,9 +238,27 @@ def plan(ctx: RunContext) -> None:
 
 
 def resume_started(ctx: RunContext) -> None:
-    """A resumed (re-queued) run: mark it running and start what is ready."""
+    """A resumed (re-queued) run: mark it running and start what is ready.
+
+    A run queued with a pause reason was resumed by a person whose answer's
+    follow-up is `pause`: it goes running → paused here, as the transition
+    table wants (there is no awaiting_hitl → paused), with its
+    `policy_triggered` in the pausing commit."""
     step = Step()
     step.status = RunStatus.RUNNING
+    if ctx.run.pause_reason:
+        from hitl.services import hitl_follow_up_pending_pause
+
+        commit(ctx, step, expect=(RunStatus.QUEUED,))
+        step = Step()
+        step.status = RunStatus.PAUSED
+        payload = hitl_follow_up_pending_pause(run_id=ctx.run.id)
+        if payload is not None:
+            step.event(ev.POLICY_TRIGGERED, payload, payload.get("nodeId") or "")
+        else:
+            step.event(ev.LOG, {"level": "info", "message": f"paused: {ctx.run.pause_reason}"})
+        commit(ctx, step)
+        return
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     start_next_or_finish(ctx, step, statuses)
     commit(ctx, step, expect=(RunStatus.QUEUED,))

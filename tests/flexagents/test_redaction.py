@@ -86,9 +86,12 @@ def test_it_turns_unknown_types_into_redacted_text() -> None:
                       "pair": ["a", 1]}
 
 
-def test_it_leaves_string_content_alone_unless_asked() -> None:
-    assert redact({"draft": "reset your password=now"}) == {"draft": "reset your password=now"}
-    assert redact({"draft": "password=abc"}, text=True) == {"draft": f"password={REDACTED}"}
+def test_it_masks_credentials_in_every_string_whatever_its_key() -> None:
+    # One free-text rule: content, notes and messages alike (docs/api.md, Redaction).
+    assert redact({"draft": "reset your password=now"}) == {"draft": f"reset your password={REDACTED}"}
+    assert redact({"post": ["see token=abc"], "note": {"deep": "api_key: k1"}}) == {
+        "post": [f"see token={REDACTED}"], "note": {"deep": f"api_key: {REDACTED}"}}
+    assert redact({"draft": "an ordinary post about sessions"}) == {"draft": "an ordinary post about sessions"}
 
 
 def test_it_redacts_a_bearer_authorization_header_in_text() -> None:

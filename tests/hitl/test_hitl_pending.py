@@ -77,8 +77,27 @@ def test_it_pages_with_next(api_for, operator, two_waiting):
     assert first["runs"][0]["runId"] != second["runs"][0]["runId"]
 
 
-@pytest.mark.parametrize("params", [{"kind": "other"}, {"urgency": "urgent"}, {"limit": "0"}, {"offset": "x"}])
+@pytest.mark.parametrize("params", [{"kind": "other"}, {"urgency": "urgent"}, {"limit": "0"}, {"cursor": "x"}])
 def test_bad_filters_are_422(api_for, operator, params):
     response = api_for(operator).get("/api/hitl/pending", params)
 
     assert response.status_code == 422 and response.json()["code"] == "validation_failed"
+
+
+def test_a_request_reads_the_same_in_its_event_and_in_the_inbox(api_for, client_user, operator, two_waiting):
+    approval, _ = two_waiting
+    entry = pending(api_for(operator), kind="approval")["runs"][0]["pendingRequest"]
+    frames = api_for(client_user).get(f"/api/v1/flex/runs/{approval}/events").json()["events"]
+    event = next(f["payload"] for f in frames if f["type"] == "hitl_request")
+
+    assert entry["createdAt"] == event["createdAt"]
+    assert entry == event  # one presenter: same fields, same values, while nothing was answered
+
+
+def test_an_approval_shows_the_output_under_review(api_for, operator, two_waiting):
+    approval, _ = two_waiting
+    entry = pending(api_for(operator), kind="approval")["runs"][0]["pendingRequest"]
+
+    variants = entry["review"]["copyVariants"]
+    assert len(variants) == 1 and "Akkuro" in variants[0]["body"]
+    assert sorted(entry["review"]) == sorted(entry["contractSummary"]["outputFacets"])

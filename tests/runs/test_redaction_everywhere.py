@@ -234,3 +234,202 @@ def test_x_sensitive_facet_fields_are_redacted_in_the_debug_view_and_events(sens
     stored = Run.objects.get(pk=run_id)
     assert stored.envelope["inputs"]["company_information"]["positioning"] == positioning
     assert all(v["callToAction"] != "[redacted]" for v in stored.output["copyVariants"])
+
+
+# --- HITL: requests, responses and review on every surface -----------------------------------------------
+
+# Planted in what a policy asks a person to approve, in the answers, notes and
+# metadata people send, and in free text copied from one place to another.
+HITL_SECRETS = {
+    "objective token (copied into node outputs and posts)": "abc-objective-101",
+    "rationale token (operator prompt)": "abc-rationale-202",
+    "review nested password": "919191",
+    "review token list": "sk-review-303",
+    "review x-sensitive field": "internal-note-404",
+    "review free text password": "hunter2-finding-505",
+    "response freeformText password": "hunter2-answer-606",
+    "response metadata apiKey": "sk-answer-707",
+    "response metadata note token": "abc-answer-note-808",
+    "resume metadata apiKey": "sk-resume-909",
+    "resume note password": "hunter2-resume-111",
+    "operator display name token": "abc-operator-212",
+    "remove reason token": "abc-remove-313",
+    "remove note password": "hunter2-remove-414",
+}
+
+
+class ReviewUnderApproval(Capability):
+    """A reviewer whose report, shown for approval, carries a nested password,
+    a token list, an x-sensitive note and a credential in a finding's text."""
+
+    capability_id = "leaky.ApprovedReview"
+    display_name = "Reviewer under approval"
+    kind = "validation"
+    input_facets = ("copyVariants",)
+    output_facets = ("qa_report",)
+
+    def run(self, bundle: ContextBundle) -> dict[str, Any]:
+        report = review(bundle.facets["copyVariants"])
+        report["reviewer"] = {"name": "Review bot", "account": {"password": 919191, "token": ["sk-review-303"]}}
+        report["reviewerNote"] = "internal-note-404"
+        report["findings"].append({"severity": "info", "message": "CMS login is password=hunter2-finding-505"})
+        return {"qa_report": report}
+
+
+@pytest.fixture
+def hitl_catalog(settings: Any, tmp_path: Path) -> None:
+    """The shipped catalog with `qa_report.reviewerNote` marked x-sensitive,
+    and the reviewer above."""
+    catalog = json.loads(Path(django_settings.FLEX_FACET_CATALOG).read_text())
+    for facet in catalog["facets"]:
+        if facet["name"] == "qa_report":
+            facet["schema"]["properties"]["reviewerNote"] = {"type": "string", "x-sensitive": True}
+    path = tmp_path / "facets.json"
+    path.write_text(json.dumps(catalog))
+    settings.FLEX_FACET_CATALOG = path
+    settings.FLEX_EXTRA_CAPABILITIES = [f"{MODULE}.ReviewUnderApproval"]
+
+
+def approval_envelope() -> dict[str, Any]:
+    envelope = load_envelope("facets-output")
+    envelope["objective"] = "Three reviewed variants; publish with CMS token=abc-objective-101"
+    envelope["metadata"] = {"threadId": "thread-hitl-secrets"}
+    envelope["policies"]["planner"]["selection"] = {"require": ["leaky.ApprovedReview"], "forbid": ["qa.ContentReview"]}
+    envelope["policies"]["runtime"] = [{
+        "id": "approve-review", "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "leaky.ApprovedReview"}},
+        "action": {"type": "hitl", "rationale": "Check the report; the CMS uses token=abc-rationale-202",
+                   "approveAction": "continue"}}]
+    return envelope
+
+
+def hitl_leaked(text: str) -> list[str]:
+    return [name for name, secret in HITL_SECRETS.items() if secret in text]
+
+
+def page(browser: Any, url: str) -> str:
+    response = browser.get(url)
+    assert response.status_code == 200, (url, response.status_code)
+    return response.content.decode()
+
+
+def link_in(html: str, pattern: str) -> str:
+    """The href of the first link matching `pattern` (a regex over the href):
+    pages are reached by following links, as a person does."""
+    import re
+
+    match = re.search(rf'href="({pattern})"', html)
+    assert match, pattern
+    return match.group(1).replace("&amp;", "&")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_log, api_for, client_user, operator,
+                                                            support, drain):
+    from django.test import Client
+
+    from hitl.models import HitlRequest, HitlResponse
+
+    owner = api_for(client_user)
+    approved = owner.post("/api/v1/flex/runs", approval_envelope(), format="json").json()["runId"]
+    removed = owner.post("/api/v1/flex/runs", approval_envelope(), format="json").json()["runId"]
+    drain()
+    assert set(Run.objects.filter(pk__in=[approved, removed]).values_list("status", flat=True)) == {"awaiting_hitl"}
+    request_id = HitlRequest.objects.get(run_id=approved).id
+    removed_request_id = HitlRequest.objects.get(run_id=removed).id
+
+    shown: dict[str, str] = {}
+    browsers = {}
+    for person in (client_user, support, operator):
+        browsers[person.username] = Client()
+        browsers[person.username].force_login(person)
+
+    def read_every_page(when: str) -> None:
+        for person in (client_user, support, operator):
+            name, api, browser = person.username, api_for(person), browsers[person.username]
+            pending = api.get("/api/hitl/pending")
+            assert pending.status_code == 200
+            shown[f"{when} pending as {name}"] = pending.content.decode()
+            shown[f"{when} run list as {name}"] = api.get("/api/v1/flex/runs").content.decode()
+            for run_id in (approved, removed):
+                shown[f"{when} debug {run_id} as {name}"] = api.get(f"/api/v1/flex/runs/{run_id}").content.decode()
+                shown[f"{when} events {run_id} as {name}"] = api.get(
+                    f"/api/v1/flex/runs/{run_id}/events").content.decode()
+            history = page(browser, "/runs/")
+            shown[f"{when} history list as {name}"] = history
+            for run_id in (approved, removed):
+                shown[f"{when} history {run_id} as {name}"] = page(browser, link_in(history, f"/runs/{run_id}/"))
+            if not person.is_staff:
+                continue
+            inbox = page(browser, "/admin/runs/run/inbox/")
+            shown[f"{when} admin inbox as {name}"] = inbox
+            shown[f"{when} admin runs as {name}"] = page(browser, "/admin/runs/run/")
+            if when == "waiting":
+                shown[f"{when} admin run console as {name}"] = page(browser, link_in(inbox, f"/admin/runs/run/[^\"]*{approved[4:]}[^\"]*"))
+            requests_list = page(browser, "/admin/hitl/hitlrequest/")
+            shown[f"{when} admin requests as {name}"] = requests_list
+            for hitl_id in (request_id, removed_request_id):
+                shown[f"{when} admin request {hitl_id} as {name}"] = page(
+                    browser, link_in(requests_list, f"/admin/hitl/hitlrequest/[^\"]*{hitl_id[5:]}[^\"]*/change/"))
+
+    operator_api = api_for(operator)
+    respond = operator_api.post("/api/hitl/respond", {"runId": approved, "requestId": request_id, "responses": [{
+        "responseType": "freeform", "freeformText": "Fine by me; the CMS password=hunter2-answer-606",
+        "metadata": {"apiKey": "sk-answer-707", "note": "ping ops with token=abc-answer-note-808"}}]}, format="json")
+    assert respond.status_code == 200, respond.content
+    shown["respond body"] = respond.content.decode()
+    read_every_page("waiting")
+
+    resume = operator_api.post("/api/hitl/resume", {
+        "runId": approved, "requestId": request_id, "latestResponseId": respond.json()["latestResponseId"],
+        "responses": [{"responseType": "approval", "approved": True,
+                       "metadata": {"apiKey": "sk-resume-909", "note": "approved"}}],
+        "operator": {"displayName": "Olivia token=abc-operator-212"},
+        "note": "resumed; vault password=hunter2-resume-111"}, format="json")
+    assert resume.status_code == 200, resume.content
+    shown["resume body"] = resume.content.decode()
+    remove = operator_api.post("/api/hitl/remove", {
+        "runId": removed, "requestId": removed_request_id, "reason": "duplicate, token=abc-remove-313",
+        "note": "see vault password=hunter2-remove-414"}, format="json")
+    assert remove.status_code == 200, remove.content
+    shown["remove body"] = remove.content.decode()
+    drain()
+    assert Run.objects.get(pk=approved).status == "completed"
+    read_every_page("done")
+    for person in (client_user, support, operator):
+        for run_id in (approved, removed):
+            stream = api_for(person).get(f"/api/v1/flex/runs/{run_id}/stream")
+            shown[f"sse {run_id} as {person.username}"] = read_stream(stream)
+    shown["logs"] = json_log.getvalue()
+
+    assert {name: hitl_leaked(text) for name, text in shown.items() if hitl_leaked(text)} == {}
+
+    # The surfaces really showed the dialogue, redacted (not an empty page that leaks nothing).
+    pending = json.loads(shown["waiting pending as olivia"])["runs"]
+    entry = next(e for e in pending if e["runId"] == approved)["pendingRequest"]
+    review_shown = entry["review"]["qa_report"]
+    assert review_shown["reviewer"] == {"name": "Review bot", "account": {"password": "[redacted]",
+                                                                          "token": "[redacted]"}}
+    assert review_shown["reviewerNote"] == "[redacted]"
+    assert review_shown["findings"][-1]["message"] == "CMS login is password=[redacted]"
+    assert entry["operatorPrompt"] == "Check the report; the CMS uses token=[redacted]"
+    answer = entry["responses"][0]
+    assert answer["freeformText"] == "Fine by me; the CMS password=[redacted]"
+    assert answer["metadata"] == {"apiKey": "[redacted]", "note": "ping ops with token=[redacted]"}
+    assert json.loads(shown["respond body"])["responses"][0]["metadata"]["apiKey"] == "[redacted]"
+    resumed = json.loads(shown["resume body"])
+    assert resumed["responses"][-1]["metadata"] == {"apiKey": "[redacted]", "note": "approved"}
+    assert resumed["requests"][0]["review"]["qa_report"]["reviewerNote"] == "[redacted]"
+    for key in ("waiting history " + approved + " as sam", "waiting admin run console as olivia",
+                f"waiting admin request {request_id} as sam"):
+        assert "Fine by me; the CMS password=[redacted]" in shown[key] or "CMS uses token=[redacted]" in shown[key], key
+    assert "publish with CMS token=[redacted]" in shown[f"done history {approved} as clara"]
+    listed = next(r for r in json.loads(shown["done run list as clara"])["results"] if r["runId"] == approved)
+    assert listed["objective"].endswith("publish with CMS token=[redacted]")
+    assert '"resolution":"removed"' in shown[f"sse {removed} as sam"]
+    snapshot = json.loads(shown[f"done debug {approved} as sam"])["latestSnapshot"]["facets"]
+    assert snapshot["creative_brief"]["objective"].endswith("token=[redacted]")
+    assert "hitl_removed" in shown["logs"] and "hitl_responded" in shown["logs"]
+
+    # Stored rows keep the real values (capabilities and clarifications need them).
+    assert HitlResponse.objects.filter(run_id=approved, freeform_text__contains="hunter2-answer-606").exists()
+    assert HitlRequest.objects.get(pk=request_id).review["qa_report"]["reviewerNote"] == "internal-note-404"

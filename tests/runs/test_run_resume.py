@@ -87,7 +87,7 @@ def test_a_stale_plan_version_is_409(api_for, operator, paused):
 
     assert response.status_code == 409
     assert response.json()["code"] == "stale_plan_version"
-    assert response.json()["details"] == {"expectedPlanVersion": 2, "receivedPlanVersion": 1}
+    assert response.json()["details"] == {"currentPlanVersion": 2, "expectedPlanVersion": 2, "receivedPlanVersion": 1}
 
 
 @pytest.mark.django_db
