@@ -96,6 +96,27 @@ def registry_ids() -> list[str]:
     return sorted(get_registry().ids())
 
 
+def json_logic_component() -> dict[str, Any]:
+    """A JSON-Logic rule as `planner.jsonlogic.validate_rule` accepts it: any
+    JSON value, where every one-key object names a known operator, at any
+    depth of lists and operator arguments (other objects are data)."""
+    from planner.jsonlogic import OPERATORS
+
+    rule = _ref("TaskEnvelopeJsonLogicRule")
+    return {
+        "description": "JSON-Logic (docs/hitl.md, Runtime policies): a one-key object is an operation",
+        "anyOf": [
+            {"type": "string"}, {"type": "number"}, {"type": "boolean"},
+            {"type": "object", "nullable": True, "enum": [None]},
+            {"type": "array", "items": rule},
+            {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+             "properties": {op: rule for op in sorted(OPERATORS)}},
+            {"type": "object", "maxProperties": 0},
+            {"type": "object", "minProperties": 2, "additionalProperties": True},
+        ],
+    }
+
+
 def envelope_components() -> dict[str, Any]:
     """`TaskEnvelope` and its parts, from the schema the server validates with.
 
@@ -123,6 +144,9 @@ def envelope_components() -> dict[str, Any]:
         rule["items"] = {**capability_ids, "description": "A registered capability id"}
     selector = (components[f"{prefix}RuntimePolicy"]["properties"]["trigger"]["properties"]["selector"])
     selector["properties"]["capabilityId"] = capability_ids
+    trigger = components[f"{prefix}RuntimePolicy"]["properties"]["trigger"]["properties"]
+    trigger["condition"] = _ref(f"{prefix}JsonLogicRule")
+    components[f"{prefix}JsonLogicRule"] = json_logic_component()
     for branch in root["properties"]["outputContract"]["oneOf"]:
         facets = branch["properties"].get("facets")
         if facets is not None:
@@ -460,11 +484,13 @@ def _tighten_requests(schemas: dict[str, Any]) -> None:
 
 _WHEN = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
                    {"type": "string", "maxLength": 0}]}
+_STATUSES = "(queued|planning|running|awaiting_hitl|paused|completed|failed|cancelled)"
 _EVENT_ID = {"type": "string", "pattern": r"^([A-Za-z0-9_-]+:)?[0-9]{1,10}$"}
 # Query and header parameters as the server reads them (the views declare names only).
 _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("/api/v1/flex/runs", "get"): {
-        "status": {"description": "Comma-separated statuses", "schema": {"type": "string"}},
+        "status": {"description": "Comma-separated statuses",
+                   "schema": {"type": "string", "pattern": f"^({_STATUSES}(,{_STATUSES})*)?$"}},
         "createdAfter": {"description": "Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day",
                          "schema": _WHEN},
         "createdBefore": {"description": "Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day",

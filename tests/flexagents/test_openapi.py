@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.urls import URLPattern, URLResolver, get_resolver
-from openapi_schema_validator import OAS30Validator
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from openapi_spec_validator import validate
 
 from runs.models import Run
@@ -30,7 +30,7 @@ def schema(client) -> dict[str, Any]:
 
 def validator(schema: dict[str, Any], target: dict[str, Any]) -> OAS30Validator:
     # Local references resolve against the components carried in the root.
-    return OAS30Validator({**target, "components": schema["components"]})
+    return OAS30Validator({**target, "components": schema["components"]}, format_checker=oas30_format_checker)
 
 
 def schema_errors(schema: dict[str, Any], target: dict[str, Any], instance: Any) -> list[str]:
@@ -333,6 +333,13 @@ ENVELOPES = {
     "unknown capability in a selector": _envelope(policies={"runtime": [
         {"id": "p", "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "ghost.Writer"}},
          "action": {"type": "hitl"}}]}),
+    "a JSON-Logic condition": _envelope(policies={"runtime": [
+        {"id": "p", "trigger": {"kind": "onNodeComplete", "condition": {"and": [
+            {"<": [{"var": "output.qa_report.score"}, 0.8]}, {"in": ["Akkuro", {"var": "output.post_copy"}]}]}},
+         "action": {"type": "hitl"}}]}),
+    "an unknown operator deep in a condition": _envelope(policies={"runtime": [
+        {"id": "p", "trigger": {"kind": "onNodeComplete", "condition": {"and": [{"explode": [1]}]}},
+         "action": {"type": "hitl"}}]}),
     "known capability in a selector": _envelope(policies={"runtime": [
         {"id": "p", "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "qa.ContentReview"}},
          "action": {"type": "hitl"}}]}),
@@ -393,3 +400,21 @@ def test_other_request_schemas_accept_what_the_server_accepts(schema, api_for, o
     # (to a 404 where the ids do not exist).
     response = api_for(operator).post(path.replace("{runId}", "run_x"), body, format="json")
     assert (response.status_code != 422) is valid, response.json()
+
+
+LIST_QUERIES = [
+    ("status", "awaiting_hitl,paused", True), ("status", "sleeping", False), ("status", "", True),
+    ("limit", "100", True), ("limit", "101", False), ("limit", "0", False),
+    ("createdAfter", "2026-03-01", True), ("createdAfter", "2026-03-01T10:00:00Z", True),
+    ("createdAfter", "yesterday", False), ("pending", "yes", True), ("pending", "maybe", False),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "valid"), LIST_QUERIES)
+def test_the_run_list_parameters_accept_what_the_server_accepts(schema, api_for, client_user, name, value, valid):
+    [parameter] = [p for p in operation(schema, "GET", "/api/v1/flex/runs")["parameters"] if p["name"] == name]
+    typed: Any = int(value) if parameter["schema"].get("type") == "integer" else value
+
+    assert (schema_errors(schema, parameter["schema"], typed) == []) is valid
+    response = api_for(client_user).get("/api/v1/flex/runs", {name: value})
+    assert (response.status_code == 200) is valid, response.json()
