@@ -16,7 +16,7 @@ provides, or into diagnostics that say why it cannot.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.capabilities.output import OUTPUT_FACET, OUTPUT_MAPPER_ID, output_node_contract
@@ -279,9 +279,23 @@ def build_plan(envelope: dict[str, Any], *, catalog: dict[str, Facet] | None = N
         return PlanResult(graph=None, diagnostics=planner.diagnostics, considered=considered)
 
     graph, limit_diagnostics = _assemble(planner, envelope, contract_facets)
-    if limit_diagnostics:
+    if limit_diagnostics or graph is None:
         return PlanResult(graph=None, diagnostics=limit_diagnostics, considered=considered)
+    warnings = plan_warnings(envelope, graph=graph, capability_ids=list(planner.all_classes))
+    graph = replace(graph, metadata={**graph.metadata, "warnings": warnings})
     return PlanResult(graph=graph, diagnostics=[], considered=considered)
+
+
+def plan_warnings(envelope: dict[str, Any], *, graph: PlanGraph | None,
+                  capability_ids: list[str]) -> list[dict[str, Any]]:
+    """Runtime-policy selectors that cannot fire on `graph` (or on any plan, when it is None)."""
+    from planner.envelope import selector_warnings
+
+    possible = {*_node_ids(sorted(c for c in capability_ids if c != OUTPUT_MAPPER_ID)).values(), OUTPUT_NODE_ID}
+    if graph is None:
+        return selector_warnings(envelope, possible_node_ids=possible)
+    return selector_warnings(envelope, possible_node_ids=possible, plan_node_ids={n.id for n in graph.nodes},
+                             plan_capability_ids={n.capability_id for n in graph.nodes})
 
 
 def _add_required_capabilities(planner: _Planner) -> None:
@@ -506,4 +520,11 @@ def preview_plan(envelope: dict[str, Any], *, catalog: dict[str, Facet] | None =
                  registry: Any = None) -> dict[str, Any]:
     """What `POST plan.preview` returns: the plan the planner would run, or why not."""
     result = build_plan(envelope, catalog=catalog, registry=registry)
-    return {"plan": result.graph.to_dict() if result.graph else None, "diagnostics": result.diagnostics}
+    if result.graph is not None:
+        return {"plan": result.graph.to_dict(), "diagnostics": list(result.graph.metadata["warnings"])}
+    if registry is None:
+        from planner.registry import get_registry
+
+        registry = get_registry()
+    warnings = plan_warnings(envelope, graph=None, capability_ids=registry.ids())
+    return {"plan": None, "diagnostics": [*result.diagnostics, *warnings]}

@@ -4,6 +4,23 @@
  */
 
 export interface paths {
+    "/api/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Liveness: 200 while the database answers (no authentication) */
+        get: operations["health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/hitl/pending": {
         parameters: {
             query?: never;
@@ -15,7 +32,7 @@ export interface paths {
          * Pending HITL requests on runs you may view, most urgent and oldest first
          * @description GET /api/hitl/pending — the inbox of requests waiting for a person.
          */
-        get: operations["hitl_pending_retrieve"];
+        get: operations["hitlPending"];
         put?: never;
         post?: never;
         delete?: never;
@@ -37,7 +54,7 @@ export interface paths {
          * Remove a pending request; the run is cancelled
          * @description POST /api/hitl/remove — remove the pending request and cancel the run.
          */
-        post: operations["hitl_remove_create"];
+        post: operations["hitlRemove"];
         delete?: never;
         options?: never;
         head?: never;
@@ -57,7 +74,7 @@ export interface paths {
          * Append responses to a pending request
          * @description POST /api/hitl/respond — append responses without resuming.
          */
-        post: operations["hitl_respond_create"];
+        post: operations["hitlRespond"];
         delete?: never;
         options?: never;
         head?: never;
@@ -77,7 +94,7 @@ export interface paths {
          * Resolve a pending request and resume its run
          * @description POST /api/hitl/resume — answer, resolve the request, resume the run.
          */
-        post: operations["hitl_resume_create"];
+        post: operations["hitlResume"];
         delete?: never;
         options?: never;
         head?: never;
@@ -95,7 +112,7 @@ export interface paths {
          * The registered capabilities
          * @description Errors are JSON even when the client asked for an event stream.
          */
-        get: operations["v1_flex_capabilities_retrieve"];
+        get: operations["capabilityList"];
         put?: never;
         post?: never;
         delete?: never;
@@ -115,7 +132,7 @@ export interface paths {
          * The facet catalog
          * @description Errors are JSON even when the client asked for an event stream.
          */
-        get: operations["v1_flex_facets_retrieve"];
+        get: operations["facetList"];
         put?: never;
         post?: never;
         delete?: never;
@@ -137,7 +154,7 @@ export interface paths {
          * The plan the planner would run, without creating a run
          * @description Errors are JSON even when the client asked for an event stream.
          */
-        post: operations["v1_flex_plan.preview_create"];
+        post: operations["planPreview"];
         delete?: never;
         options?: never;
         head?: never;
@@ -158,7 +175,7 @@ export interface paths {
          * @description POST /api/v1/flex/run.resume — resume a paused run or one awaiting a
          *     person (same service as /api/hitl/resume and the admin buttons).
          */
-        post: operations["v1_flex_run.resume_create"];
+        post: operations["runResume"];
         delete?: never;
         options?: never;
         head?: never;
@@ -178,7 +195,7 @@ export interface paths {
          * Submit a TaskEnvelope and stream the run's events
          * @description POST /api/v1/flex/run.stream — submit an envelope and stream the run.
          */
-        post: operations["v1_flex_run.stream_create"];
+        post: operations["runStream"];
         delete?: never;
         options?: never;
         head?: never;
@@ -196,20 +213,20 @@ export interface paths {
          * List the runs you may view, newest first
          * @description POST /api/v1/flex/runs — submit without streaming; GET — list runs.
          */
-        get: operations["v1_flex_runs_retrieve"];
+        get: operations["runList"];
         put?: never;
         /**
          * Submit a TaskEnvelope
          * @description POST /api/v1/flex/runs — submit without streaming; GET — list runs.
          */
-        post: operations["v1_flex_runs_create"];
+        post: operations["runCreate"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
         trace?: never;
     };
-    "/api/v1/flex/runs/{run_id}": {
+    "/api/v1/flex/runs/{runId}": {
         parameters: {
             query?: never;
             header?: never;
@@ -220,7 +237,7 @@ export interface paths {
          * The debug view of a run (redacted; rate-limited per user)
          * @description GET /api/v1/flex/runs/{runId} — everything about a run, redacted.
          */
-        get: operations["v1_flex_runs_retrieve_2"];
+        get: operations["runDebug"];
         put?: never;
         post?: never;
         delete?: never;
@@ -229,7 +246,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/flex/runs/{run_id}/cancel": {
+    "/api/v1/flex/runs/{runId}/cancel": {
         parameters: {
             query?: never;
             header?: never;
@@ -242,14 +259,14 @@ export interface paths {
          * Cancel a run (409 run_already_completed when terminal)
          * @description POST /api/v1/flex/runs/{runId}/cancel — terminal and audited.
          */
-        post: operations["v1_flex_runs_cancel_create"];
+        post: operations["runCancel"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
         trace?: never;
     };
-    "/api/v1/flex/runs/{run_id}/events": {
+    "/api/v1/flex/runs/{runId}/events": {
         parameters: {
             query?: never;
             header?: never;
@@ -260,7 +277,7 @@ export interface paths {
          * A run's events as JSON, oldest first
          * @description GET /api/v1/flex/runs/{runId}/events?after=&limit= — events as JSON.
          */
-        get: operations["v1_flex_runs_events_retrieve"];
+        get: operations["runEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -269,7 +286,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/flex/runs/{run_id}/stream": {
+    "/api/v1/flex/runs/{runId}/stream": {
         parameters: {
             query?: never;
             header?: never;
@@ -281,7 +298,7 @@ export interface paths {
          * @description GET /api/v1/flex/runs/{runId}/stream — replay after Last-Event-ID, then follow.
          *     A browser's EventSource authenticates with `?ticket=` (runs.tickets).
          */
-        get: operations["v1_flex_runs_stream_retrieve"];
+        get: operations["runStreamFollow"];
         put?: never;
         post?: never;
         delete?: never;
@@ -290,7 +307,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/flex/runs/{run_id}/stream-ticket": {
+    "/api/v1/flex/runs/{runId}/stream-ticket": {
         parameters: {
             query?: never;
             header?: never;
@@ -315,26 +332,6 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** @description Documentation only: the envelope is validated by its JSON Schema. */
-        EnvelopeRequest: {
-            objective: string;
-            inputs?: {
-                [key: string]: unknown;
-            };
-            constraints?: {
-                [key: string]: unknown;
-            };
-            policies?: {
-                [key: string]: unknown;
-            };
-            specialInstructions?: string[];
-            metadata?: {
-                [key: string]: unknown;
-            };
-            outputContract: {
-                [key: string]: unknown;
-            };
-        };
         /** @description Unknown keys are a 422, not silently dropped. */
         RemoveInputRequest: {
             runId?: string;
@@ -343,33 +340,39 @@ export interface components {
             reason: string;
             /** @default  */
             note: string;
-        };
+        } | unknown | unknown;
         /** @description Unknown keys are a 422, not silently dropped. */
         RespondInputRequest: {
             runId?: string;
             threadId?: string;
             requestId: string;
-            responses: unknown[];
+            responses: components["schemas"]["HitlResponseInput"][];
             latestResponseId?: string | null;
+            /** @description Display metadata only; the acting operator is the caller */
             operator?: {
+                displayName?: string;
+            } & {
                 [key: string]: unknown;
             };
             /** @default  */
             note: string;
-        };
+        } | unknown | unknown;
         /** @description Unknown keys are a 422, not silently dropped. */
         ResumeInputRequest: {
             runId?: string;
             threadId?: string;
             requestId: string;
-            responses?: unknown[];
+            responses?: components["schemas"]["HitlResponseInput"][];
             latestResponseId?: string | null;
+            /** @description Display metadata only; the acting operator is the caller */
             operator?: {
+                displayName?: string;
+            } & {
                 [key: string]: unknown;
             };
             /** @default  */
             note: string;
-        };
+        } | unknown | unknown;
         RunAccepted: {
             runId: string;
             status: string;
@@ -389,9 +392,12 @@ export interface components {
         RunResumeInputRequest: {
             runId: string;
             expectedPlanVersion: number;
-            responses?: unknown[];
+            responses?: components["schemas"]["HitlResponseInput"][];
             latestResponseId?: string | null;
+            /** @description Display metadata only; the acting operator is the caller */
             operator?: {
+                displayName?: string;
+            } & {
                 [key: string]: unknown;
             };
             /** @default  */
@@ -419,6 +425,477 @@ export interface components {
             /** Format: uri */
             streamUrl: string;
         };
+        TaskEnvelopePlannerPolicy: {
+            topology?: {
+                variantCount?: number;
+                maxDepth?: number;
+                requiredKinds?: ("structuring" | "execution" | "validation" | "transformation" | "routing")[];
+                forbiddenKinds?: ("structuring" | "execution" | "validation" | "transformation" | "routing")[];
+            };
+            selection?: {
+                require?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                forbid?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                prefer?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                avoid?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+            };
+            optimisation?: {
+                /** @enum {unknown} */
+                objective?: "speed" | "quality" | "diversity" | "token_efficiency";
+            };
+            directives?: Record<string, never>;
+        };
+        TaskEnvelopeRuntimePolicy: {
+            id: string;
+            enabled?: boolean;
+            trigger: {
+                /** @enum {unknown} */
+                kind: "onStart" | "onNodeComplete" | "onValidationFail" | "manual";
+                selector?: {
+                    nodeId?: string;
+                    /** @enum {unknown} */
+                    kind?: "structuring" | "execution" | "validation" | "transformation" | "routing";
+                    /** @enum {string} */
+                    capabilityId?: "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting";
+                };
+                condition?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            };
+            action: {
+                /** @enum {unknown} */
+                type: "hitl";
+                rationale?: string;
+                approveAction?: components["schemas"]["TaskEnvelopeFollowUp"];
+                rejectAction?: components["schemas"]["TaskEnvelopeFollowUp"];
+            } | {
+                /** @enum {unknown} */
+                type: "replan";
+                rationale?: string;
+            } | {
+                /** @enum {unknown} */
+                type: "fail";
+                message?: string;
+            } | {
+                /** @enum {unknown} */
+                type: "pause";
+                reason?: string;
+            } | {
+                /** @enum {unknown} */
+                type: "emit";
+                event: string;
+                payload?: Record<string, never>;
+            };
+        };
+        TaskEnvelopeFollowUp: ("continue" | "fail" | "pause" | "replan") | {
+            /** @enum {unknown} */
+            type: "continue" | "fail" | "pause" | "replan";
+            message?: string;
+            reason?: string;
+            rationale?: string;
+        };
+        /** @description JSON-Logic (docs/hitl.md, Runtime policies): a one-key object is an operation */
+        TaskEnvelopeJsonLogicRule: string | number | boolean | (never | null) | components["schemas"]["TaskEnvelopeJsonLogicRule"][] | {
+            "!"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "!!"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "!="?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "!=="?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "%"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "*"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "+"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "-"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "/"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "<"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "<="?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "=="?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "==="?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            ">"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            ">="?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            "?:"?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            all?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            and?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            cat?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            filter?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            if?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            in?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            map?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            max?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            merge?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            min?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            missing?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            missing_some?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            none?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            or?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            reduce?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            some?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            substr?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+            var?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
+        } | Record<string, never> | {
+            [key: string]: unknown;
+        };
+        /**
+         * TaskEnvelope
+         * @description What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, `policies.planner.optimisation` and `policies.planner.directives` are accepted but not yet enforced.
+         */
+        TaskEnvelope: {
+            objective: string;
+            /** @description Facet values by facet name; each value is valid against its facet's schema. */
+            inputs?: {
+                company_information?: {
+                    name: string;
+                    positioning?: string;
+                    values?: string[];
+                } & {
+                    [key: string]: unknown;
+                };
+                post_context?: {
+                    type: string;
+                    channel: string;
+                    details: string;
+                    audience?: string;
+                    goal: string;
+                } & {
+                    [key: string]: unknown;
+                };
+                toneOfVoice?: string;
+                creative_brief?: {
+                    audience: string;
+                    objective: string;
+                    keyMessages: string[];
+                    tone?: string;
+                    channel: string;
+                    postType?: string;
+                    goal?: string;
+                } & {
+                    [key: string]: unknown;
+                };
+                strategic_rationale?: string;
+                handoff_summary?: string;
+                copyVariants?: ({
+                    headline: string;
+                    body: string;
+                    callToAction: string;
+                } & {
+                    [key: string]: unknown;
+                })[];
+                post_copy?: string;
+                qa_report?: {
+                    score: number;
+                    findings: ({
+                        /** @enum {unknown} */
+                        severity: "info" | "warning" | "error";
+                        message: string;
+                        variant?: number;
+                    } & {
+                        [key: string]: unknown;
+                    })[];
+                } & {
+                    [key: string]: unknown;
+                };
+            };
+            constraints?: {
+                maxRetries?: number;
+                maxNodes?: number;
+                deadlineSeconds?: number;
+            };
+            policies?: {
+                planner?: components["schemas"]["TaskEnvelopePlannerPolicy"];
+                runtime?: components["schemas"]["TaskEnvelopeRuntimePolicy"][];
+            };
+            specialInstructions?: string[];
+            metadata?: {
+                threadId?: string;
+                briefId?: string;
+                correlationId?: string;
+                clientId?: string;
+            };
+            outputContract: {
+                /** @enum {unknown} */
+                mode: "json_schema";
+                schema: Record<string, never>;
+            } | {
+                /** @enum {unknown} */
+                mode: "facets";
+                facets: ("company_information" | "copyVariants" | "creative_brief" | "handoff_summary" | "post_context" | "post_copy" | "qa_report" | "strategic_rationale" | "toneOfVoice")[];
+            };
+        };
+        /** @description Every error of the API, whatever its status (docs/api.md, Errors). */
+        Error: {
+            /** @description Stable, snake_case */
+            code: string;
+            /** @description A human sentence */
+            message: string;
+            /** @description Machine-readable context; `errors: [{path, message}]` for 422s */
+            details: {
+                [key: string]: unknown;
+            };
+        };
+        Health: {
+            /** @enum {string} */
+            status: "ok" | "degraded";
+            /** @enum {string} */
+            database: "ok" | "down";
+            /** @enum {string} */
+            redis: "ok" | "down" | "disabled";
+            version: string;
+        };
+        RunResumeAccepted: {
+            runId: string;
+            /** @enum {string} */
+            status: "queued" | "planning" | "running" | "awaiting_hitl" | "paused" | "completed" | "failed" | "cancelled";
+            planVersion: number;
+            /** Format: uri */
+            streamUrl: string;
+            /** @description `<runId>:<seq>` */
+            lastEventId: string;
+        };
+        /** @description One event, as in an SSE frame's `data` (docs/events.md). */
+        Event: {
+            type: string;
+            id: string;
+            seq: number;
+            /** Format: date-time */
+            timestamp: string;
+            runId: string;
+            planVersion: number;
+            nodeId?: string;
+            payload: {
+                [key: string]: unknown;
+            };
+        };
+        EventPage: {
+            events: components["schemas"]["Event"][];
+            /**
+             * Format: uri
+             * @description The next page, or null
+             */
+            next: string | null;
+        };
+        Capability: {
+            capabilityId: string;
+            displayName: string;
+            kind: string;
+            agentType: string;
+            inputFacets: string[];
+            optionalInputFacets?: string[];
+            outputFacets: string[];
+            /** @enum {string} */
+            status: "active" | "inactive";
+        };
+        CapabilityList: {
+            capabilities: components["schemas"]["Capability"][];
+        };
+        Facet: {
+            name: string;
+            title: string;
+            description: string;
+            schema: {
+                [key: string]: unknown;
+            };
+            /** @enum {string} */
+            direction: "input" | "output" | "bidirectional";
+        };
+        FacetList: {
+            facets: components["schemas"]["Facet"][];
+        };
+        PlanNode: {
+            id: string;
+            capabilityId: string;
+            kind: string;
+            label?: string;
+            inputFacets: string[];
+            optionalInputFacets?: string[];
+            outputFacets: string[];
+            contract?: {
+                [key: string]: unknown;
+            };
+            contractHash?: string;
+            rationale?: string;
+            dependsOn: string[];
+        };
+        PlanGraph: {
+            nodes: components["schemas"]["PlanNode"][];
+            edges: {
+                from: string;
+                to: string;
+                facets: string[];
+            }[];
+            /** @enum {string} */
+            outputMode: "json_schema" | "facets";
+            outputNodeId: string;
+            metadata: {
+                warnings: components["schemas"]["PlanDiagnostic"][];
+            } & {
+                [key: string]: unknown;
+            };
+            schemaHash: string;
+        };
+        /** @description Why the planner cannot plan (plan_rejected), or a warning about a selector that cannot fire (unknown_node_id, node_not_in_plan, capability_not_in_plan). */
+        PlanDiagnostic: {
+            code: string;
+            message: string;
+            facet?: string;
+            capabilityId?: string;
+            nodeId?: string;
+            policyId?: string;
+            path?: string;
+        } & {
+            [key: string]: unknown;
+        };
+        PlanPreview: {
+            plan: components["schemas"]["PlanGraph"] | (never | null);
+            diagnostics: components["schemas"]["PlanDiagnostic"][];
+        };
+        /** @description Everything about a run, redacted (docs/api.md, Debug view). */
+        RunDebug: {
+            run: {
+                runId: string;
+                /** @enum {string} */
+                status: "queued" | "planning" | "running" | "awaiting_hitl" | "paused" | "completed" | "failed" | "cancelled";
+                objective: string;
+                planVersion: number;
+                threadId: string | null;
+                briefId: string | null;
+                /** Format: date-time */
+                createdAt: string;
+                /** Format: date-time */
+                updatedAt: string;
+                createdBy: string | null;
+                envelope: {
+                    [key: string]: unknown;
+                };
+            } & {
+                [key: string]: unknown;
+            };
+            policies: {
+                [key: string]: unknown;
+            };
+            planVersions: {
+                [key: string]: unknown;
+            }[];
+            nodes: {
+                [key: string]: unknown;
+            }[];
+            facetProvenance: {
+                [key: string]: unknown;
+            };
+            hitl: {
+                requests: components["schemas"]["HitlRequest"][];
+                responses: components["schemas"]["HitlResponse"][];
+            };
+            latestSnapshot: {
+                [key: string]: unknown;
+            } | null;
+            output: {
+                [key: string]: unknown;
+            } | null;
+            events: {
+                count: number;
+                latest: components["schemas"]["Event"][];
+            };
+            audit: {
+                [key: string]: unknown;
+            }[];
+        } & {
+            [key: string]: unknown;
+        };
+        HitlResponseInput: {
+            requestId?: string;
+            /** @enum {string} */
+            responseType: "approval" | "rejection" | "option" | "freeform";
+            approved?: boolean;
+            selectedOptionId?: string;
+            freeformText?: string;
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        HitlResponse: {
+            responseId: string;
+            requestId: string;
+            /** @enum {string} */
+            responseType: "approval" | "rejection" | "option" | "freeform";
+            approved?: boolean | null;
+            selectedOptionId?: string | null;
+            freeformText?: string | null;
+            metadata?: {
+                [key: string]: unknown;
+            };
+            responderId?: string | null;
+            responderDisplayName?: string;
+            /** Format: date-time */
+            createdAt: string;
+        };
+        HitlRequest: {
+            requestId: string;
+            runId: string;
+            /** @enum {string} */
+            kind: "approval" | "clarify";
+            question: string;
+            options: {
+                id: string;
+                label: string;
+                description?: string;
+            }[];
+            allowFreeForm: boolean;
+            /** @enum {string} */
+            urgency: "low" | "normal" | "high";
+            pendingNodeId?: string | null;
+            operatorPrompt?: string | null;
+            contractSummary?: {
+                [key: string]: unknown;
+            } | null;
+            review?: {
+                [key: string]: unknown;
+            } | null;
+            planVersion: number;
+            /** @enum {string} */
+            status: "pending" | "resolved" | "removed";
+            /** Format: date-time */
+            createdAt: string;
+            responses: components["schemas"]["HitlResponse"][];
+        } & {
+            [key: string]: unknown;
+        };
+        HitlPendingList: {
+            runs: {
+                runId: string;
+                threadId: string | null;
+                briefId: string | null;
+                /** @enum {string} */
+                status: "queued" | "planning" | "running" | "awaiting_hitl" | "paused" | "completed" | "failed" | "cancelled";
+                planVersion: number;
+                /** Format: date-time */
+                updatedAt: string;
+                pendingRequestId: string;
+                pendingRequest: components["schemas"]["HitlRequest"];
+            }[];
+            /**
+             * Format: uri
+             * @description The next page, or null
+             */
+            next: string | null;
+        };
+        HitlRespondResult: {
+            runId: string;
+            requestId: string;
+            latestResponseId: string | null;
+            responses: components["schemas"]["HitlResponse"][];
+        };
+        HitlResumeResult: {
+            runId: string;
+            /** @enum {string} */
+            status: "queued" | "planning" | "running" | "awaiting_hitl" | "paused" | "completed" | "failed" | "cancelled";
+            planVersion: number;
+            pendingRequestId: string | null;
+            requests: components["schemas"]["HitlRequest"][];
+            responses: components["schemas"]["HitlResponse"][];
+        };
+        HitlRemoveResult: {
+            runId: string;
+            /** @enum {string} */
+            status: "queued" | "planning" | "running" | "awaiting_hitl" | "paused" | "completed" | "failed" | "cancelled";
+            planVersion: number;
+            pendingRequestId: string | null;
+            requests: components["schemas"]["HitlRequest"][];
+        };
     };
     responses: never;
     parameters: never;
@@ -428,7 +905,41 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    hitl_pending_retrieve: {
+    health: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Up */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Health"];
+                };
+            };
+            /** @description Service unavailable: `server_busy` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "server_busy";
+                    };
+                };
+            };
+        };
+    };
+    hitlPending: {
         parameters: {
             query?: {
                 briefId?: string;
@@ -449,11 +960,61 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["HitlPendingList"];
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
             };
         };
     };
-    hitl_remove_create: {
+    hitlRemove: {
         parameters: {
             query?: never;
             header?: never;
@@ -471,11 +1032,121 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["HitlRemoveResult"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found`, `hitl_request_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found" | "hitl_request_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
             };
         };
     };
-    hitl_respond_create: {
+    hitlRespond: {
         parameters: {
             query?: never;
             header?: never;
@@ -493,11 +1164,121 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["HitlRespondResult"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found`, `hitl_request_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found" | "hitl_request_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
             };
         };
     };
-    hitl_resume_create: {
+    hitlResume: {
         parameters: {
             query?: never;
             header?: never;
@@ -515,11 +1296,121 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["HitlResumeResult"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found`, `hitl_request_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found" | "hitl_request_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `hitl_response_required` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "hitl_response_required";
+                    };
+                };
             };
         };
     };
-    v1_flex_capabilities_retrieve: {
+    capabilityList: {
         parameters: {
             query?: never;
             header?: never;
@@ -533,11 +1424,49 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["CapabilityList"];
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
             };
         };
     };
-    v1_flex_facets_retrieve: {
+    facetList: {
         parameters: {
             query?: never;
             header?: never;
@@ -551,11 +1480,49 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["FacetList"];
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
             };
         };
     };
-    "v1_flex_plan.preview_create": {
+    planPreview: {
         parameters: {
             query?: never;
             header?: never;
@@ -564,7 +1531,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EnvelopeRequest"];
+                "application/json": components["schemas"]["TaskEnvelope"];
             };
         };
         responses: {
@@ -573,15 +1540,111 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["PlanPreview"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract";
+                    };
+                };
             };
         };
     };
-    "v1_flex_run.resume_create": {
+    runResume: {
         parameters: {
-            query?: {
-                format?: "json" | "text/event-stream";
-            };
+            query?: never;
             header?: never;
             path?: never;
             cookie?: never;
@@ -592,57 +1655,315 @@ export interface operations {
             };
         };
         responses: {
-            /** @description SSE of the resumed run */
+            /** @description The run's events as server-sent events */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "text/event-stream": {
+                        /** @description The event type */
+                        event?: string;
+                        /** @description `<runId>:<seq>`; send it back as Last-Event-ID */
+                        id?: string;
+                        /** @description The Event (components/schemas/Event) as JSON */
+                        data: string;
+                        retry?: number;
+                    };
+                };
             };
             /** @description {"runId", "status", "planVersion", "streamUrl", "lastEventId"} */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["RunResumeAccepted"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found`, `hitl_request_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found" | "hitl_request_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `hitl_response_required` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "hitl_response_required";
+                    };
+                };
+            };
+            /** @description Service unavailable: `server_busy` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "server_busy";
+                    };
+                };
             };
         };
     };
-    "v1_flex_run.stream_create": {
+    runStream: {
         parameters: {
-            query?: {
-                format?: "json" | "text/event-stream";
-            };
+            query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EnvelopeRequest"];
+                "application/json": components["schemas"]["TaskEnvelope"];
             };
         };
         responses: {
-            /** @description SSE frames of the run */
+            /** @description The run's events as server-sent events */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "text/event-stream": {
+                        /** @description The event type */
+                        event?: string;
+                        /** @description `<runId>:<seq>`; send it back as Last-Event-ID */
+                        id?: string;
+                        /** @description The Event (components/schemas/Event) as JSON */
+                        data: string;
+                        retry?: number;
+                    };
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract";
+                    };
+                };
+            };
+            /** @description Service unavailable: `server_busy` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "server_busy";
+                    };
+                };
             };
         };
     };
-    v1_flex_runs_retrieve: {
+    runList: {
         parameters: {
             query?: {
                 briefId?: string;
                 capabilityId?: string;
+                /** @description Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day */
                 createdAfter?: string;
+                /** @description Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day */
                 createdBefore?: string;
+                /** @description From the `next` link of the previous page */
                 cursor?: string;
-                limit?: string;
-                pending?: string;
+                limit?: number;
+                /** @description Runs with (`yes`) or without (`no`) a pending HITL request */
+                pending?: "yes" | "no";
+                /** @description Text in the objective */
                 q?: string;
+                /** @description Comma-separated statuses */
                 status?: string;
                 threadId?: string;
             };
@@ -660,9 +1981,57 @@ export interface operations {
                     "application/json": components["schemas"]["RunList"];
                 };
             };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
+            };
         };
     };
-    v1_flex_runs_create: {
+    runCreate: {
         parameters: {
             query?: never;
             header?: never;
@@ -671,7 +2040,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["EnvelopeRequest"];
+                "application/json": components["schemas"]["TaskEnvelope"];
             };
         };
         responses: {
@@ -683,14 +2052,124 @@ export interface operations {
                     "application/json": components["schemas"]["RunAccepted"];
                 };
             };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract";
+                    };
+                };
+            };
+            /** @description Service unavailable: `server_busy` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "server_busy";
+                    };
+                };
+            };
         };
     };
-    v1_flex_runs_retrieve_2: {
+    runDebug: {
         parameters: {
             query?: never;
             header?: never;
             path: {
-                run_id: string;
+                runId: string;
             };
             cookie?: never;
         };
@@ -701,20 +2180,72 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["RunDebug"];
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Too many requests: `throttled` */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "throttled";
+                    };
+                };
             };
         };
     };
-    v1_flex_runs_cancel_create: {
+    runCancel: {
         parameters: {
             query?: never;
             header?: never;
             path: {
-                run_id: string;
+                runId: string;
             };
             cookie?: never;
         };
-        requestBody?: {
+        requestBody: {
             content: {
                 "application/json": components["schemas"]["RunCancelInputRequest"];
             };
@@ -728,17 +2259,126 @@ export interface operations {
                     "application/json": components["schemas"]["RunSummary"];
                 };
             };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `run_already_completed`, `invalid_run_state` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "run_already_completed" | "invalid_run_state";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
+            };
         };
     };
-    v1_flex_runs_events_retrieve: {
+    runEvents: {
         parameters: {
             query?: {
+                /** @description Events with a greater `seq` */
                 after?: number;
                 limit?: number;
             };
             header?: never;
             path: {
-                run_id: string;
+                runId: string;
             };
             cookie?: never;
         };
@@ -749,32 +2389,157 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["EventPage"];
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
             };
         };
     };
-    v1_flex_runs_stream_retrieve: {
+    runStreamFollow: {
         parameters: {
             query?: {
-                format?: "json" | "text/event-stream";
+                /** @description Replay the events after this one (`<runId>:<seq>` or `<seq>`) */
                 lastEventId?: string;
                 /** @description A stream ticket (POST …/stream-ticket), for clients that cannot send Authorization (EventSource) */
                 ticket?: string;
             };
-            header?: never;
+            header?: {
+                /** @description As `lastEventId`; the header wins when both are sent */
+                "Last-Event-ID"?: string;
+            };
             path: {
-                run_id: string;
+                runId: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description SSE frames */
+            /** @description The run's events as server-sent events */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "text/event-stream": {
+                        /** @description The event type */
+                        event?: string;
+                        /** @description `<runId>:<seq>`; send it back as Last-Event-ID */
+                        id?: string;
+                        /** @description The Event (components/schemas/Event) as JSON */
+                        data: string;
+                        retry?: number;
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
+                };
+            };
+            /** @description Service unavailable: `server_busy` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "server_busy";
+                    };
+                };
             };
         };
     };
@@ -783,7 +2548,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                run_id: string;
+                runId: string;
             };
             cookie?: never;
         };
@@ -795,6 +2560,102 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["StreamTicket"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed";
+                    };
                 };
             };
         };
