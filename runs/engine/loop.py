@@ -18,6 +18,7 @@ that any worker can continue from.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -187,17 +188,27 @@ def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(ctx: RunContext) -> None:
-    """First step of a new run: plan it and start its first node."""
+    """First steps of a new run: queued -> planning (`start`), then plan it
+    and start its first node (planning -> running), or fail it.
+
+    A worker that dies while planning leaves the run `planning` with an
+    expiring lease; the sweep's takeover plans it again (the planner is a
+    pure function: nothing of the first attempt was committed)."""
     run = ctx.run
+    if run.status == RunStatus.QUEUED:
+        step = Step()
+        step.status = RunStatus.PLANNING
+        step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.PLANNING,
+                              "correlationId": run.correlation_id or None})
+        commit(ctx, step, expect=(RunStatus.QUEUED,))
     result = build_plan(run.envelope)
     step = Step()
-    step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.RUNNING})
     step.event(ev.PLAN_REQUESTED, {"attempt": 1, "capabilities": result.considered})
     if result.graph is None:
         step.event(ev.PLAN_REJECTED, {"attempt": 1, "diagnostics": result.diagnostics})
         fail(step, code="plan_rejected", message="No plan can satisfy the output contract.",
              extra={"diagnostics": result.diagnostics})
-        commit(ctx, step, expect=(RunStatus.QUEUED,))
+        commit(ctx, step, expect=(RunStatus.PLANNING,))
         return
     graph = result.graph.to_dict()
     ctx.graph = graph
@@ -234,7 +245,7 @@ def plan(ctx: RunContext) -> None:
         ready = scheduling.ready_nodes(ctx.states())
         if ready:
             start_node(ctx, step, ready[0])
-    commit(ctx, step, expect=(RunStatus.QUEUED,))
+    commit(ctx, step, expect=(RunStatus.PLANNING,))
 
 
 def resume_started(ctx: RunContext) -> None:
@@ -350,9 +361,18 @@ def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 
 
 def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
-    decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable)
+    decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable,
+                                 backoff_base=settings.FLEX_RETRY_BACKOFF_SECONDS)
     step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id, "attempt": node.attempts,
                                "error": outcome.error, "willRetry": decision.retry}, node.node_id)
+    if decision.retry and decision.delay > 0:
+        # Back off in the queue, holding no worker: the node is pending again
+        # and the run is claimable from `available_at` (its next claim starts
+        # the node, counting the attempt).
+        step.update_node(node.node_id, status=NodeStatus.PENDING)
+        step.status = RunStatus.QUEUED
+        step.run_updates["available_at"] = timezone.now() + timedelta(seconds=decision.delay)
+        return
     if decision.retry:
         start_node(ctx, step, node.node_id)
         return
@@ -379,7 +399,7 @@ def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[
     Returns the run's status as this worker last saw it."""
     ctx = load(claim)
     try:
-        if ctx.run.status == RunStatus.QUEUED and not ctx.run.plan_version:
+        if ctx.run.status in (RunStatus.QUEUED, RunStatus.PLANNING) and not ctx.run.plan_version:
             plan(ctx)
         elif ctx.run.status == RunStatus.QUEUED:
             resume_started(ctx)

@@ -1,0 +1,61 @@
+"""The engine loop as a client sees it: statuses, retry back-off, the queue."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from runs.models import NodeRun, Run
+from tests.capabilities import review_envelope
+from tests.conftest import load_envelope
+from tests.hitl.helpers import submit
+
+pytestmark = pytest.mark.django_db
+
+
+def events(api, run_id):
+    response = api.get(f"/api/v1/flex/runs/{run_id}/events?limit=1000")
+    assert response.status_code == 200, response.content
+    return response.json()["events"]
+
+
+def test_a_new_run_is_planning_before_it_runs(api_for, client_user, drain):
+    api = api_for(client_user)
+    run_id = submit(api, load_envelope("linkedin-variants"))
+    assert api.get(f"/api/v1/flex/runs/{run_id}").json()["run"]["status"] == "queued"
+
+    drain()
+
+    frames = events(api, run_id)
+    assert [f["type"] for f in frames[:3]] == ["start", "plan_requested", "plan_generated"]
+    # queued -> planning (start) -> running (the plan and the first node_start).
+    assert frames[0]["payload"]["status"] == "planning"
+    assert api.get(f"/api/v1/flex/runs/{run_id}").json()["run"]["status"] == "completed"
+
+
+def test_a_retryable_error_waits_in_the_queue_for_its_back_off(api_for, client_user, drain, settings):
+    settings.FLEX_EXTRA_CAPABILITIES = ["tests.capabilities.UnreachableOnceReview"]
+    settings.FLEX_RETRY_BACKOFF_SECONDS = 0.6
+    api = api_for(client_user)
+    run_id = submit(api, review_envelope(load_envelope("linkedin-variants"), "test.UnreachableOnceReview"))
+    before = timezone.now()
+
+    drain()
+
+    run = Run.objects.get(pk=run_id)
+    error = [f for f in events(api, run_id) if f["type"] == "node_error"][-1]
+    assert error["payload"]["willRetry"] is True and error["payload"]["error"]["code"] == "review_unavailable"
+    # The run waits in the queue, holding no worker, until its back-off is over.
+    assert run.status == "queued" and run.available_at >= before + timezone.timedelta(seconds=0.6)
+    assert NodeRun.objects.get(run=run, node_id="test").status == "pending"
+    assert drain() == 0  # nothing is claimable yet
+
+    time.sleep(max((run.available_at - timezone.now()).total_seconds(), 0) + 0.05)
+    drain()
+
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert NodeRun.objects.get(run=run, node_id="test").attempts == 2
+    types = [f["type"] for f in events(api, run_id) if f.get("nodeId") == "test"]
+    assert types == ["node_start", "node_error", "node_start", "node_complete"]
