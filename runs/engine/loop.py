@@ -351,13 +351,12 @@ def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     if decision.retry:
         start_node(ctx, step, node.node_id)
         return
-    if policies.on_validation_fail(ctx, step, node, outcome.errors):
-        return  # escalated to a person or otherwise handled by policy
-    step.update_node(node.node_id, status=NodeStatus.FAILED, completed_at=timezone.now(),
-                     error={"code": "validation_failed", "message": "Output failed its contract on every attempt."})
-    fail(step, code="validation_failed", message=f"Node {node.node_id} produced invalid output "
-                                                  f"{node.attempts} times.",
-         extra={"nodeId": node.node_id, "errors": outcome.errors})
+    invalid = outcome.output or {}
+    if policies.on_validation_fail(ctx, step, node, outcome.errors, output=invalid):
+        return  # an onValidationFail policy decided (hitl, pause, replan, fail)
+    # Seed 8.3: retries exhausted, no policy decided: a person reviews the
+    # invalid output instead of the run failing.
+    policies.escalate_invalid_output(ctx, step, node, outcome.errors, output=invalid)
 
 
 def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
