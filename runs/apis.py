@@ -20,6 +20,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
+from flexagents import logging as flex_logging
 from flexagents.errors import ServerBusy, ValidationFailed
 from flexagents.params import int_param
 from planner.facets import get_catalog
@@ -83,6 +84,11 @@ def admit_stream(user: Any) -> Admission:
     return admission
 
 
+def bind_run(run: Any) -> None:
+    """The rest of this request logs (and echoes) the new run's correlation id."""
+    flex_logging.bind(run_id=run.id, correlation_id=run.correlation_id)
+
+
 def stream_url(request: Request, run_id: str) -> str:
     return request.build_absolute_uri(reverse("runs:run-stream", kwargs={"run_id": run_id}))
 
@@ -136,10 +142,12 @@ class RunStreamApi(SseApiView):
         envelope = request.data
         admission = admit_stream(request.user)
         try:
-            run = services.run_create(user=request.user, envelope=envelope)
+            run = services.run_create(user=request.user, envelope=envelope,
+                                      correlation_id=getattr(request, "correlation_id", ""))
         except BaseException:
             hub.withdraw(admission)
             raise
+        bind_run(run)
         # From seq 0: the stream must not miss the run's first events.
         return sse_response(admission=admission, run_id=run.id, after_seq=0, user=request.user, stop_on_wait=True)
 
@@ -150,7 +158,9 @@ class RunListCreateApi(FlexApiView):
     @extend_schema(request=EnvelopeSerializer, responses={202: RunAcceptedSerializer},
                    summary="Submit a TaskEnvelope")
     def post(self, request: Request) -> Response:
-        run = services.run_create(user=request.user, envelope=request.data)
+        run = services.run_create(user=request.user, envelope=request.data,
+                                  correlation_id=getattr(request, "correlation_id", ""))
+        bind_run(run)
         return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
                          "streamUrl": stream_url(request, run.id)}, status=202)
 

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from flexagents.logging import log_context
 from planner.contracts import validate_instance
 from planner.planner import build_plan
 from runs import events as ev
@@ -117,6 +118,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             write()
         for node_id, changes in step.node_updates.items():
             NodeRun.objects.filter(pk=ctx.nodes[node_id].pk).update(**changes)
+    log_node_events(ctx, step)
     # Committed: bring memory up to date.
     for node_id, changes in step.node_updates.items():
         node = ctx.nodes[node_id]
@@ -126,6 +128,34 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             setattr(node, key, value)
     for key, value in run_updates.items():
         setattr(run, key, value)
+
+
+NODE_LOG_EVENTS = {ev.NODE_START: logging.INFO, ev.NODE_COMPLETE: logging.INFO, ev.NODE_ERROR: logging.WARNING,
+                   ev.VALIDATION_ERROR: logging.WARNING}
+
+
+def log_node_events(ctx: RunContext, step: Step) -> None:
+    """One structured line per committed node start, completion and error
+    (an invalid output is an error too): run, node, capability, attempt and
+    the node's status after the step. The correlation id comes from the
+    claim's log context (see `advance`)."""
+    for event in step.events:
+        level = NODE_LOG_EVENTS.get(event.type)
+        if level is None or not event.node_id:
+            continue
+        node = ctx.nodes.get(event.node_id)
+        status = step.node_updates.get(event.node_id, {}).get("status") or (node.status if node else None)
+        extra = {"run_id": ctx.run.id, "correlation_id": ctx.run.correlation_id or None,
+                 "node_id": event.node_id, "capability_id": node.capability_id if node else None,
+                 "attempt": event.payload.get("attempt"), "status": status, "plan_version": ctx.run.plan_version}
+        if event.type == ev.NODE_COMPLETE:
+            extra["duration_ms"] = event.payload.get("durationMs")
+        elif event.type == ev.NODE_ERROR:
+            extra.update(error_code=(event.payload.get("error") or {}).get("code"),
+                         will_retry=event.payload.get("willRetry"))
+        elif event.type == ev.VALIDATION_ERROR:
+            extra["error_code"] = "validation_failed"
+        logger.log(level, event.type, extra=extra)
 
 
 # --- steps -------------------------------------------------------------------
@@ -397,6 +427,12 @@ def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[
     """Drive a claimed run until it completes, waits, or the worker must stop.
     Returns the run's status as this worker last saw it."""
     ctx = load(claim)
+    with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id):
+        return _advance(ctx, claim, heartbeat=heartbeat, stop=stop)
+
+
+def _advance(ctx: RunContext, claim: Claim, *, heartbeat: Heartbeat | None,
+             stop: Callable[[], bool] | None) -> str:
     try:
         if ctx.run.status in (RunStatus.QUEUED, RunStatus.PLANNING) and not ctx.run.plan_version:
             plan(ctx)
