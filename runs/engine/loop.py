@@ -262,7 +262,8 @@ def plan(ctx: RunContext) -> None:
     step.event(ev.PLAN_GENERATED, {
         "version": 1,
         "nodes": [{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
-                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"]} for n in graph["nodes"]],
+                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"],
+                   "rationale": n.get("rationale", "")} for n in graph["nodes"]],
         "edges": graph.get("edges", []),
         "metadata": graph.get("metadata", {}),
     })

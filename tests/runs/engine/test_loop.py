@@ -59,3 +59,24 @@ def test_a_retryable_error_waits_in_the_queue_for_its_back_off(api_for, client_u
     assert NodeRun.objects.get(run=run, node_id="test").attempts == 2
     types = [f["type"] for f in events(api, run_id) if f.get("nodeId") == "test"]
     assert types == ["node_start", "node_error", "node_start", "node_complete"]
+
+
+def test_the_planners_rationale_for_each_node_is_in_plan_generated_and_the_debug_view(
+        api_for, client_user, drain, settings):
+    settings.FLEX_EXTRA_CAPABILITIES = ["tests.capabilities.FlakyReview"]  # a second producer of qa_report
+    body = load_envelope("facets-output")
+    body["policies"]["planner"]["selection"] = {"prefer": ["test.FlakyReview"]}
+    api = api_for(client_user)
+    run_id = submit(api, body)
+
+    drain()
+
+    [plan] = [f for f in events(api, run_id) if f["type"] == "plan_generated"]
+    rationale = {n["capabilityId"]: n["rationale"] for n in plan["payload"]["nodes"]}
+    assert rationale["test.FlakyReview"] == ("Produces qa_report (preferred by selection.prefer over "
+                                             "qa.ContentReview); feeds output")
+    assert rationale["copywriter.SocialpostDrafting"].startswith(
+        "Produces copyVariants (the only usable capability that produces it); feeds ")
+    assert all(rationale.values())
+    [version] = api.get(f"/api/v1/flex/runs/{run_id}").json()["planVersions"]
+    assert {n["capabilityId"]: n["rationale"] for n in version["nodes"]} == rationale
