@@ -80,3 +80,28 @@ def test_the_planners_rationale_for_each_node_is_in_plan_generated_and_the_debug
     assert all(rationale.values())
     [version] = api.get(f"/api/v1/flex/runs/{run_id}").json()["planVersions"]
     assert {n["capabilityId"]: n["rationale"] for n in version["nodes"]} == rationale
+
+
+def test_a_run_whose_worker_died_while_planning_is_planned_by_the_next_worker(api_for, client_user, drain):
+    from datetime import timedelta
+
+    from runs import events as ev
+    from runs.engine import lease, loop
+
+    api = api_for(client_user)
+    run_id = submit(api, load_envelope("linkedin-variants"))
+    # A worker claims the run, records `planning` (and `start`), then dies before the plan is committed.
+    claim = lease.claim_next(worker_id="doomed")
+    ctx = loop.load(claim)
+    step = loop.Step(status="planning")
+    step.event(ev.START, {"runId": run_id, "threadId": None, "status": "planning"})
+    loop.commit(ctx, step, expect=("queued",))
+    Run.objects.filter(pk=run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert api.get(f"/api/v1/flex/runs/{run_id}").json()["run"]["status"] == "planning"
+
+    drain()  # the sweep takes the run over
+
+    assert api.get(f"/api/v1/flex/runs/{run_id}").json()["run"]["status"] == "completed"
+    types = [f["type"] for f in events(api, run_id)]
+    assert types[:3] == ["start", "plan_requested", "plan_generated"] and types.count("start") == 1
+    assert [f["seq"] for f in events(api, run_id)] == list(range(1, len(types) + 1))
