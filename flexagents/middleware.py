@@ -76,8 +76,10 @@ def _bind_correlation(request: HttpRequest) -> Any:
 
 
 def _echo_correlation(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-    # A view may rebind it (a run created with `metadata.correlationId`).
-    response["X-Correlation-ID"] = flex_logging.current_correlation_id() or request.correlation_id
+    # A view may rebind it (a run created with `metadata.correlationId`); a
+    # value unfit for a header (client data) is not echoed.
+    response["X-Correlation-ID"] = (flex_logging.clean_correlation_id(flex_logging.current_correlation_id())
+                                    or request.correlation_id)
     return response
 
 

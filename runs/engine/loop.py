@@ -18,8 +18,8 @@ that any worker can continue from.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable
 
 from django.conf import settings

@@ -128,3 +128,13 @@ def test_every_response_echoes_the_correlation_id_even_an_error(api_for, client_
     # A value that is not a plausible id is replaced, not echoed.
     odd = api.get("/api/v1/flex/runs", HTTP_X_CORRELATION_ID="<script>")["X-Correlation-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", odd)
+
+
+def test_an_envelope_correlation_id_unfit_for_a_header_is_kept_but_not_echoed(api_for, client_user):
+    body = envelope()
+    body["metadata"]["correlationId"] = "line one\r\nSet-Cookie: x=1"
+    response = submit(api_for(client_user), body, HTTP_X_CORRELATION_ID="safe-1")
+
+    assert response["X-Correlation-ID"] == "safe-1"
+    debug = api_for(client_user).get(f"/api/v1/flex/runs/{response.json()['runId']}").json()
+    assert debug["run"]["correlationId"] == "line one\r\nSet-Cookie: x=1"
