@@ -122,10 +122,12 @@ class Admission:
         self.done = False
 
 
-# A granted slot whose stream has not started after this long was lost (its
-# request was cancelled and nothing told us); a real stream starts within
-# milliseconds of its response.
-ADMIT_GRACE_SECONDS = 10.0
+# A granted slot whose stream has not started after this long was lost: its
+# request was cancelled while the view ran, and the dropped response sits in
+# a reference cycle that only the garbage collector frees (weakref.finalize
+# then gives the slot back). A real stream starts within milliseconds of its
+# view returning; one that starts later is still counted, from its start.
+ADMIT_GRACE_SECONDS = 5.0
 
 
 class StreamHub:
