@@ -231,6 +231,10 @@ FLEX_SWEEP_SECONDS = env_float("FLEX_SWEEP_SECONDS", 15.0, minimum=0.05)
 FLEX_IDLE_POLL_SECONDS = env_float("FLEX_IDLE_POLL_SECONDS", 0.5, minimum=0.01)
 # How many times a node may be started by workers that then died.
 FLEX_MAX_CRASH_ATTEMPTS = env_int("FLEX_MAX_CRASH_ATTEMPTS", 3, minimum=1)
+# Back-off before a node that failed with a retryable error runs again (doubles
+# per attempt, capped at 30 s); the run waits in the queue (Run.available_at),
+# holding no worker. 0 retries at once (the test default, so drain() finishes).
+FLEX_RETRY_BACKOFF_SECONDS = env_float("FLEX_RETRY_BACKOFF_SECONDS", 0.0 if TESTING else 1.0, minimum=0.0)
 FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 10000, minimum=1)
 FLEX_CAPABILITIES = [
     "planner.capabilities.strategist.SocialPosting",

@@ -160,6 +160,25 @@ class _Selection:
             order = 2
         return order, capability_id
 
+    def why(self, capability_id: str, producers: list[type[Capability]]) -> str:
+        """Why this producer rather than the others (the plan's rationale)."""
+        others = [cls.capability_id for cls in producers if cls.capability_id != capability_id]
+        if capability_id in self.require:
+            return "required by selection.require"
+        if not others:
+            return "the only usable capability that produces it"
+        if capability_id in self.prefer:
+            return f"preferred by selection.prefer over {', '.join(others)}"
+        avoided = [o for o in others if o in self.avoid]
+        if avoided and len(avoided) == len(others):
+            return f"chosen over {', '.join(avoided)}, avoided by selection.avoid"
+        ids = [cls.capability_id for cls in producers]
+        ahead = ids[:ids.index(capability_id)]
+        if ahead:
+            # An earlier-ranked producer could not be planned (its own inputs).
+            return f"{', '.join(ahead)} could not be planned"
+        return f"first by id of {len(producers)} that produce it"
+
     def producers(self, facet: str) -> list[type[Capability]]:
         found = [cls for cls in self.usable.values() if facet in cls.output_facets]
         return sorted(found, key=lambda cls: self.rank(cls.capability_id))
@@ -199,11 +218,13 @@ class _Planner:
         if facet in visiting:
             self.cycle_seen = True
             return False
-        for cls in self.selection.producers(facet):
+        producers = self.selection.producers(facet)
+        for cls in producers:
             if cls.capability_id in state.chosen:
                 continue  # chosen already, yet this facet is not marked: it is mid-resolution
             trial = state.copy()
-            if self.add(cls, trial, visiting | {facet}, reason=f"produces {facet}"):
+            reason = f"produces {facet} ({self.selection.why(cls.capability_id, producers)})"
+            if self.add(cls, trial, visiting | {facet}, reason=reason):
                 state.adopt(trial)
                 return True
         return False

@@ -20,8 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
-
-from runs.models import Run, RunEvent
+from runs.models import RUN_TRANSITIONS, Run, RunEvent
 
 # Event types of API.md (the SSE catalogue).
 START = "start"
@@ -125,6 +124,8 @@ def append_events(
     now = timezone.now()
     updates = dict(run_updates or {})
     updates["updated_at"] = now
+    if "status" in updates:
+        statuses = allowed_sources(updates["status"], statuses)
     last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token,
                          statuses=list(statuses) if statuses is not None else None, updates=updates)
     if last_seq is None:
@@ -140,6 +141,16 @@ def append_events(
     RunEvent.objects.bulk_create(rows)
     publish_on_commit(rows)
     return rows
+
+
+def allowed_sources(to_status: str, statuses: Iterable[str] | None) -> list[str]:
+    """The statuses among `statuses` (None: any) from which the transition
+    table allows a move to `to_status` (staying put is not a move). Every
+    status change goes through `append_events`, so this is where the table is
+    enforced: a forbidden move matches no row and raises `Fenced`, changing
+    nothing."""
+    sources = RUN_TRANSITIONS.keys() if statuses is None else statuses
+    return [s for s in sources if s == to_status or to_status in RUN_TRANSITIONS.get(s, frozenset())]
 
 
 def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
