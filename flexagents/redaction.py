@@ -25,12 +25,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import re2
 
 REDACTED = "[redacted]"
 
-_SENSITIVE_STEMS = r"password|passwd|secret|token|api[_-]?key|authorization|cookie|credential|private[_-]?key|session"
+_SENSITIVE_STEMS = (r"password|passwd|secret|token|api[_-]?key|authorization|cookie|credential|private[_-]?key|session"
+                    r"|ticket")
 SENSITIVE_KEY_RE = re.compile(_SENSITIVE_STEMS, re.IGNORECASE)
 
 # Deeper than this we stop walking and redact the rest: the parser already
@@ -387,6 +389,17 @@ def _mask_nested(s: str) -> str:
         pos = _bracket_end(s, match.end())
     out.append(s[pos:])
     return "".join(out)
+
+
+def redact_query_string(query: str) -> str:
+    """A URL query string fit for a log line: the value of every sensitive
+    key (`token`, `api_key`, `ticket`…, decoded first, so `api%5Fkey` counts)
+    masked, every other value text-redacted; re-encoded."""
+    if not query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(key, REDACTED if is_sensitive_key(key) else redact_text(value)) for key, value in pairs],
+                     safe="[]")
 
 
 def redact_text(s: str) -> str:
