@@ -177,7 +177,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "flexagents.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
-        "debug_view": env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
+        # One scope for the debug view, the history page and the events (runs/throttles.py).
+        "run_detail": env_str("FLEX_RUN_DETAIL_RATE") or env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
