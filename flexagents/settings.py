@@ -215,7 +215,9 @@ FLEX_SWEEP_SECONDS = env_float("FLEX_SWEEP_SECONDS", 15.0, minimum=0.05)
 FLEX_IDLE_POLL_SECONDS = env_float("FLEX_IDLE_POLL_SECONDS", 0.5, minimum=0.01)
 # How many times a node may be started by workers that then died.
 FLEX_MAX_CRASH_ATTEMPTS = env_int("FLEX_MAX_CRASH_ATTEMPTS", 3, minimum=1)
-FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 10000, minimum=1)
+# Backpressure (503 server_busy past them): queued runs per user, and in all.
+FLEX_MAX_QUEUED_RUNS_PER_USER = env_int("FLEX_MAX_QUEUED_RUNS_PER_USER", 20, minimum=1)
+FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 200, minimum=1)
 FLEX_CAPABILITIES = [
     "planner.capabilities.strategist.SocialPosting",
     "planner.capabilities.copywriter.SocialpostDrafting",
