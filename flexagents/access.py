@@ -1,10 +1,15 @@
 """Request bodies and the access log, at the edge of the application.
 
-- `ChunkedBodyMiddleware`: a body sent with `Transfer-Encoding: chunked` has
-  no Content-Length, and DRF treats a request without one as bodiless (the
-  envelope came out empty: "objective is required"). The body is read here,
-  at most `FLEX_MAX_BODY_BYTES` + 1 bytes: past the limit, 413; else it
-  becomes the request's body with its real length.
+- `InputGuardMiddleware`:
+  - a body sent with `Transfer-Encoding: chunked` has no Content-Length, and
+    DRF treats a request without one as bodiless (the envelope came out
+    empty: "objective is required"). The body is read here, at most
+    `FLEX_MAX_BODY_BYTES` + 1 bytes: past the limit, 413; else it becomes the
+    request's body with its real length;
+  - under /api/, a NUL character in the path (`%00`) is a JSON 404 and in a
+    query parameter a JSON 422 naming the parameter: PostgreSQL refuses NUL
+    in text, so it must never reach a query (the body's values are checked
+    by `flexagents.parsers`).
 - `RequestLogMiddleware`: one log line per request (logger
   `flexagents.access`): method, path, the query string redacted by the one
   redactor, status, duration. It replaces daphne's raw access log, which
@@ -60,16 +65,35 @@ def _read_chunked_body(request: HttpRequest) -> HttpResponseBase | None:
     return None
 
 
-class ChunkedBodyMiddleware(_Middleware):
+def _refuse_nul(request: HttpRequest) -> HttpResponseBase | None:
+    if not request.path_info.startswith("/api/"):
+        return None
+    if "\x00" in request.path_info:
+        return JsonResponse(error_body("not_found", "Not found."), status=404)
+    for key, values in request.GET.lists():
+        if "\x00" in key or any("\x00" in value for value in values):
+            pointer = "/" + key.replace("\x00", "").replace("~", "~0").replace("/", "~1")
+            return JsonResponse(error_body("validation_failed", f"The query parameter {pointer[1:]!r} contains a "
+                                           "NUL character.",
+                                           {"errors": [{"path": pointer, "message": "contains a NUL character"}]}),
+                                status=422)
+    return None
+
+
+def _guard(request: HttpRequest) -> HttpResponseBase | None:
+    return _refuse_nul(request) or _read_chunked_body(request)
+
+
+class InputGuardMiddleware(_Middleware):
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        return _read_chunked_body(request) or self.get_response(request)
+        return _guard(request) or self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         # The ASGI handler has already spooled the body to a temporary file;
         # reading it does not wait on the client.
-        return _read_chunked_body(request) or await self.get_response(request)
+        return _guard(request) or await self.get_response(request)
 
 
 def _log(request: HttpRequest, response: HttpResponseBase, started: float) -> None:

@@ -121,3 +121,20 @@ def test_a_validation_error_names_the_path_and_rule_never_the_value(api_for, cli
     assert "hunter2" not in text
     paths = [error["path"] for error in response.json()["details"]["errors"]]
     assert "/policies/planner/topology/variantCount" in paths
+
+
+@pytest.mark.parametrize(("url", "status", "pointer"), [
+    (f"{RUNS}?status=%00", 422, "/status"),
+    (f"{RUNS}?threadId=a%00b&limit=5", 422, "/threadId"),
+    (f"{RUNS}/run_%00/events", 404, None),
+    ("/api/hitl/pending?runId=%00", 422, "/runId"),
+])
+def test_a_nul_in_the_path_or_query_is_a_json_4xx_on_every_database(api_for, client_user, url, status, pointer):
+    response = api_for(client_user).get(url)
+
+    assert response.status_code == status
+    body = response.json()
+    if pointer:
+        assert body["code"] == "validation_failed" and body["details"]["errors"][0]["path"] == pointer
+    else:
+        assert body["code"] == "not_found"
