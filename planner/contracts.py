@@ -173,9 +173,35 @@ def _format_checker() -> FormatChecker:
     return checker
 
 
+# --- a step budget for validation -------------------------------------------------------
+# `$ref`s under anyOf/oneOf can make jsonschema's work exponential in the
+# schema (three branches per level, twenty levels: 3**20 evaluations). Every
+# keyword evaluation spends one step of a per-call budget; past it the value
+# is refused with an error instead of holding a worker thread.
+MAX_VALIDATION_STEPS = 25_000
+_budget = threading.local()
+
+
+class ValidationBudgetExceeded(Exception):
+    pass
+
+
+def _counted(keyword: Any) -> Any:
+    def evaluate(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        remaining = getattr(_budget, "steps", None)
+        if remaining is not None:
+            if remaining <= 0:
+                raise ValidationBudgetExceeded
+            _budget.steps = remaining - 1
+        return keyword(validator, value, instance, schema)
+
+    return evaluate
+
+
 _KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties,
              "additionalProperties": _additional_properties}
-ContractValidator = validators.extend(Draft202012Validator, _KEYWORDS)
+ContractValidator = validators.extend(Draft202012Validator, {
+    name: _counted(_KEYWORDS.get(name, keyword)) for name, keyword in Draft202012Validator.VALIDATORS.items()})
 
 # The official meta-schemas stay resolvable (they are in memory); nothing else is.
 _REGISTRY: Registry[Any] = Registry(retrieve=_refuse_retrieval).with_resources(list(SPECIFICATIONS.items()))
@@ -279,15 +305,21 @@ def validate_instance(schema: dict[str, Any], instance: Any) -> list[dict[str, s
     Never raises for a bad schema: unresolvable `$ref`s, endless `$ref`
     recursion and unknown types come back as error items at the root.
     """
+    _budget.steps = MAX_VALIDATION_STEPS
     try:
         validator = get_validator(schema)
         errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    except ValidationBudgetExceeded:
+        return [{"path": "/", "message": f"the schema needs more than {MAX_VALIDATION_STEPS} steps to validate "
+                                         "this value (its $refs fan out); simplify it"}]
     except (Unresolvable, _RefResolutionError) as exc:
         return [{"path": "/", "message": _short(f"the schema has a $ref that cannot be resolved: {_ref_of(exc)}")}]
     except RecursionError:
         return [{"path": "/", "message": "the schema refers to itself without end ($ref recursion)"}]
     except (UnknownType, re.error, re2.error, TypeError, ValueError) as exc:
         return [{"path": "/", "message": _short(f"the schema cannot be applied: {exc}")}]
+    finally:
+        _budget.steps = None
     return [{"path": json_pointer(list(error.absolute_path)), "message": rule_message(error)} for error in errors]
 
 

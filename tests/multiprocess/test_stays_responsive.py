@@ -5,8 +5,8 @@ threads), /api/health answers and another user's run completes.
 The envelopes: a backtracking regex in the output contract matched against
 a produced value of 40 a's (Python's `re` would hold the GIL for hours), a
 schema whose `$ref`s fan out under anyOf (its debug view is read while the
-run is processed), and a condition that would evaluate 810,000 nested
-operations. Bounds are generous: this is behaviour, not a benchmark."""
+run is processed), one whose fan-out jsonschema would evaluate 3**20 times,
+and a condition that would evaluate 810,000 nested operations. Bounds are generous: this is behaviour, not a benchmark."""
 from __future__ import annotations
 
 import threading
@@ -41,6 +41,18 @@ def fanning_envelope() -> dict[str, Any]:
     return envelope
 
 
+def fanning_validation_envelope() -> dict[str, Any]:
+    """Twenty levels of three `$ref`s under anyOf, the last never matching a
+    string: 3**20 evaluations for jsonschema without a step budget."""
+    envelope = load_envelope("linkedin-variants")
+    schema = envelope["outputContract"]["schema"]
+    schema["$defs"] = {"d20": {"type": "integer"}}
+    for level in range(19, -1, -1):
+        schema["$defs"][f"d{level}"] = {"anyOf": [{"$ref": f"#/$defs/d{level + 1}"}] * 3}
+    schema["properties"]["copyVariants"]["items"]["properties"]["headline"] = {"$ref": "#/$defs/d0"}
+    return envelope
+
+
 def condition_envelope() -> dict[str, Any]:
     condition: dict[str, Any] = {"==": [1, 2]}
     for _ in range(4):
@@ -52,8 +64,9 @@ def condition_envelope() -> dict[str, Any]:
     return envelope
 
 
-@pytest.mark.parametrize("hostile", [regex_envelope, fanning_envelope, condition_envelope],
-                         ids=["backtracking-regex", "fanning-schema", "heavy-condition"])
+@pytest.mark.parametrize("hostile", [regex_envelope, fanning_envelope, fanning_validation_envelope,
+                                     condition_envelope],
+                         ids=["backtracking-regex", "fanning-schema", "fanning-validation", "heavy-condition"])
 def test_health_and_another_users_run_answer_while_a_hostile_envelope_is_processed(
         procs: Any, django_user_model: Any, hostile: Any) -> None:
     _, port = procs.daphne(env={"FLEX_EMBEDDED_WORKERS": "2"})

@@ -298,3 +298,19 @@ def test_a_validation_message_names_the_rule_and_never_the_value(schema: dict[st
     assert errors
     for error in errors:
         assert "hunter2" not in error["message"], error
+
+
+def test_validating_against_a_fanning_schema_stops_at_the_step_budget() -> None:
+    # Twenty levels, each three $refs to the next under anyOf, the last one never matching.
+    defs: dict[str, Any] = {"d20": {"type": "string"}}
+    for level in range(19, -1, -1):
+        defs[f"d{level}"] = {"anyOf": [{"$ref": f"#/$defs/d{level + 1}"}] * 3}
+    schema = {"$defs": defs, "$ref": "#/$defs/d0"}
+    assert check_schema(schema) == []
+    started = time.monotonic()
+    errors = validate_instance(schema, {"not": "a string"})
+    assert time.monotonic() - started < 5
+    assert errors == [{"path": "/", "message": errors[0]["message"]}]
+    assert "steps" in errors[0]["message"]
+    # An ordinary schema still validates.
+    assert validate_instance({"type": "string"}, "x") == []
