@@ -68,13 +68,15 @@ def failures_in(report: Path) -> list[dict[str, str]]:
 
 
 def run_schemathesis(port: int, token: str, report: Path) -> subprocess.CompletedProcess[str]:
+    # Run in the report's directory: schemathesis keeps a crash cache
+    # (.schemathesis/) in its working directory, never in the checkout.
     argv = [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{port}/api/schema/?format=json",
             "--header", f"Authorization: Bearer {token}", "--checks", "all",
             "--max-examples", str(EXAMPLES), "--seed", SEED, "--request-timeout", "10",
-            "--continue-on-failure", "--no-color",
+            "--continue-on-failure", "--no-color", "--generation-database", "none",
             "--report", "ndjson", "--report-ndjson-path", str(report)]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(BASE_DIR)}
-    return subprocess.run(argv, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(argv, cwd=report.parent, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_schemathesis_finds_no_server_error_and_no_non_json_error_body(procs, django_user_model, tmp_path):
