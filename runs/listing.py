@@ -103,7 +103,7 @@ def filter_runs(qs: QuerySet[Run], params: Any) -> QuerySet[Run]:
         wanted = [s.strip() for s in statuses.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in RunStatus.values]
         if unknown:
-            raise _invalid("status", f"unknown status {unknown[0]!r}; expected one of {', '.join(RunStatus.values)}")
+            raise _invalid("status", f"is not a known status; expected one of {', '.join(RunStatus.values)}")
         qs = qs.filter(status__in=wanted)
     if (thread_id := _text_param(params, "threadId")) is not None:
         qs = qs.filter(thread_id=thread_id)

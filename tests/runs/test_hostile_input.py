@@ -138,3 +138,11 @@ def test_a_nul_in_the_path_or_query_is_a_json_4xx_on_every_database(api_for, cli
         assert body["code"] == "validation_failed" and body["details"]["errors"][0]["path"] == pointer
     else:
         assert body["code"] == "not_found"
+
+
+def test_an_unknown_status_filter_is_a_422_that_does_not_echo_the_value(api_for, client_user):
+    response = api_for(client_user).get(f"{RUNS}?status=hunter2-secret")
+
+    assert response.status_code == 422
+    assert "hunter2" not in response.content.decode()
+    assert response.json()["details"]["errors"][0]["path"] == "/status"
