@@ -20,7 +20,7 @@ migrate: setup
 # Serve API, admin, history pages, SSE and worker threads on SQLite.
 run: migrate
 	DEBUG=1 $(PY) manage.py flex_demo --port $(PORT)
-	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) flexagents.asgi:application
+	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
 
 # The layering contracts and the types, then the whole suite (SQLite unless
 # DATABASE_URL says otherwise).

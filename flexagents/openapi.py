@@ -348,7 +348,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("/api/v1/flex/runs/{runId}/stream", "get"): Op("runStreamFollow", _AUTH, _FLEX, _RUN_404, _QUERY,
                                                     {503: ["server_busy"]}, sse=200),
     ("/api/v1/flex/runs/{runId}/events", "get"): Op("runEvents", _AUTH, _FLEX, _RUN_404, _QUERY,
-                                                    ok=(200, "EventPage")),
+                                                    {429: ["throttled"]}, ok=(200, "EventPage")),
     ("/api/v1/flex/capabilities", "get"): Op("capabilityList", _AUTH, _FLEX, ok=(200, "CapabilityList")),
     ("/api/v1/flex/facets", "get"): Op("facetList", _AUTH, _FLEX, ok=(200, "FacetList")),
     ("/api/v1/flex/plan.preview", "post"): Op("planPreview", _AUTH, _FLEX, _BODY, _ENVELOPE,

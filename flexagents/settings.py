@@ -63,6 +63,8 @@ MIDDLEWARE = [
     # First: preflights are answered here, and every response under /api/
     # (errors rewritten below, SSE streams) leaves through it.
     "corsheaders.middleware.CorsMiddleware",
+    "flexagents.access.RequestLogMiddleware",
+    "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -179,7 +181,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "flexagents.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "flexagents.openapi.FlexAutoSchema",
     "DEFAULT_THROTTLE_RATES": {
-        "debug_view": env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
+        # One scope for the debug view, the history page and the events (runs/throttles.py).
+        "run_detail": env_str("FLEX_RUN_DETAIL_RATE") or env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -235,7 +238,9 @@ FLEX_MAX_CRASH_ATTEMPTS = env_int("FLEX_MAX_CRASH_ATTEMPTS", 3, minimum=1)
 # per attempt, capped at 30 s); the run waits in the queue (Run.available_at),
 # holding no worker. 0 retries at once (the test default, so drain() finishes).
 FLEX_RETRY_BACKOFF_SECONDS = env_float("FLEX_RETRY_BACKOFF_SECONDS", 0.0 if TESTING else 1.0, minimum=0.0)
-FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 10000, minimum=1)
+# Backpressure (503 server_busy past them): queued runs per user, and in all.
+FLEX_MAX_QUEUED_RUNS_PER_USER = env_int("FLEX_MAX_QUEUED_RUNS_PER_USER", 20, minimum=1)
+FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 200, minimum=1)
 FLEX_CAPABILITIES = [
     "planner.capabilities.strategist.SocialPosting",
     "planner.capabilities.copywriter.SocialpostDrafting",

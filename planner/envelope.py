@@ -27,7 +27,9 @@ from jsonschema.exceptions import ValidationError
 
 from flexagents.errors import InvalidOutputContract, UnknownCapability, UnknownFacet, ValidationFailed
 from planner import jsonlogic
-from planner.contracts import check_schema, get_validator, join_pointer, json_depth, json_pointer, validate_instance
+from planner.contracts import (
+    check_schema, get_validator, join_pointer, json_depth, json_pointer, rule_message, validate_instance,
+)
 from planner.types import CAPABILITY_KINDS, Facet
 
 MAX_ENVELOPE_DEPTH = 64
@@ -275,7 +277,7 @@ def _describe(error: ValidationError) -> list[dict[str, Any]]:
         if discriminator:
             return [{"path": json_pointer([*path, discriminator]),
                      "message": f"{discriminator} must be one of: {', '.join(choices)}"}]
-    return [{"path": json_pointer(path), "message": error.message}]
+    return [{"path": json_pointer(path), "message": rule_message(error)}]
 
 
 def _discriminator(branches: list[Any]) -> tuple[str | None, list[str]]:

@@ -18,7 +18,6 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from flexagents import logging as flex_logging
@@ -32,6 +31,7 @@ from runs.events import event_frame
 from runs.selectors import run_events_after, run_get_for_user
 from runs.streaming import Admission, hub, stream_frames
 from runs.tickets import TICKET_PARAM, StreamTicketAuthentication, stream_ticket_create
+from runs.throttles import RunDetailThrottle
 
 logger = logging.getLogger("runs.apis")
 
@@ -237,6 +237,8 @@ class StreamTicketCreateApi(FlexApiView):
 class RunEventsApi(FlexApiView):
     """GET /api/v1/flex/runs/{runId}/events?after=&limit= — events as JSON."""
 
+    throttle_classes = [RunDetailThrottle]  # the same data as the debug view: one scope
+
     MAX_LIMIT = 1000
 
     @extend_schema(summary="A run's events as JSON, oldest first",
@@ -278,25 +280,10 @@ class PlanPreviewApi(FlexApiView):
         return Response(preview_plan(validate_envelope(request.data)))
 
 
-class DebugViewThrottle(UserRateThrottle):
-    """Per user (per IP for anonymous requests, which are refused first anyway).
-
-    The rate is read from settings on each request, not frozen at import, so
-    `FLEX_DEBUG_VIEW_RATE` and test overrides apply. Counts live in Django's
-    default cache: with no CACHES configured that is a per-process LocMem
-    cache, so each process counts on its own (docs/api.md, Limits).
-    """
-
-    scope = "debug_view"
-
-    def get_rate(self) -> str | None:
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
-
-
 class RunDebugApi(FlexApiView):
     """GET /api/v1/flex/runs/{runId} — everything about a run, redacted."""
 
-    throttle_classes = [DebugViewThrottle]
+    throttle_classes = [RunDetailThrottle]
 
     @extend_schema(summary="The debug view of a run (redacted; rate-limited per user)",
                    responses={200: OpenApiResponse(description="run, policies, planVersions, nodes, facetProvenance, "

@@ -53,7 +53,7 @@ class StatusesField(forms.CharField):
         unknown = [s for s in wanted if s not in RunStatus.values]
         if unknown:
             raise forms.ValidationError(
-                f"unknown status {unknown[0]!r}; expected one of {', '.join(RunStatus.values)}")
+                f"is not a known status; expected one of {', '.join(RunStatus.values)}")
         return wanted or None
 
 

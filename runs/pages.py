@@ -34,6 +34,7 @@ from runs.events import event_frame
 from runs.filters import capability_choices, form_filtered
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
 from runs.selectors import run_get_for_user, runs_visible_to
+from runs.throttles import page_throttled
 
 LOGIN_URL = "/accounts/login/"
 PAGE_SIZE = 50
@@ -271,6 +272,9 @@ def run_list_page(request: HttpRequest) -> HttpResponse:
 
 @login_required(login_url=LOGIN_URL)
 def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
+    throttled = page_throttled(request)  # one scope with the debug view and events (runs/throttles.py)
+    if throttled is not None:
+        return throttled
     try:
         run = run_get_for_user(user=request.user, run_id=run_id)
     except RunNotFound:

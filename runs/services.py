@@ -44,6 +44,21 @@ def audit_add(*, run: Run, action: str, actor: Any, plan_version: int | None = N
     return entry
 
 
+def _refuse_past_queue_caps(user: Any) -> None:
+    """Backpressure: 503 `server_busy` with Retry-After past the queued-run
+    caps, per user (`FLEX_MAX_QUEUED_RUNS_PER_USER`) and for the whole
+    deployment (`FLEX_MAX_QUEUED_RUNS`), so one client's burst cannot bury
+    everyone else's runs. Checked before the insert; concurrent submissions
+    may overshoot by a few."""
+    queued = Run.objects.filter(status=RunStatus.QUEUED)
+    if queued.filter(created_by=user).count() >= settings.FLEX_MAX_QUEUED_RUNS_PER_USER:
+        raise ServerBusy("You have too many runs waiting to start; retry later.", retry_after=5,
+                         details={"limit": settings.FLEX_MAX_QUEUED_RUNS_PER_USER, "scope": "user"})
+    if queued.count() >= settings.FLEX_MAX_QUEUED_RUNS:
+        raise ServerBusy("Too many runs are queued; retry later.", retry_after=10,
+                         details={"limit": settings.FLEX_MAX_QUEUED_RUNS, "scope": "server"})
+
+
 def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     """Validate an envelope and queue a run for it, owned by `user`.
 
@@ -57,8 +72,7 @@ def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     if not user_may_submit(user):
         raise Forbidden("Your role may not submit runs.")
     normalized = validate_envelope(envelope)
-    if Run.objects.filter(status=RunStatus.QUEUED).count() >= settings.FLEX_MAX_QUEUED_RUNS:
-        raise ServerBusy("Too many runs are queued; retry later.", retry_after=10)
+    _refuse_past_queue_caps(user)
     metadata = normalized.get("metadata", {})
     with transaction.atomic():
         run = Run.objects.create(

@@ -204,7 +204,7 @@ def test_every_error_the_server_returns_is_declared(schema, api_for, client, ope
         "runId": run_id, "requestId": pending.id, "reason": "again"}, format="json"))
     # 429 and 503.
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "debug_view": "1/min"}}
+        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "run_detail": "1/min"}}
     cache.clear()
     for _ in range(2):
         check("GET", "/api/v1/flex/runs/{runId}", owner.get(f"/api/v1/flex/runs/{run_id}"))

@@ -2441,6 +2441,20 @@ export interface operations {
                     };
                 };
             };
+            /** @description Too many requests: `throttled` */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "throttled";
+                    };
+                };
+            };
         };
     };
     runStreamFollow: {
