@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from runs.models import TERMINAL_STATUSES, Run
+from runs.models import TERMINAL_STATUSES, Run, RunStatus
 from tests.conftest import load_envelope
 from tests.multiprocess.conftest import wait_run_status
+
+RESTING = (*TERMINAL_STATUSES, RunStatus.AWAITING_HITL)
 from tests.multiprocess.test_schemathesis import token_for
 from tests.runs.test_hostile_schemas import fanning_schema
 
@@ -102,10 +104,12 @@ def test_health_and_another_users_run_answer_while_a_hostile_envelope_is_process
         assert other.status_code == 202, other.text
         assert wait_run_status(other.json()["runId"], ("completed",), timeout=COMPLETE) == "completed"
         assert httpx.get(f"{base}/api/health", timeout=ANSWER).status_code == 200
-        # The hostile run itself finishes one way or the other.
-        wait_run_status(hostile_id, tuple(TERMINAL_STATUSES), timeout=COMPLETE)
+        # The hostile run itself comes to rest one way or the other: it ends,
+        # or its output, still invalid after every retry, waits for a person
+        # (docs/hitl.md, validation escalation).
+        wait_run_status(hostile_id, RESTING, timeout=COMPLETE)
     finally:
         stop.set()
         reader.join(ANSWER * 2)
     assert reads and set(reads) == {200}, reads
-    assert Run.objects.get(pk=hostile_id).status in TERMINAL_STATUSES
+    assert Run.objects.get(pk=hostile_id).status in RESTING
