@@ -8,6 +8,7 @@ the start page is typed. The admin quotes ids in its URLs (`run_01a…` →
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Callable
 
 import pytest
@@ -30,8 +31,15 @@ def submit_and_wait(user: Any, name: str, drain: Callable[[], int]) -> Run:
     """A run advanced in this process until it waits for a person (before
     the browser opens: the ORM may not run beside Playwright's loop)."""
     run = run_create(user=user, envelope=load_envelope(name))
-    drain()
-    run.refresh_from_db()
+    # The server's embedded worker may claim the run before drain() does;
+    # then it is that worker that brings it to the person.
+    deadline = time.monotonic() + 30
+    while True:
+        drain()
+        run.refresh_from_db()
+        if run.status == RunStatus.AWAITING_HITL or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert run.status == RunStatus.AWAITING_HITL, run.status
     return run
 
