@@ -78,7 +78,7 @@ def hitl_requests_remove_pending(*, run, reason: str = "") -> list[dict[str, Any
 #    caller's rights, the run's status, the request's status, the latest
 #    response id (the stale rule) and, for run.resume, the plan version;
 # 2. writes responses, request status, node statuses, the new plan version,
-#    the events (`runs.events.append_events`, fenced on the status read under
+#    the events (`runs.transitions.run_transition`, fenced on the status read under
 #    the lock) and the audit entry in that one transaction;
 # 3. wakes the workers after commit when the run was queued again.
 #
@@ -274,8 +274,8 @@ def hitl_respond(*, user: Any, run_id: str, request_id: str, responses: Any,
     """Append responses to a pending request without resuming the run."""
     from django.db import transaction
 
-    from runs import events as ev
     from runs.services import audit_add
+    from runs.transitions import run_transition
 
     with transaction.atomic():
         run = _lock_run_for_operator(user=user, run_id=run_id)
@@ -287,7 +287,7 @@ def hitl_respond(*, user: Any, run_id: str, request_id: str, responses: Any,
             raise _errors("Send at least one response.", [{"path": "/responses", "message": "must not be empty"}])
         display = _display_name(user, operator)
         rows, events = _append(request=request, items=items, user=user, display_name=display, existing=existing)
-        ev.append_events(run_id=run.id, events=events, plan_version=run.plan_version, statuses=[run.status])
+        run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version, events=events)
         audit_add(run=run, action="hitl_responded", actor=user,
                   details={"requestId": request.id, "responseIds": [r.response_id for r in rows], "note": note,
                            "operator": operator if isinstance(operator, dict) else None})
@@ -404,6 +404,7 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
     from runs import notify
     from runs.models import NodeRun, NodeStatus, PlanVersion, RunStatus
     from runs.services import audit_add, check_transition
+    from runs.transitions import nodes_update, run_transition
 
     now = timezone.now()
     display = _display_name(user, operator)
@@ -490,14 +491,14 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
     if follow_up_event is not None and action != "pause":
         events.append(ev.PendingEvent(ev.POLICY_TRIGGERED, follow_up_event, node_id))
     events.extend(completing)
-    for changed, changes in node_changes.items():
-        NodeRun.objects.filter(pk=nodes[changed].pk).update(**changes)
+    nodes_update({nodes[changed].pk: changes for changed, changes in node_changes.items()})
     check_transition(run, target)
-    run_updates.update(status=target, plan_version=version, pending_node_ids=pending)
+    run_updates.update(plan_version=version, pending_node_ids=pending)
     # No worker holds a waiting run: the fence is the row lock plus the
     # status read under it.
-    rows = ev.append_events(run_id=run.id, events=events, plan_version=version, statuses=[run.status],
-                            run_updates=run_updates)
+    rows = run_transition(run_id=run.id, to=target, expect=[run.status], plan_version=version,
+                          updates=run_updates, events=events)
+    run_updates["status"] = target
     audit_add(run=run, action=audit_action, actor=user, plan_version=version,
               details={"requestId": request.id if request else None, "resolution": resolution or None,
                        "action": action, "previousVersion": previous, "status": target, "note": note,
@@ -535,6 +536,7 @@ def hitl_remove(*, user: Any, run_id: str, request_id: str | None = None, reason
     from runs import events as ev
     from runs.models import RunStatus
     from runs.services import audit_add, check_transition
+    from runs.transitions import run_transition
 
     with transaction.atomic():
         run = _lock_run_for_operator(user=user, run_id=run_id)
@@ -544,9 +546,9 @@ def hitl_remove(*, user: Any, run_id: str, request_id: str | None = None, reason
         events = [ev.PendingEvent(ev.HITL_RESOLVED, p) for p in payloads]
         events.append(ev.PendingEvent(ev.COMPLETE, {"status": "cancelled", "reason": reason or None,
                                                     "requestId": request.id}))
-        ev.append_events(run_id=run.id, events=events, plan_version=run.plan_version, statuses=[run.status],
-                         run_updates={"status": RunStatus.CANCELLED, "completed_at": timezone.now(),
-                                      "lease_owner": "", "lease_expires_at": None})
+        run_transition(run_id=run.id, to=RunStatus.CANCELLED, expect=[run.status], plan_version=run.plan_version,
+                       updates={"completed_at": timezone.now(), "lease_owner": "", "lease_expires_at": None},
+                       events=events)
         audit_add(run=run, action="hitl_removed", actor=user,
                   details={"requestId": request.id, "reason": reason, "note": note})
     run.refresh_from_db()

@@ -15,15 +15,16 @@ from flexagents.errors import Forbidden, InvalidRunState, RunAlreadyCompleted, S
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
 from planner.envelope import validate_envelope
 from runs import events as ev
-from runs.models import RUN_TRANSITIONS, AuditEntry, Run, RunStatus
+from runs.models import AuditEntry, Run, RunStatus
 from runs.selectors import run_get_for_user
+from runs.transitions import run_transition, run_transition_allowed
 
 logger = logging.getLogger("runs.services")
 
 
 def check_transition(run: Run, to_status: str) -> None:
     """Refuse moves the state machine does not allow, with the API's codes."""
-    if to_status in RUN_TRANSITIONS.get(run.status, frozenset()):
+    if run_transition_allowed(run.status, to_status):
         return
     if run.is_terminal:
         raise RunAlreadyCompleted(details={"status": run.status})
@@ -106,10 +107,9 @@ def run_cancel(*, user: Any, run_id: str, reason: str = "") -> Run:
         pending = hitl_requests_remove_pending(run=run, reason=reason)
         events = [ev.PendingEvent(ev.HITL_RESOLVED, payload) for payload in pending]
         events.append(ev.PendingEvent(ev.COMPLETE, {"status": "cancelled", "reason": reason or None}))
-        ev.append_events(run_id=run.id, events=events, plan_version=run.plan_version,
-                         statuses=[run.status],
-                         run_updates={"status": RunStatus.CANCELLED, "completed_at": timezone.now(),
-                                      "lease_owner": "", "lease_expires_at": None})
+        run_transition(run_id=run.id, to=RunStatus.CANCELLED, expect=[run.status], plan_version=run.plan_version,
+                       updates={"completed_at": timezone.now(), "lease_owner": "", "lease_expires_at": None},
+                       events=events)
         audit_add(run=run, action="run_cancelled", actor=user, details={"reason": reason})
     run.refresh_from_db()
     return run

@@ -59,7 +59,7 @@ class RunEventStorage(StorageBase):
     """django-eventstream storage backed by the run event table."""
 
     def append_event(self, channel: str, event_type: str, data: Any) -> Event:
-        raise NotImplementedError("run events are written by runs.events.append_events in the state's transaction")
+        raise NotImplementedError("run events are written by runs.transitions.run_transition in the state's transaction")
 
     def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[Event]:
         run_id = run_id_from_channel(channel)

@@ -32,8 +32,9 @@ from planner.planner import build_plan
 from runs import events as ev
 from runs.engine import executor, policies, retry, scheduling
 from runs.engine.lease import Claim, Heartbeat, lease_duration
-from runs.events import Fenced, PendingEvent
-from runs.models import NodeRun, NodeStatus, PlanVersion, Run, RunStatus
+from runs.events import PendingEvent
+from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
+from runs.transitions import Fenced, nodes_update, run_transition
 
 logger = logging.getLogger("runs.engine.loop")
 
@@ -107,17 +108,16 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
         "plan_version": run.plan_version,
         **step.run_updates,
     }
-    if step.status is not None:
-        run_updates["status"] = step.status
-        if step.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
-            run_updates["completed_at"] = now
+    if step.status is not None and step.status in TERMINAL_STATUSES:
+        run_updates["completed_at"] = now
     with transaction.atomic():
-        ev.append_events(run_id=run.id, events=step.events, plan_version=run_updates["plan_version"],
-                         lease_token=ctx.claim.token, statuses=expect, run_updates=run_updates)
+        run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
+                       lease_token=ctx.claim.token, updates=run_updates, events=step.events)
         for write in step.writes:
             write()
-        for node_id, changes in step.node_updates.items():
-            NodeRun.objects.filter(pk=ctx.nodes[node_id].pk).update(**changes)
+        nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
+    if step.status is not None:
+        run_updates["status"] = step.status
     log_node_events(ctx, step)
     # Committed: bring memory up to date.
     for node_id, changes in step.node_updates.items():
