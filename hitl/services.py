@@ -263,9 +263,9 @@ def _append(*, request: HitlRequest, items: list[dict[str, Any]], user: Any, dis
     events = []
     for index, row in enumerate(rows):
         row.save(force_insert=True)
-        events.append(ev.PendingEvent(ev.HITL_UPDATE, {"requestId": request.id, "response": hitl_response_payload(row),
-                                                        "responseCount": len(existing) + index + 1},
-                                      request.pending_node_id))
+        events.append(ev.event_hitl_update(request_id=request.id, response=hitl_response_payload(row),
+                                           response_count=len(existing) + index + 1,
+                                           node_id=request.pending_node_id))
     return rows, events
 
 
@@ -431,9 +431,9 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
         request.resolution = resolution
         request.resolved_at = now
         request.save(update_fields=["status", "resolution", "resolved_at"])
-        events.append(ev.PendingEvent(ev.HITL_RESOLVED, {
-            "requestId": request.id, "resolution": resolution,
-            "responses": [hitl_response_payload(r) for r in all_responses]}, request.pending_node_id))
+        events.append(ev.event_hitl_resolved(request_id=request.id, resolution=resolution,
+                                             responses=[hitl_response_payload(r) for r in all_responses],
+                                             node_id=request.pending_node_id))
         follow_up = _follow_up_for(request, resolution)
         follow_up_event = hitl_follow_up_payload(request)
 
@@ -470,7 +470,7 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
             "A person rejected the request." if resolution == "rejected" else "The approved action fails the run."),
             "requestId": request.id if request else None, "nodeId": node_id or None}
         run_updates.update(error=error, completed_at=now)
-        completing.append(ev.PendingEvent(ev.COMPLETE, {"status": "failed", "error": error}))
+        completing.append(ev.event_complete(status="failed", error=error))
     elif action == "pause":
         # The table has no awaiting_hitl → paused: the run is queued with its
         # pause reason, and the worker that takes it moves it running → paused
@@ -485,11 +485,14 @@ def _resume_locked(*, user: Any, run: Any, request: HitlRequest | None, response
     PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.RESUME, trigger=trigger,
                                graph=current.graph, node_statuses=statuses, pending_node_ids=pending,
                                schema_hash=current.schema_hash)
-    events.append(ev.PendingEvent(ev.PLAN_UPDATED, {
-        "previousVersion": previous, "version": version, "reason": "resume", "trigger": trigger,
-        "nodes": [{"id": n["id"], "status": statuses.get(n["id"], "pending")} for n in current.graph.get("nodes", [])]}))
+    events.append(ev.event_plan_updated(
+        previous_version=previous, version=version, reason="resume", trigger=trigger,
+        nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")} for n in current.graph.get("nodes", [])]))
     if follow_up_event is not None and action != "pause":
-        events.append(ev.PendingEvent(ev.POLICY_TRIGGERED, follow_up_event, node_id))
+        events.append(ev.event_policy_triggered(
+            policy_id=follow_up_event["policyId"], trigger=follow_up_event["trigger"],
+            action=follow_up_event["action"], node_id=node_id, request_id=follow_up_event["requestId"],
+            resolution=follow_up_event["resolution"], follow_up=follow_up_event["followUp"]))
     events.extend(completing)
     nodes_update({nodes[changed].pk: changes for changed, changes in node_changes.items()})
     check_transition(run, target)
@@ -543,9 +546,9 @@ def hitl_remove(*, user: Any, run_id: str, request_id: str | None = None, reason
         request = _pending_request(run=run, request_id=request_id)
         check_transition(run, RunStatus.CANCELLED)
         payloads = hitl_requests_remove_pending(run=run, reason=reason)
-        events = [ev.PendingEvent(ev.HITL_RESOLVED, p) for p in payloads]
-        events.append(ev.PendingEvent(ev.COMPLETE, {"status": "cancelled", "reason": reason or None,
-                                                    "requestId": request.id}))
+        events = [ev.event_hitl_resolved(request_id=p["requestId"], resolution="removed", responses=p["responses"],
+                                         removed_reason=p["reason"]) for p in payloads]
+        events.append(ev.event_complete(status="cancelled", reason=reason or None, request_id=request.id))
         run_transition(run_id=run.id, to=RunStatus.CANCELLED, expect=[run.status], plan_version=run.plan_version,
                        updates={"completed_at": timezone.now(), "lease_owner": "", "lease_expires_at": None},
                        events=events)

@@ -8,19 +8,20 @@ behind each other and `seq` never has a gap or a repeat. Publication to live
 streams happens only after commit (`transaction.on_commit`), so no stream ever
 sees an event that was rolled back.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the payloads' `NotRequired` keys
+# must be real annotations for `__optional_keys__` (the catalogue test).
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Mapping, NotRequired, TypedDict
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
 from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
+from hitl.presenters import HitlRequestPayload, HitlResponsePayload
 from runs.models import RunEvent
 
-# Event types of API.md (the SSE catalogue).
+# Event types of API.md (the SSE catalogue, docs/events.md).
 START = "start"
 PLAN_REQUESTED = "plan_requested"
 PLAN_REJECTED = "plan_rejected"
@@ -41,11 +42,248 @@ EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATE
                NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, COMPLETE, LOG)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PendingEvent:
+    """An event not yet written. Made only by the `event_*` builders below."""
+
     type: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: Mapping[str, Any] = field(default_factory=dict)
     node_id: str = ""
+
+
+# --- payloads (the contract of docs/events.md; a test keeps the two equal) -----
+
+class StartPayload(TypedDict):
+    runId: str
+    threadId: str | None
+    status: str
+    correlationId: str | None
+
+
+class PlanRequestedPayload(TypedDict):
+    attempt: int
+    capabilities: list[str]
+
+
+class PlanRejectedPayload(TypedDict):
+    attempt: int
+    diagnostics: list[dict[str, Any]]
+
+
+class PlanGeneratedPayload(TypedDict):
+    version: int
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+
+class PlanUpdatedPayload(TypedDict):
+    previousVersion: int
+    version: int
+    reason: str
+    trigger: dict[str, Any]
+    nodes: list[dict[str, Any]]
+
+
+class NodeStartPayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+
+
+class NodeCompletePayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+    outputFacets: list[str]
+    durationMs: float | None
+
+
+class NodeErrorPayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+    error: dict[str, Any] | None
+    willRetry: bool
+
+
+class ValidationErrorPayload(TypedDict):
+    scope: Literal["node", "output"]
+    nodeId: NotRequired[str]
+    attempt: int
+    errors: list[dict[str, Any]]
+
+
+class PolicyTriggeredPayload(TypedDict):
+    policyId: str | None
+    trigger: str
+    action: dict[str, Any]
+    nodeId: NotRequired[str]
+    # A HITL decision's follow-up (`approveAction` / `rejectAction`).
+    requestId: NotRequired[str]
+    resolution: NotRequired[str]
+    followUp: NotRequired[str]
+
+
+class HitlUpdatePayload(TypedDict):
+    requestId: str
+    response: HitlResponsePayload
+    responseCount: int
+
+
+class HitlResolvedPayload(TypedDict):
+    requestId: str
+    resolution: str
+    reason: NotRequired[str | None]
+    responses: list[HitlResponsePayload]
+
+
+class CompletePayload(TypedDict):
+    status: Literal["completed", "failed", "cancelled"]
+    output: NotRequired[dict[str, Any]]
+    error: NotRequired[dict[str, Any]]
+    reason: NotRequired[str | None]
+    requestId: NotRequired[str]
+
+
+class LogPayload(TypedDict):
+    level: str
+    message: str
+    event: NotRequired[str]
+    payload: NotRequired[dict[str, Any]]
+
+
+# Event type -> its payload's TypedDict.
+PAYLOADS: dict[str, type] = {
+    START: StartPayload, PLAN_REQUESTED: PlanRequestedPayload, PLAN_REJECTED: PlanRejectedPayload,
+    PLAN_GENERATED: PlanGeneratedPayload, PLAN_UPDATED: PlanUpdatedPayload, NODE_START: NodeStartPayload,
+    NODE_COMPLETE: NodeCompletePayload, NODE_ERROR: NodeErrorPayload, VALIDATION_ERROR: ValidationErrorPayload,
+    POLICY_TRIGGERED: PolicyTriggeredPayload, HITL_REQUEST: HitlRequestPayload, HITL_UPDATE: HitlUpdatePayload,
+    HITL_RESOLVED: HitlResolvedPayload, COMPLETE: CompletePayload, LOG: LogPayload,
+}
+
+
+# --- builders: the only way events are made ------------------------------------
+
+def event_start(*, run_id: str, thread_id: str | None, status: str, correlation_id: str | None) -> PendingEvent:
+    payload: StartPayload = {"runId": run_id, "threadId": thread_id, "status": status,
+                             "correlationId": correlation_id}
+    return PendingEvent(START, payload)
+
+
+def event_plan_requested(*, attempt: int, capabilities: list[str]) -> PendingEvent:
+    payload: PlanRequestedPayload = {"attempt": attempt, "capabilities": capabilities}
+    return PendingEvent(PLAN_REQUESTED, payload)
+
+
+def event_plan_rejected(*, attempt: int, diagnostics: list[dict[str, Any]]) -> PendingEvent:
+    payload: PlanRejectedPayload = {"attempt": attempt, "diagnostics": diagnostics}
+    return PendingEvent(PLAN_REJECTED, payload)
+
+
+def event_plan_generated(*, version: int, nodes: list[dict[str, Any]], edges: list[dict[str, Any]],
+                         metadata: dict[str, Any]) -> PendingEvent:
+    payload: PlanGeneratedPayload = {"version": version, "nodes": nodes, "edges": edges, "metadata": metadata}
+    return PendingEvent(PLAN_GENERATED, payload)
+
+
+def event_plan_updated(*, previous_version: int, version: int, reason: str, trigger: dict[str, Any],
+                       nodes: list[dict[str, Any]], node_id: str = "") -> PendingEvent:
+    payload: PlanUpdatedPayload = {"previousVersion": previous_version, "version": version, "reason": reason,
+                                   "trigger": trigger, "nodes": nodes}
+    return PendingEvent(PLAN_UPDATED, payload, node_id)
+
+
+def event_node_start(*, node_id: str, capability_id: str, attempt: int) -> PendingEvent:
+    payload: NodeStartPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt}
+    return PendingEvent(NODE_START, payload, node_id)
+
+
+def event_node_complete(*, node_id: str, capability_id: str, attempt: int, output_facets: list[str],
+                        duration_ms: float | None) -> PendingEvent:
+    payload: NodeCompletePayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
+                                    "outputFacets": output_facets, "durationMs": duration_ms}
+    return PendingEvent(NODE_COMPLETE, payload, node_id)
+
+
+def event_node_error(*, node_id: str, capability_id: str, attempt: int, error: dict[str, Any] | None,
+                     will_retry: bool) -> PendingEvent:
+    payload: NodeErrorPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
+                                 "error": error, "willRetry": will_retry}
+    return PendingEvent(NODE_ERROR, payload, node_id)
+
+
+def event_validation_error(*, attempt: int, errors: list[dict[str, Any]], node_id: str | None = None) -> PendingEvent:
+    """A node's output (`node_id` given) or the composed output broke its contract."""
+    if node_id is None:
+        output: ValidationErrorPayload = {"scope": "output", "attempt": attempt, "errors": errors}
+        return PendingEvent(VALIDATION_ERROR, output)
+    payload: ValidationErrorPayload = {"scope": "node", "nodeId": node_id, "attempt": attempt, "errors": errors}
+    return PendingEvent(VALIDATION_ERROR, payload, node_id)
+
+
+def event_policy_triggered(*, policy_id: str | None, trigger: str, action: dict[str, Any], node_id: str = "",
+                           request_id: str | None = None, resolution: str | None = None,
+                           follow_up: str | None = None) -> PendingEvent:
+    """A runtime policy fired; with `request_id`, the follow-up of a HITL
+    decision (`resolution`, `follow_up`: approveAction | rejectAction)."""
+    payload: PolicyTriggeredPayload = {"policyId": policy_id, "trigger": trigger, "action": action}
+    if request_id is not None:
+        payload["requestId"] = request_id
+        payload["resolution"] = resolution or ""
+        payload["followUp"] = follow_up or ""
+    if node_id:
+        payload["nodeId"] = node_id
+    return PendingEvent(POLICY_TRIGGERED, payload, node_id)
+
+
+def event_hitl_request(*, request: HitlRequestPayload, node_id: str) -> PendingEvent:
+    """`request` is the presenter's payload (`hitl.presenters.hitl_request_payload`)."""
+    return PendingEvent(HITL_REQUEST, request, node_id)
+
+
+def event_hitl_update(*, request_id: str, response: HitlResponsePayload, response_count: int,
+                      node_id: str) -> PendingEvent:
+    payload: HitlUpdatePayload = {"requestId": request_id, "response": response, "responseCount": response_count}
+    return PendingEvent(HITL_UPDATE, payload, node_id)
+
+
+def event_hitl_resolved(*, request_id: str, resolution: str, responses: list[HitlResponsePayload],
+                        node_id: str = "", removed_reason: str | None = None) -> PendingEvent:
+    """A request was resolved, or removed (`resolution` removed, with its
+    `reason`: the run is being cancelled)."""
+    payload: HitlResolvedPayload = {"requestId": request_id, "resolution": resolution, "responses": responses}
+    if resolution == "removed":
+        payload = {"requestId": request_id, "resolution": resolution, "reason": removed_reason,
+                   "responses": responses}
+    return PendingEvent(HITL_RESOLVED, payload, node_id)
+
+
+def event_complete(*, status: Literal["completed", "failed", "cancelled"], output: dict[str, Any] | None = None,
+                   error: dict[str, Any] | None = None, reason: str | None = None,
+                   request_id: str | None = None) -> PendingEvent:
+    """The run is terminal: `output` when completed, `error` when failed,
+    `reason` (and the removed request's id) when cancelled."""
+    payload: CompletePayload = {"status": status}
+    if status == "completed":
+        payload["output"] = output or {}
+    elif status == "failed":
+        payload["error"] = error or {}
+    else:
+        payload["reason"] = reason
+        if request_id is not None:
+            payload["requestId"] = request_id
+    return PendingEvent(COMPLETE, payload)
+
+
+def event_log(*, level: str, message: str, node_id: str = "", event: str | None = None,
+              payload: dict[str, Any] | None = None) -> PendingEvent:
+    """An informational line; an `emit` policy adds the event it names and its payload."""
+    line: LogPayload = {"level": level, "message": message}
+    if event is not None:
+        line["event"] = event
+        line["payload"] = payload or {}
+    return PendingEvent(LOG, line, node_id)
 
 
 def event_id(run_id: str, seq: int) -> str:

@@ -105,8 +105,9 @@ def run_cancel(*, user: Any, run_id: str, reason: str = "") -> Run:
             raise Forbidden("Your role may not cancel runs.")
         check_transition(run, RunStatus.CANCELLED)
         pending = hitl_requests_remove_pending(run=run, reason=reason)
-        events = [ev.PendingEvent(ev.HITL_RESOLVED, payload) for payload in pending]
-        events.append(ev.PendingEvent(ev.COMPLETE, {"status": "cancelled", "reason": reason or None}))
+        events = [ev.event_hitl_resolved(request_id=p["requestId"], resolution="removed", responses=p["responses"],
+                                         removed_reason=p["reason"]) for p in pending]
+        events.append(ev.event_complete(status="cancelled", reason=reason or None))
         run_transition(run_id=run.id, to=RunStatus.CANCELLED, expect=[run.status], plan_version=run.plan_version,
                        updates={"completed_at": timezone.now(), "lease_owner": "", "lease_expires_at": None},
                        events=events)

@@ -78,8 +78,9 @@ class Step:
     # Extra writes that must share the transaction (plan version, HITL request).
     writes: list[Callable[[], None]] = field(default_factory=list)
 
-    def event(self, type_: str, payload: dict[str, Any], node_id: str = "") -> None:
-        self.events.append(PendingEvent(type_, payload, node_id))
+    def event(self, event: PendingEvent) -> None:
+        """Add an event made by one of the `runs.events.event_*` builders."""
+        self.events.append(event)
 
     def update_node(self, node_id: str, **changes: Any) -> None:
         self.node_updates.setdefault(node_id, {}).update(changes)
@@ -166,7 +167,7 @@ def start_node(ctx: RunContext, step: Step, node_id: str) -> None:
     attempt = node.attempts + 1
     step.update_node(node_id, status=NodeStatus.RUNNING, attempts=attempt, started_at=timezone.now(),
                      plan_version=ctx.run.plan_version)
-    step.event(ev.NODE_START, {"nodeId": node_id, "capabilityId": node.capability_id, "attempt": attempt}, node_id)
+    step.event(ev.event_node_start(node_id=node_id, capability_id=node.capability_id, attempt=attempt))
 
 
 def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str]) -> None:
@@ -192,20 +193,20 @@ def finish(ctx: RunContext, step: Step) -> None:
     contract = output_contract_schema(ctx.envelope)
     errors = validate_instance(contract, output)
     if errors:
-        step.event(ev.VALIDATION_ERROR, {"scope": "output", "attempt": 1, "errors": errors})
+        step.event(ev.event_validation_error(attempt=1, errors=errors))
         fail(step, code="output_validation_failed", message="The composed output does not satisfy the output contract.",
              extra={"errors": errors})
         return
     step.run_updates["output"] = output
     step.status = RunStatus.COMPLETED
-    step.event(ev.COMPLETE, {"status": "completed", "output": output})
+    step.event(ev.event_complete(status="completed", output=output))
 
 
 def fail(step: Step, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
     error = {"code": code, "message": message, **(extra or {})}
     step.run_updates["error"] = error
     step.status = RunStatus.FAILED
-    step.event(ev.COMPLETE, {"status": "failed", "error": error})
+    step.event(ev.event_complete(status="failed", error=error))
 
 
 def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
@@ -228,14 +229,14 @@ def plan(ctx: RunContext) -> None:
     if run.status == RunStatus.QUEUED:
         step = Step()
         step.status = RunStatus.PLANNING
-        step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.PLANNING,
-                              "correlationId": run.correlation_id or None})
+        step.event(ev.event_start(run_id=run.id, thread_id=run.thread_id or None, status=RunStatus.PLANNING,
+                                  correlation_id=run.correlation_id or None))
         commit(ctx, step, expect=(RunStatus.QUEUED,))
     result = build_plan(run.envelope)
     step = Step()
-    step.event(ev.PLAN_REQUESTED, {"attempt": 1, "capabilities": result.considered})
+    step.event(ev.event_plan_requested(attempt=1, capabilities=result.considered))
     if result.graph is None:
-        step.event(ev.PLAN_REJECTED, {"attempt": 1, "diagnostics": result.diagnostics})
+        step.event(ev.event_plan_rejected(attempt=1, diagnostics=result.diagnostics))
         fail(step, code="plan_rejected", message="No plan can satisfy the output contract.",
              extra={"diagnostics": result.diagnostics})
         commit(ctx, step, expect=(RunStatus.PLANNING,))
@@ -259,14 +260,14 @@ def plan(ctx: RunContext) -> None:
             row.save(force_insert=True)
 
     step.writes.append(write_plan)
-    step.event(ev.PLAN_GENERATED, {
-        "version": 1,
-        "nodes": [{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
-                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"],
-                   "rationale": n.get("rationale", "")} for n in graph["nodes"]],
-        "edges": graph.get("edges", []),
-        "metadata": graph.get("metadata", {}),
-    })
+    step.event(ev.event_plan_generated(
+        version=1,
+        nodes=[{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
+                "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"],
+                "rationale": n.get("rationale", "")} for n in graph["nodes"]],
+        edges=graph.get("edges", []),
+        metadata=graph.get("metadata", {}),
+    ))
     step.status = RunStatus.RUNNING
     # Node rows exist in memory before commit so the step can refer to them;
     # their pks are set by write_plan inside the transaction.
@@ -294,16 +295,25 @@ def resume_started(ctx: RunContext) -> None:
         commit(ctx, step, expect=(RunStatus.QUEUED,))
         step = Step()
         step.status = RunStatus.PAUSED
-        payload = hitl_follow_up_pending_pause(run_id=ctx.run.id)
-        if payload is not None:
-            step.event(ev.POLICY_TRIGGERED, payload, payload.get("nodeId") or "")
+        follow_up = hitl_follow_up_pending_pause(run_id=ctx.run.id)
+        if follow_up is not None:
+            step.event(follow_up_event(follow_up))
         else:
-            step.event(ev.LOG, {"level": "info", "message": f"paused: {ctx.run.pause_reason}"})
+            step.event(ev.event_log(level="info", message=f"paused: {ctx.run.pause_reason}"))
         commit(ctx, step)
         return
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     start_next_or_finish(ctx, step, statuses)
     commit(ctx, step, expect=(RunStatus.QUEUED,))
+
+
+def follow_up_event(follow_up: dict[str, Any]) -> PendingEvent:
+    """The `policy_triggered` of a HITL decision's follow-up
+    (`hitl.services.hitl_follow_up_payload`)."""
+    return ev.event_policy_triggered(
+        policy_id=follow_up["policyId"], trigger=follow_up["trigger"], action=follow_up["action"],
+        node_id=follow_up.get("nodeId") or "", request_id=follow_up["requestId"],
+        resolution=follow_up["resolution"], follow_up=follow_up["followUp"])
 
 
 def recover(ctx: RunContext) -> None:
@@ -323,9 +333,8 @@ def recover(ctx: RunContext) -> None:
                                            max_crash_attempts=settings.FLEX_MAX_CRASH_ATTEMPTS)
         error = {"code": "worker_lost", "message": "The worker running this node stopped before committing a result."}
         step.update_node(node.node_id, crash_attempts=crash_attempts)
-        step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id,
-                                   "attempt": node.attempts, "error": error, "willRetry": decision.retry},
-                   node.node_id)
+        step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id,
+                                       attempt=node.attempts, error=error, will_retry=decision.retry))
         if decision.retry:
             start_node(ctx, step, node.node_id)
         else:
@@ -380,9 +389,9 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     step.run_updates["facets"] = facets
     step.run_updates["provenance"] = provenance
     ctx.run.facets, ctx.run.provenance = facets, provenance
-    step.event(ev.NODE_COMPLETE, {"nodeId": node.node_id, "capabilityId": node.capability_id,
-                                  "attempt": node.attempts, "outputFacets": list(output.keys()),
-                                  "durationMs": outcome.duration_ms}, node.node_id)
+    step.event(ev.event_node_complete(node_id=node.node_id, capability_id=node.capability_id,
+                                      attempt=node.attempts, output_facets=list(output.keys()),
+                                      duration_ms=outcome.duration_ms))
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     statuses[node.node_id] = NodeStatus.COMPLETED
     if policies.on_node_complete(ctx, step, node):
@@ -392,8 +401,7 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 
 
 def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
-    step.event(ev.VALIDATION_ERROR, {"scope": "node", "nodeId": node.node_id, "attempt": node.attempts,
-                                     "errors": outcome.errors}, node.node_id)
+    step.event(ev.event_validation_error(node_id=node.node_id, attempt=node.attempts, errors=outcome.errors))
     history = list(node.validation_errors or []) + [{"attempt": node.attempts, "errors": outcome.errors}]
     step.update_node(node.node_id, validation_errors=history)
     decision = retry.after_invalid_output(attempts=node.attempts, max_retries=ctx.max_retries)
@@ -411,8 +419,8 @@ def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
     decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable,
                                  backoff_base=settings.FLEX_RETRY_BACKOFF_SECONDS)
-    step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id, "attempt": node.attempts,
-                               "error": outcome.error, "willRetry": decision.retry}, node.node_id)
+    step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id, attempt=node.attempts,
+                                   error=outcome.error, will_retry=decision.retry))
     if decision.retry and decision.delay > 0:
         # Back off in the queue, holding no worker: the node is pending again
         # and the run is claimable from `available_at` (its next claim starts

@@ -86,7 +86,8 @@ def escalate_invalid_output(ctx: "RunContext", step: "Step", node: "NodeRun", er
     step.writes.append(lambda: request.save(force_insert=True))
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node.node_id)
+    step.event(ev.event_hitl_request(request=hitl_services.hitl_request_payload(request, responses=[]),
+                                     node_id=node.node_id))
 
 
 def _reviewable(ctx: "RunContext", node_id: str, output: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,8 @@ def on_clarify(ctx: "RunContext", step: "Step", node: "NodeRun", question: "Clar
     step.writes.append(lambda: request.save(force_insert=True))
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node.node_id)
+    step.event(ev.event_hitl_request(request=hitl_services.hitl_request_payload(request, responses=[]),
+                                     node_id=node.node_id))
 
 
 # --- selection -------------------------------------------------------------------
@@ -190,16 +192,13 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
     node_id = node.node_id if node is not None else ""
     if kind == "replan" and trigger == ON_VALIDATION_FAIL and node is not None and _replanned_before(ctx, policy, node):
         # Once per (policy, node): a node that never validates ends the run.
-        step.event(ev.LOG, {"level": "warning", "message": f"policy {policy['id']} already replanned node "
-                                                           f"{node_id}; not replanning again"}, node_id)
+        step.event(ev.event_log(level="warning", message=f"policy {policy['id']} already replanned node "
+                                                         f"{node_id}; not replanning again", node_id=node_id))
         return False
-    payload: dict[str, Any] = {"policyId": policy["id"], "trigger": trigger, "action": action}
-    if node_id:
-        payload["nodeId"] = node_id
-    step.event(ev.POLICY_TRIGGERED, payload, node_id)
+    step.event(ev.event_policy_triggered(policy_id=policy["id"], trigger=trigger, action=action, node_id=node_id))
     if kind == "emit":
-        step.event(ev.LOG, {"level": "info", "message": f"policy {policy['id']} emitted {action['event']}",
-                            "event": action["event"], "payload": action.get("payload") or {}}, node_id)
+        step.event(ev.event_log(level="info", message=f"policy {policy['id']} emitted {action['event']}",
+                                event=action["event"], payload=action.get("payload") or {}, node_id=node_id))
         return False
     if kind == "hitl":
         review = _reviewable(ctx, node_id, output or {}) if trigger == ON_VALIDATION_FAIL and node else output
@@ -255,7 +254,8 @@ def _raise_approval(ctx: "RunContext", step: "Step", policy: dict[str, Any], tri
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node_id)
+    step.event(ev.event_hitl_request(request=hitl_services.hitl_request_payload(request, responses=[]),
+                                     node_id=node_id))
 
 
 def _follow_up(value: Any) -> dict[str, Any] | None:
@@ -294,10 +294,10 @@ def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: st
     step.writes.append(write_version)
     ctx.run.plan_version = version
     step.run_updates["plan_version"] = version
-    step.event(ev.PLAN_UPDATED, {"previousVersion": previous, "version": version, "reason": "replan",
-                                 "trigger": trigger_info,
-                                 "nodes": [{"id": n["id"], "status": statuses.get(n["id"], "pending")}
-                                           for n in graph.get("nodes", [])]}, node_id)
+    step.event(ev.event_plan_updated(previous_version=previous, version=version, reason="replan",
+                                     trigger=trigger_info,
+                                     nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")}
+                                            for n in graph.get("nodes", [])], node_id=node_id))
     if trigger == ON_VALIDATION_FAIL and node is not None:
         # The failed node is ready again: start it in this same step.
         from runs.engine.loop import start_node

@@ -6,7 +6,7 @@ import pytest
 from django.db import transaction
 from django.db.models import F
 
-from runs.events import PendingEvent
+from runs.events import event_log
 from runs.models import NODE_TRANSITIONS, RUN_TRANSITIONS, NodeRun, NodeStatus, Run, RunEvent, RunStatus, \
     StatusWriteRefused
 from runs.transitions import Fenced, TransitionNotAllowed, nodes_update, run_transition, status_writer
@@ -25,7 +25,7 @@ def run(client_user):
 def write(run, count, *, to=None, expect=None, **kwargs):
     with transaction.atomic():
         return run_transition(run_id=run.id, to=to, expect=expect, plan_version=1,
-                              events=[PendingEvent("log", {"i": i}) for i in range(count)], **kwargs)
+                              events=[event_log(level="info", message=str(i)) for i in range(count)], **kwargs)
 
 
 def test_it_numbers_events_from_one_without_gaps(run):
