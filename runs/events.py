@@ -18,7 +18,10 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
 from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
-from hitl.presenters import HitlRequestPayload, HitlResponsePayload
+from flexagents.redaction import redact, redact_facets
+from hitl.presenters import HitlRequestPayload, HitlResponsePayload, present_hitl_event
+from planner.facets import get_catalog
+from runs import notify
 from runs.models import RunEvent
 
 # Event types of API.md (the SSE catalogue, docs/events.md).
@@ -294,10 +297,6 @@ def redact_payload(type_: str, payload: Any) -> Any:
     """An event payload as it may leave the system (SSE, events JSON, debug
     view): sensitive keys at any depth, credentials inside every string, and
     the `x-sensitive` fields of facet values (HITL payloads: `hitl.presenters`)."""
-    from flexagents.redaction import redact, redact_facets
-    from hitl.presenters import present_hitl_event
-    from planner.facets import get_catalog
-
     if type_ in (HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED):
         return present_hitl_event(type_, payload)
     out = redact(payload)
@@ -330,7 +329,5 @@ def dumps(value: Any) -> str:
 
 def publish_on_commit(rows: list[RunEvent]) -> None:
     """The one place that hands events to live streams, after commit only."""
-    from runs import notify
-
     frames = [(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows]
     transaction.on_commit(lambda: notify.publish_frames(frames))

@@ -18,76 +18,27 @@ that any worker can continue from.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from flexagents.logging import log_context
-from planner.contracts import validate_instance
+from hitl.services import FollowUp, hitl_follow_up_pending_pause
+from planner.contracts import compile_facets, validate_instance
 from planner.planner import build_plan
 from runs import events as ev
 from runs.engine import executor, policies, retry, scheduling
 from runs.engine.lease import Claim, Heartbeat, lease_duration
+from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
 from runs.transitions import Fenced, nodes_update, run_transition
 
 logger = logging.getLogger("runs.engine.loop")
-
-
-@dataclass
-class RunContext:
-    """What the lease holder knows about its run. Only the lease holder writes
-    nodes and facets, so this copy stays true while fenced commits succeed."""
-
-    claim: Claim
-    run: Run
-    graph: dict[str, Any] = field(default_factory=dict)
-    nodes: dict[str, NodeRun] = field(default_factory=dict)
-
-    @property
-    def envelope(self) -> dict[str, Any]:
-        return self.run.envelope
-
-    @property
-    def max_retries(self) -> int:
-        return int(self.envelope.get("constraints", {}).get("maxRetries", 2))
-
-    def graph_node(self, node_id: str) -> dict[str, Any]:
-        for node in self.graph.get("nodes", []):
-            if node["id"] == node_id:
-                return node
-        raise KeyError(node_id)
-
-    def states(self) -> list[scheduling.NodeState]:
-        return scheduling.node_states(self.graph.get("nodes", []), {k: n.status for k, n in self.nodes.items()})
-
-
-@dataclass
-class Step:
-    """One transaction's worth of changes, applied to memory only after commit."""
-
-    events: list[PendingEvent] = field(default_factory=list)
-    node_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
-    run_updates: dict[str, Any] = field(default_factory=dict)
-    status: str | None = None
-    # Extra writes that must share the transaction (plan version, HITL request).
-    writes: list[Callable[[], None]] = field(default_factory=list)
-
-    def event(self, event: PendingEvent) -> None:
-        """Add an event made by one of the `runs.events.event_*` builders."""
-        self.events.append(event)
-
-    def update_node(self, node_id: str, **changes: Any) -> None:
-        self.node_updates.setdefault(node_id, {}).update(changes)
-
-
-class Halt(Exception):
-    """The worker must stop working on this run (lost lease, cancelled, waiting)."""
 
 
 def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,)) -> None:
@@ -161,15 +112,6 @@ def log_node_events(ctx: RunContext, step: Step) -> None:
 
 # --- steps -------------------------------------------------------------------
 
-def start_node(ctx: RunContext, step: Step, node_id: str) -> None:
-    """Count the attempt and announce it, in the step being committed."""
-    node = ctx.nodes[node_id]
-    attempt = node.attempts + 1
-    step.update_node(node_id, status=NodeStatus.RUNNING, attempts=attempt, started_at=timezone.now(),
-                     plan_version=ctx.run.plan_version)
-    step.event(ev.event_node_start(node_id=node_id, capability_id=node.capability_id, attempt=attempt))
-
-
 def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str]) -> None:
     """After a node completed (statuses already include it): start the next
     ready node, or compose, validate and store the final output."""
@@ -202,19 +144,10 @@ def finish(ctx: RunContext, step: Step) -> None:
     step.event(ev.event_complete(status="completed", output=output))
 
 
-def fail(step: Step, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
-    error = {"code": code, "message": message, **(extra or {})}
-    step.run_updates["error"] = error
-    step.status = RunStatus.FAILED
-    step.event(ev.event_complete(status="failed", error=error))
-
-
 def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
     contract = envelope.get("outputContract", {})
     if contract.get("mode") == "json_schema":
         return contract.get("schema", {})
-    from planner.contracts import compile_facets
-
     return compile_facets(contract.get("facets", [])).schema
 
 
@@ -290,8 +223,6 @@ def resume_started(ctx: RunContext) -> None:
     step = Step()
     step.status = RunStatus.RUNNING
     if ctx.run.pause_reason:
-        from hitl.services import hitl_follow_up_pending_pause
-
         commit(ctx, step, expect=(RunStatus.QUEUED,))
         step = Step()
         step.status = RunStatus.PAUSED
@@ -307,12 +238,12 @@ def resume_started(ctx: RunContext) -> None:
     commit(ctx, step, expect=(RunStatus.QUEUED,))
 
 
-def follow_up_event(follow_up: dict[str, Any]) -> PendingEvent:
+def follow_up_event(follow_up: FollowUp) -> PendingEvent:
     """The `policy_triggered` of a HITL decision's follow-up
     (`hitl.services.hitl_follow_up_payload`)."""
     return ev.event_policy_triggered(
         policy_id=follow_up["policyId"], trigger=follow_up["trigger"], action=follow_up["action"],
-        node_id=follow_up.get("nodeId") or "", request_id=follow_up["requestId"],
+        node_id=follow_up["nodeId"], request_id=follow_up["requestId"],
         resolution=follow_up["resolution"], follow_up=follow_up["followUp"])
 
 
@@ -374,8 +305,6 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
 def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
     output = outcome.output or {}
     now = timezone.now()
-    from django.db.models import F
-
     step.update_node(node.node_id, status=NodeStatus.COMPLETED, output=output, completed_at=now,
                      duration_ms=outcome.duration_ms, error=None, commits=F("commits") + 1)
     facets = dict(ctx.run.facets)

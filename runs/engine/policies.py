@@ -26,12 +26,11 @@ from hitl import services as hitl_services
 from hitl.models import HitlKind
 from planner import jsonlogic
 from runs import events as ev
-from runs.models import NodeStatus, PlanVersion, RunStatus
+from runs.engine.step import RunContext, Step, fail, start_node
+from runs.models import NodeRun, NodeStatus, PlanVersion, RunStatus
 
 if TYPE_CHECKING:
     from planner.types import ClarificationNeeded
-    from runs.engine.loop import RunContext, Step
-    from runs.models import NodeRun
 
 logger = logging.getLogger("runs.engine.policies")
 
@@ -43,19 +42,19 @@ MANUAL = "manual"
 
 # --- hooks ---------------------------------------------------------------------
 
-def on_start(ctx: "RunContext", step: "Step") -> bool:
+def on_start(ctx: RunContext, step: Step) -> bool:
     """The plan was just generated; no node has started."""
     return _fire_matching(ctx, step, ON_START, node=None, output={}, errors=[])
 
 
-def on_node_complete(ctx: "RunContext", step: "Step", node: "NodeRun") -> bool:
+def on_node_complete(ctx: RunContext, step: Step, node: NodeRun) -> bool:
     """A node's result is in the step (status completed). A halting policy
     leaves the node completed: the run waits, pauses, is replanned or fails."""
     output = step.node_updates.get(node.node_id, {}).get("output") or node.output or {}
     return _fire_matching(ctx, step, ON_NODE_COMPLETE, node=node, output=output, errors=[])
 
 
-def on_validation_fail(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]],
+def on_validation_fail(ctx: RunContext, step: Step, node: NodeRun, errors: list[dict[str, Any]],
                        *, output: dict[str, Any] | None = None) -> bool:
     """A node's output failed its contract on every allowed attempt. Without a
     matching halting policy the loop escalates to a person
@@ -64,7 +63,7 @@ def on_validation_fail(ctx: "RunContext", step: "Step", node: "NodeRun", errors:
     return _fire_matching(ctx, step, ON_VALIDATION_FAIL, node=node, output=output or {}, errors=errors)
 
 
-def escalate_invalid_output(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]],
+def escalate_invalid_output(ctx: RunContext, step: Step, node: NodeRun, errors: list[dict[str, Any]],
                             *, output: dict[str, Any]) -> None:
     """The default when validation retries are exhausted (seed 8.3 FR4): an
     approval request with the invalid output as `review` and the errors in
@@ -90,7 +89,7 @@ def escalate_invalid_output(ctx: "RunContext", step: "Step", node: "NodeRun", er
                                      node_id=node.node_id))
 
 
-def _reviewable(ctx: "RunContext", node_id: str, output: dict[str, Any]) -> dict[str, Any]:
+def _reviewable(ctx: RunContext, node_id: str, output: dict[str, Any]) -> dict[str, Any]:
     """The node's output facets of an (invalid) output, for a person to review."""
     if not isinstance(output, dict):
         return {}
@@ -98,7 +97,7 @@ def _reviewable(ctx: "RunContext", node_id: str, output: dict[str, Any]) -> dict
     return {name: output[name] for name in facets if name in output} or dict(output)
 
 
-def clarifications_for(ctx: "RunContext", node_id: str) -> list[dict[str, Any]]:
+def clarifications_for(ctx: RunContext, node_id: str) -> list[dict[str, Any]]:
     # A clarification is answered only through a resume, and every resume
     # records a new plan version: at version 1 there is none to look up
     # (this saves a query per node on the hot path).
@@ -107,7 +106,7 @@ def clarifications_for(ctx: "RunContext", node_id: str) -> list[dict[str, Any]]:
     return hitl_services.clarifications_for_node(run_id=ctx.run.id, node_id=node_id)
 
 
-def on_clarify(ctx: "RunContext", step: "Step", node: "NodeRun", question: "ClarificationNeeded") -> None:
+def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "ClarificationNeeded") -> None:
     """A capability asked a question: the run waits for a person."""
     request = hitl_services.hitl_request_build(
         run=ctx.run, kind=HitlKind.CLARIFY, question=question.question, options=question.options,
@@ -129,7 +128,7 @@ def runtime_policies(envelope: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in policies if p.get("enabled", True) is not False]
 
 
-def selector_matches(selector: dict[str, Any] | None, node: "NodeRun | None") -> bool:
+def selector_matches(selector: dict[str, Any] | None, node: NodeRun | None) -> bool:
     """Every key given must equal the node's; a selector never matches when
     there is no node (onStart)."""
     if not selector:
@@ -140,7 +139,7 @@ def selector_matches(selector: dict[str, Any] | None, node: "NodeRun | None") ->
     return all(actual.get(key) == value for key, value in selector.items())
 
 
-def policy_data(ctx: "RunContext", *, node: "NodeRun | None", output: dict[str, Any],
+def policy_data(ctx: RunContext, *, node: NodeRun | None, output: dict[str, Any],
                 errors: list[dict[str, Any]]) -> dict[str, Any]:
     """What a `condition` sees (documented in docs/hitl.md)."""
     return {
@@ -166,7 +165,7 @@ def condition_holds(condition: Any, data: dict[str, Any]) -> bool:
         return False
 
 
-def _fire_matching(ctx: "RunContext", step: "Step", trigger: str, *, node: "NodeRun | None",
+def _fire_matching(ctx: RunContext, step: Step, trigger: str, *, node: NodeRun | None,
                    output: dict[str, Any], errors: list[dict[str, Any]]) -> bool:
     data: dict[str, Any] | None = None
     for policy in runtime_policies(ctx.envelope):
@@ -184,7 +183,7 @@ def _fire_matching(ctx: "RunContext", step: "Step", trigger: str, *, node: "Node
 
 # --- actions -----------------------------------------------------------------------
 
-def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None",
+def _fire(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None,
           errors: list[dict[str, Any]], *, output: dict[str, Any] | None = None) -> bool:
     """Apply one policy's action to the step; True when it halted the flow."""
     action = policy["action"]
@@ -212,8 +211,6 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
         step.run_updates["pause_reason"] = action.get("reason") or f"paused by policy {policy['id']}"
         return True
     if kind == "fail":
-        from runs.engine.loop import fail
-
         message = action.get("message") or f"Runtime policy {policy['id']} failed the run."
         if trigger == ON_VALIDATION_FAIL and node is not None:
             step.update_node(node_id, status=NodeStatus.FAILED, completed_at=timezone.now(),
@@ -226,7 +223,7 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
     return False
 
 
-def _raise_approval(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None",
+def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None,
                     errors: list[dict[str, Any]], *, review: dict[str, Any] | None = None) -> None:
     """An approval request. After onNodeComplete the node stays completed;
     after onValidationFail it waits (approve = one more attempt, see docs)."""
@@ -265,7 +262,7 @@ def _follow_up(value: Any) -> dict[str, Any] | None:
     return {"type": value} if isinstance(value, str) else dict(value)
 
 
-def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None") -> bool:
+def _replan(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None) -> bool:
     """Record a new plan version for the remaining work. Completed nodes stay
     locked (their results and statuses are kept); after onValidationFail the
     failed node is put back to pending, once per (policy, node), so a node
@@ -300,20 +297,18 @@ def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: st
                                             for n in graph.get("nodes", [])], node_id=node_id))
     if trigger == ON_VALIDATION_FAIL and node is not None:
         # The failed node is ready again: start it in this same step.
-        from runs.engine.loop import start_node
-
         start_node(ctx, step, node_id)
         return True
     # onStart / onNodeComplete: the flow goes on under the new version.
     return False
 
 
-def _replanned_before(ctx: "RunContext", policy: dict[str, Any], node: "NodeRun") -> bool:
+def _replanned_before(ctx: RunContext, policy: dict[str, Any], node: NodeRun) -> bool:
     return PlanVersion.objects.filter(run_id=ctx.run.id, reason=PlanVersion.Reason.REPLAN,
                                       trigger__policyId=policy["id"], trigger__nodeId=node.node_id).exists()
 
 
-def _contract_summary(ctx: "RunContext", node_id: str) -> dict[str, Any]:
+def _contract_summary(ctx: RunContext, node_id: str) -> dict[str, Any]:
     node = ctx.graph_node(node_id)
     return {"nodeId": node_id, "capabilityId": node["capabilityId"], "outputFacets": node["outputFacets"],
             "contractHash": node.get("contractHash", "")}
