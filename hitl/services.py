@@ -24,7 +24,7 @@ MAX_FREEFORM_CHARS = 10_000
 RESPONSE_TYPES = ("approval", "rejection", "option", "freeform")
 # A clarify request is resolved by an answer; an approval request by a verdict
 # (its options "approve"/"reject" count as verdicts too).
-RESOLVING_TYPES = {HitlKind.APPROVAL: ("approval", "rejection", "option"), HitlKind.CLARIFY: ("freeform", "option")}
+RESOLVING_TYPES: dict[str, tuple[str, ...]] = {HitlKind.APPROVAL: ("approval", "rejection", "option"), HitlKind.CLARIFY: ("freeform", "option")}
 
 
 class RunRef(Protocol):
@@ -106,7 +106,7 @@ def clarifications_for_node(*, run_id: str, node_id: str) -> list[dict[str, Any]
 def _option_label(request: HitlRequest, response: HitlResponse) -> str:
     for option in request.options:
         if option.get("id") == response.selected_option_id:
-            return option.get("label", response.selected_option_id)
+            return str(option.get("label", response.selected_option_id))
     return response.selected_option_id
 
 
@@ -132,7 +132,7 @@ def hitl_newest_pending_request(*, run_id: str) -> HitlRequest | None:
     return HitlRequest.objects.filter(run_id=run_id, status=HitlStatus.PENDING).order_by("-created_at").first()
 
 
-def hitl_responses_of(request: HitlRequest, *, latest_response_id: str | None) -> list[HitlResponse]:
+def hitl_responses_of(*, request: HitlRequest, latest_response_id: str | None) -> list[HitlResponse]:
     """The request's responses so far, after the stale rule: the caller must
     acknowledge the latest one, if there is one (409 `stale_hitl_state`)."""
     existing = list(request.responses.all())
@@ -147,7 +147,7 @@ def validation_error(message: str, errors: list[dict[str, str]]) -> ValidationFa
     return ValidationFailed(message, details={"errors": errors})
 
 
-def validate_responses(request: HitlRequest, responses: Any) -> list[dict[str, Any]]:
+def validate_responses(*, request: HitlRequest, responses: Any) -> list[dict[str, Any]]:
     """Check response inputs against the request (422 validation_failed)."""
     if responses is None:
         return []
@@ -211,7 +211,7 @@ def _response_row(*, request: HitlRequest, item: dict[str, Any], user: Any, disp
     elif rtype == "rejection":
         approved = False
     elif rtype == "option" and request.kind == HitlKind.APPROVAL:
-        approved = {"approve": True, "reject": False}.get(item.get("selectedOptionId"), approved)
+        approved = {"approve": True, "reject": False}.get(str(item.get("selectedOptionId")), approved)
     return HitlResponse(request=request, run_id=request.run_id, response_type=rtype, approved=approved,
                         selected_option_id=item.get("selectedOptionId") or "",
                         freeform_text=item.get("freeformText") or "", metadata=item.get("metadata") or {},
@@ -219,7 +219,7 @@ def _response_row(*, request: HitlRequest, item: dict[str, Any], user: Any, disp
                         responder_display_name=display_name[:200], created_at=timezone.now())
 
 
-def resolution_of(request: HitlRequest, responses: list[HitlResponse]) -> str:
+def resolution_of(*, request: HitlRequest, responses: list[HitlResponse]) -> str:
     """`approved` / `rejected` / `answered`, from the latest resolving
     response; "" when none resolves the request."""
     for response in reversed(responses):
@@ -265,7 +265,7 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
     responses cannot resolve the request (422 `hitl_response_required`)."""
     preview = existing + [_response_row(request=request, item=i, user=user, display_name=display_name)
                           for i in items]
-    resolution = resolution_of(request, preview)
+    resolution = resolution_of(request=request, responses=preview)
     if not resolution:
         raise HitlResponseRequired(f"This {request.kind} request must be resolved by "
                                    f"{_one_of(RESOLVING_TYPES[request.kind])} response.",
@@ -277,7 +277,7 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
     request.resolved_at = now
     request.save(update_fields=["status", "resolution", "resolved_at"])
     return Resolution(resolution=resolution, new_responses=rows, responses=existing + rows,
-                      action=_follow_up_for(request, resolution), follow_up=hitl_follow_up_payload(request))
+                      action=_follow_up_for(request, resolution), follow_up=hitl_follow_up_payload(request=request))
 
 
 def hitl_requests_remove_pending(*, run_id: str, reason: str = "") -> list[RemovedRequest]:
@@ -304,7 +304,7 @@ def _follow_up_for(request: HitlRequest, resolution: str) -> dict[str, Any]:
     return dict(request.reject_action or {"type": "fail"})
 
 
-def hitl_follow_up_payload(request: HitlRequest) -> FollowUp | None:
+def hitl_follow_up_payload(*, request: HitlRequest) -> FollowUp | None:
     """The `policy_triggered` payload of the follow-up a resolved approval
     applies when its policy set one (`approveAction` / `rejectAction`);
     None when the default applies (seed 8.5 AC1)."""
@@ -331,7 +331,7 @@ def hitl_follow_up_pending_pause(*, run_id: str) -> FollowUp | None:
     the worker that takes it pauses it and says why)."""
     request = (HitlRequest.objects.filter(run_id=run_id, status=HitlStatus.RESOLVED)
                .order_by("-resolved_at", "-created_at", "-id").first())
-    follow_up = hitl_follow_up_payload(request) if request is not None else None
+    follow_up = hitl_follow_up_payload(request=request) if request is not None else None
     return follow_up if follow_up is not None and follow_up["action"].get("type") == "pause" else None
 
 

@@ -100,14 +100,15 @@ def announce_work() -> None:
 def start_work_listener() -> threading.Thread | None:
     """In a worker process: wake local workers when any process announces
     work through Redis (otherwise they find it by polling)."""
-    if not settings.REDIS_URL:
+    url: str | None = settings.REDIS_URL
+    if not url:
         return None
 
     def listen() -> None:
         while True:
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1.0)
+            client = redis.Redis.from_url(url, socket_connect_timeout=1.0)
             try:
-                pubsub = client.pubsub()
+                pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                 pubsub.subscribe(WORK_CHANNEL)
                 for message in pubsub.listen():
                     if message.get("type") == "message":

@@ -17,9 +17,10 @@ from flexagents.errors import (Forbidden, HitlResponseRequired, InvalidRunState,
                                ServerBusy, StalePlanVersion)
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
 from hitl.models import HitlRequest, HitlResponse
+from hitl.presenters import hitl_response_payload
 from hitl.services import (Resolution, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
-                           hitl_request_resolve, hitl_requests_remove_pending, hitl_response_payload,
-                           hitl_responses_append, hitl_responses_of, validate_responses, validation_error)
+                           hitl_request_resolve, hitl_requests_remove_pending, hitl_responses_append,
+                           hitl_responses_of, validate_responses, validation_error)
 from planner.envelope import validate_envelope
 from runs import events as ev
 from runs import notify
@@ -205,8 +206,8 @@ def hitl_respond(*, user: Any, run_id: str, request_id: str, responses: Any,
     with transaction.atomic():
         run = lock_run_for_operator(user=user, run_id=run_id, refusal=HITL_REFUSAL)
         request = hitl_pending_request(run_id=run.id, request_id=request_id)
-        existing = hitl_responses_of(request, latest_response_id=answer.latest_response_id)
-        items = validate_responses(request, answer.responses)
+        existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
+        items = validate_responses(request=request, responses=answer.responses)
         if not items:
             raise validation_error("Send at least one response.", [{"path": "/responses", "message": "must not be empty"}])
         rows = hitl_responses_append(request=request, items=items, user=user,
@@ -352,8 +353,8 @@ def _resolve(*, user: Any, request: HitlRequest, answer: Answer,
              now: datetime) -> tuple[Resolution, list[ev.PendingEvent]]:
     """Check and store the answer, resolve the request; its events
     (`hitl_update` per response, then `hitl_resolved`)."""
-    existing = hitl_responses_of(request, latest_response_id=answer.latest_response_id)
-    items = validate_responses(request, answer.responses)
+    existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
+    items = validate_responses(request=request, responses=answer.responses)
     resolved = hitl_request_resolve(request=request, existing=existing, items=items, user=user,
                                     display_name=hitl_display_name(user=user, operator=answer.operator), now=now)
     events = _update_events(request=request, rows=resolved.new_responses, before=len(existing))

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Field, Q
 from django.utils import timezone
 
 from runs.events import PendingEvent, publish_on_commit
@@ -153,14 +153,17 @@ def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: lis
         return _bump_run_orm(run_id=run_id, count=count, lease_token=lease_token, statuses=statuses,
                              updates=updates)
     qn = connection.ops.quote_name
-    assignments, params = [], []
+    assignments: list[str] = []
+    params: list[Any] = []
     for name, value in updates.items():
         model_field = Run._meta.get_field(name)
+        assert isinstance(model_field, Field)  # concrete columns only
         assignments.append(f"{qn(model_field.column)} = %s")
         params.append(model_field.get_db_prep_save(value, connection))
     assignments.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(count)
-    where, where_params = [f"{qn('id')} = %s"], [run_id]
+    where = [f"{qn('id')} = %s"]
+    where_params: list[Any] = [run_id]
     if lease_token is not None:
         where.append(f"{qn('lease_token')} = %s")
         where_params.append(lease_token)

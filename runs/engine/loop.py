@@ -48,7 +48,8 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     # Node changes are applied to copies first, to compute the snapshot.
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     for node_id, changes in step.node_updates.items():
-        statuses[node_id] = changes.get("status", statuses.get(node_id))
+        if "status" in changes:
+            statuses[node_id] = changes["status"]
     pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
     run_updates = {
         "facets": run.facets,
@@ -147,7 +148,8 @@ def finish(ctx: RunContext, step: Step) -> None:
 def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
     contract = envelope.get("outputContract", {})
     if contract.get("mode") == "json_schema":
-        return contract.get("schema", {})
+        schema: dict[str, Any] = contract.get("schema", {})
+        return schema
     return compile_facets(contract.get("facets", [])).schema
 
 
@@ -296,6 +298,7 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
     elif outcome.kind == executor.INVALID:
         on_invalid(ctx, step, node, outcome)
     elif outcome.kind == executor.CLARIFY:
+        assert outcome.clarification is not None  # the executor sets it with CLARIFY
         policies.on_clarify(ctx, step, node, outcome.clarification)
     else:
         on_error(ctx, step, node, outcome)

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from hitl import services as hitl_services
 from hitl.models import HitlKind
+from hitl.presenters import hitl_request_payload
 from planner import jsonlogic
 from runs import events as ev
 from runs.engine.step import RunContext, Step, fail, start_node
@@ -85,7 +86,7 @@ def escalate_invalid_output(ctx: RunContext, step: Step, node: NodeRun, errors: 
     step.writes.append(lambda: request.save(force_insert=True))
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.event_hitl_request(request=hitl_services.hitl_request_payload(request, responses=[]),
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
                                      node_id=node.node_id))
 
 
@@ -116,7 +117,7 @@ def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "Clarificat
     step.writes.append(lambda: request.save(force_insert=True))
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.event_hitl_request(request=hitl_services.hitl_request_payload(request, responses=[]),
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
                                      node_id=node.node_id))
 
 
@@ -251,7 +252,7 @@ def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.event_hitl_request(request=hitl_services.hitl_request_payload(request, responses=[]),
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
                                      node_id=node_id))
 
 

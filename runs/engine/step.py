@@ -31,7 +31,8 @@ class RunContext:
 
     @property
     def envelope(self) -> dict[str, Any]:
-        return self.run.envelope
+        envelope: dict[str, Any] = self.run.envelope
+        return envelope
 
     @property
     def max_retries(self) -> int:
@@ -40,7 +41,8 @@ class RunContext:
     def graph_node(self, node_id: str) -> dict[str, Any]:
         for node in self.graph.get("nodes", []):
             if node["id"] == node_id:
-                return node
+                found: dict[str, Any] = node
+                return found
         raise KeyError(node_id)
 
     def states(self) -> list[scheduling.NodeState]:
