@@ -2,6 +2,9 @@
 fence, event numbering on both write paths, and the ORM guard."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from django.db import transaction
 from django.db.models import F
@@ -135,3 +138,20 @@ def test_other_fields_are_written_as_usual_and_the_writer_may_write_status(run):
 
     run.refresh_from_db()
     assert (run.objective, run.pause_reason, run.status) == ("changed", "x", "paused")
+
+
+def doc_table(heading: str) -> dict[str, set[str]]:
+    """A `| from \\ to | allowed |` table of docs/architecture.md as {from: {to}}."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    rows = text.split(f"| {heading} | allowed |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    table: dict[str, set[str]] = {}
+    for row in rows:
+        sources, targets = (cell.strip() for cell in row.strip("|").split("|"))
+        for source in re.findall(r"`(\w+)`", sources):
+            table[source] = set(re.findall(r"`(\w+)`", targets))
+    return table
+
+
+def test_the_architecture_doc_shows_both_tables_as_they_are():
+    assert doc_table("from \\ to") == {k: set(v) for k, v in RUN_TRANSITIONS.items()}
+    assert doc_table("node from \\ to") == {k: set(v) for k, v in NODE_TRANSITIONS.items()}
