@@ -88,6 +88,10 @@ class StatusGuardedModel(models.Model):
         instance._loaded_status = instance.__dict__.get("status")
         return instance
 
+    def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
+        super().refresh_from_db(*args, **kwargs)
+        self._loaded_status = self.__dict__.get("status")
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         update_fields = kwargs.get("update_fields")
         if (not self._state.adding and not kwargs.get("force_insert")

@@ -128,6 +128,16 @@ def test_a_run_status_written_outside_the_transitions_module_is_refused(run):
     assert NodeRun.objects.get(pk=node.pk).status == "pending"
 
 
+def test_a_row_reloaded_after_a_transition_saves_its_other_fields(run):
+    with transaction.atomic():
+        run_transition(run_id=run.id, to="paused", expect=["running"], plan_version=1)
+    run.refresh_from_db()
+    run.objective = "changed"
+    run.save()
+
+    assert Run.objects.filter(pk=run.pk).values_list("status", "objective").get() == ("paused", "changed")
+
+
 def test_other_fields_are_written_as_usual_and_the_writer_may_write_status(run):
     run.objective = "changed"
     run.save()
