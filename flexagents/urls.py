@@ -14,7 +14,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/accounts/login/"), name="logout"),
     path("api/health", views.health, name="health"),
     path("api/v1/flex/", include("runs.urls")),
-    path("api/hitl/", include("hitl.urls")),
+    path("api/hitl/", include("runs.hitl_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("api/docs/", SwaggerView.as_view(url_name="openapi-schema"), name="openapi-docs"),
 ]

@@ -25,7 +25,7 @@ class HitlUrgency(models.TextChoices):
     HIGH = "high"
 
 
-URGENCY_RANK = {HitlUrgency.HIGH: 0, HitlUrgency.NORMAL: 1, HitlUrgency.LOW: 2}
+URGENCY_RANK: dict[str, int] = {HitlUrgency.HIGH: 0, HitlUrgency.NORMAL: 1, HitlUrgency.LOW: 2}
 
 
 class HitlRequest(models.Model):

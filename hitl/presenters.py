@@ -17,7 +17,7 @@ reads the answer as written (`hitl.services.clarifications_for_node`).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypedDict, cast
 
 from flexagents.dates import iso_or_none
 from flexagents.redaction import is_sensitive_key, redact, redact_facets
@@ -25,6 +25,37 @@ from hitl.models import HitlRequest, HitlResponse
 from planner.facets import get_catalog
 
 
+class HitlResponsePayload(TypedDict):
+    responseId: str
+    requestId: str
+    responseType: str
+    approved: bool | None
+    selectedOptionId: str | None
+    freeformText: str | None
+    metadata: dict[str, Any]
+    responderId: str | None
+    responderDisplayName: str
+    createdAt: str | None
+
+
+class HitlRequestPayload(TypedDict):
+    requestId: str
+    runId: str
+    kind: str
+    question: str
+    options: list[dict[str, Any]]
+    allowFreeForm: bool
+    urgency: str
+    pendingNodeId: str
+    operatorPrompt: str
+    contractSummary: dict[str, Any]
+    review: dict[str, Any]
+    planVersion: int
+    status: str
+    resolution: str | None
+    createdAt: str | None
+    resolvedAt: str | None
+    responses: list[HitlResponsePayload]
 
 
 def facet_schemas() -> dict[str, dict[str, Any]]:
@@ -60,10 +91,10 @@ def present_hitl_request(data: Any) -> Any:
     return out
 
 
-def hitl_response_payload(response: HitlResponse) -> dict[str, Any]:
+def hitl_response_payload(response: HitlResponse) -> HitlResponsePayload:
     """A stored response as every surface shows it (API.md, HitlResponseInput
     plus `responseId`, `responderId`, `responderDisplayName`, `createdAt`)."""
-    return present_hitl_response({
+    return cast(HitlResponsePayload, present_hitl_response({
         "responseId": response.response_id,
         "requestId": response.request_id,
         "responseType": response.response_type,
@@ -74,12 +105,12 @@ def hitl_response_payload(response: HitlResponse) -> dict[str, Any]:
         "responderId": str(response.responder_id) if response.responder_id else None,
         "responderDisplayName": response.responder_display_name,
         "createdAt": iso_or_none(response.created_at),
-    })
+    }))
 
 
-def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlResponse]) -> dict[str, Any]:
+def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlResponse]) -> HitlRequestPayload:
     """A request as every surface shows it (API.md, HitlRequest, with `review`)."""
-    return present_hitl_request({
+    return cast(HitlRequestPayload, present_hitl_request({
         "requestId": request.id,
         "runId": request.run_id,
         "kind": request.kind,
@@ -97,7 +128,7 @@ def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlRespon
         "createdAt": iso_or_none(request.created_at),
         "resolvedAt": iso_or_none(request.resolved_at),
         "responses": [hitl_response_payload(r) for r in responses],
-    })
+    }))
 
 
 def present_hitl_event(type_: str, payload: Any) -> Any:

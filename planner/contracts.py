@@ -293,7 +293,7 @@ def rule_message(error: ValidationError) -> str:
     if keyword == "uniqueItems":
         return "has duplicate items (uniqueItems)"
     if keyword == "additionalProperties" and "not allowed" in error.message and expected is False:
-        return error.message  # ours: counts the keys, never prints them
+        return str(error.message)  # ours: counts the keys, never prints them
     if keyword == "false":
         return "no value is allowed here"
     return f"does not satisfy {keyword}"

@@ -14,6 +14,7 @@ same services as the API (same events, same audit entries, same 409 rules).
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from django import forms
@@ -23,20 +24,22 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from flexagents.errors import FlexDisabled, FlexError, RunNotFound
 from flexagents.redaction import redact_text
 from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
-from hitl.models import HitlKind, HitlRequest, HitlStatus
-from hitl.presenters import facet_schemas, review_rows
+from hitl.models import HitlKind, HitlRequest, HitlResponse, HitlStatus
+from hitl.presenters import facet_schemas, hitl_request_payload, hitl_response_payload, review_rows
 from runs import services as run_services
 from runs.filters import RUN_LIST_FILTERS, run_text_search
 from runs.models import Run, RunStatus
 from runs.pages import run_detail, runs_annotated
-from runs.selectors import run_get_for_user, runs_visible_to
+from runs.selectors import inbox_requests, requests_visible_to, run_get_for_user, runs_visible_to
 
 
 admin.site.site_header = "Flex Agents console"
@@ -45,24 +48,6 @@ admin.site.index_title = "Runs, people in the loop, capabilities"
 # The console home lists every page; the left sidebar would repeat two links
 # and take 285 px from the run list (whose columns must fit at 1400 px).
 admin.site.enable_nav_sidebar = False
-
-
-# --- the services the buttons call ---------------------------------------------------
-# The same functions as /api/hitl/resume, /api/hitl/respond, run.resume and
-# /runs/{id}/cancel: looked up when called, so the console always uses the
-# API's current code path.
-
-def _hitl_service(name: str) -> Callable[..., Any]:
-    from hitl import services as hitl_services
-
-    service = getattr(hitl_services, name, None)
-    if service is None:
-        from runs import services as runs_services
-
-        service = getattr(runs_services, name, None)
-    if service is None:
-        raise FlexError(f"This server has no {name} service yet.", code="not_implemented", status_code=501)
-    return service
 
 
 def error_message(exc: FlexError) -> str:
@@ -314,11 +299,11 @@ class RunAdmin(admin.ModelAdmin):
             form = ResumeForm(request.POST)
             if not form.is_valid():
                 raise form_error(form, "resume")
-            resumed = _hitl_service("run_resume")(
+            resumed = run_services.run_resume(
                 user=request.user, run_id=run.id, expected_plan_version=form.cleaned_data["expected_plan_version"],
                 responses=[], latest_response_id=None, operator=operator_display(request),
                 note=form.cleaned_data.get("note") or "")
-            return f"Run {run.id} resumed (plan version {_version(resumed, run)})."
+            return f"Run {run.id} resumed (plan version {resumed.run.plan_version})."
 
         return self._act(request, object_id, act)
 
@@ -328,12 +313,14 @@ class RunAdmin(admin.ModelAdmin):
             if not form.is_valid():
                 raise form_error(form, "answer")
             data = form.cleaned_data
-            kwargs = {"user": request.user, "run_id": run.id, "request_id": data["request_id"],
-                      "responses": [form.response()], "latest_response_id": data.get("latest_response_id") or None}
+            latest = data.get("latest_response_id") or None
             if data.get("mode") == "respond":
-                _hitl_service("hitl_respond")(**kwargs)
+                run_services.hitl_respond(user=request.user, run_id=run.id, request_id=data["request_id"],
+                                          responses=[form.response()], latest_response_id=latest)
                 return f"Response added to {data['request_id']}; the run still waits."
-            _hitl_service("hitl_resume")(**kwargs, operator=operator_display(request), note=data.get("note") or "")
+            run_services.hitl_resume(user=request.user, run_id=run.id, request_id=data["request_id"],
+                                     responses=[form.response()], latest_response_id=latest,
+                                     operator=operator_display(request), note=data.get("note") or "")
             return f"Request {data['request_id']} answered; run {run.id} resumed."
 
         return self._act(request, object_id, act)
@@ -402,7 +389,7 @@ class RunAdmin(admin.ModelAdmin):
             if hitl_request.id not in shown:
                 continue  # not on the page the operator confirmed: never approved blind
             try:
-                _hitl_service("hitl_resume")(
+                run_services.hitl_resume(
                     user=request.user, run_id=hitl_request.run_id, request_id=hitl_request.id,
                     responses=[{"requestId": hitl_request.id, "responseType": "approval", "approved": True,
                                 "metadata": {"note": "Approved from the admin console (bulk action)"}}],
@@ -423,8 +410,6 @@ class RunAdmin(admin.ModelAdmin):
         """Pending requests the user may see, most urgent first, then oldest."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        from hitl.admin import inbox_requests
-
         schemas = facet_schemas()
         rows = [{"request": r, "run_url": run_change_url(r.run_id), "question": redact_text(r.question),
                  "review": review_rows(r.review, schemas)}
@@ -443,10 +428,106 @@ def _moment(at: Any) -> str:
                        at.strftime("%H:%M:%S"))
 
 
-def _version(resumed: Any, run: Run) -> Any:
-    if isinstance(resumed, Run):
-        return resumed.plan_version
-    if isinstance(resumed, dict):
-        return resumed.get("planVersion", "?")
-    run.refresh_from_db(fields=["plan_version"])
-    return run.plan_version
+# --- HITL requests in the console -----------------------------------------------------
+# Read-only (answers go through the run page's Answer button, which calls the
+# run services), and the inbox of pending requests sorted by urgency, then age.
+# Registered here, with the runs they belong to: who may see a request is who
+# may see its run.
+
+class HitlResponseInline(admin.TabularInline):
+    model = HitlResponse
+    extra = 0
+    can_delete = False
+    fields = ("response_id", "response_type", "approved", "selected_option_id", "freeform_redacted", "note",
+              "shown_metadata", "responder", "created_at")
+    readonly_fields = fields
+    ordering = ("id",)
+
+    # What people read goes through the HITL presenter (redacted); the
+    # stored row keeps the real values.
+    @admin.display(description="free text")
+    def freeform_redacted(self, obj: HitlResponse) -> str:
+        return hitl_response_payload(obj)["freeformText"] or ""
+
+    @admin.display(description="note")
+    def note(self, obj: HitlResponse) -> str:
+        return str((hitl_response_payload(obj)["metadata"] or {}).get("note") or "")
+
+    @admin.display(description="responder")
+    def responder(self, obj: HitlResponse) -> str:
+        return hitl_response_payload(obj)["responderDisplayName"] or ""
+
+    @admin.display(description="metadata")
+    def shown_metadata(self, obj: HitlResponse) -> str:
+        return json.dumps(hitl_response_payload(obj)["metadata"], ensure_ascii=False) if obj.metadata else ""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(HitlRequest)
+class HitlRequestAdmin(admin.ModelAdmin):
+    list_display = ("id", "run_link", "kind", "urgency", "status", "question_short", "pending_node_id", "created_at")
+    list_filter = ("status", "kind", "urgency")
+    search_fields = ("id", "run__id", "question", "thread_id", "brief_id")
+    ordering = ("status", "urgency_rank", "created_at")
+    list_select_related = ("run",)
+    show_full_result_count = False
+    inlines = [HitlResponseInline]
+
+    class Media:
+        css = {"all": ("runs/console.css",)}
+    fields = ("id", "run_link", "kind", "status", "resolution", "urgency", "question_redacted", "under_review",
+              "shown_options", "allow_free_form", "pending_node_id", "operator_prompt_redacted", "plan_version", "source",
+              "created_at", "resolved_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[HitlRequest]:
+        return requests_visible_to(user=request.user).select_related("run")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return RunAdmin(Run, self.admin_site).has_view_permission(request, obj.run if obj is not None else None)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="run", ordering="run_id")
+    def run_link(self, obj: HitlRequest) -> str:
+        # Admin URLs carry quoted ids (`run_01a` → `run_5F01a`).
+        return format_html('<a href="{}" class="run-link">{}</a>', reverse("admin:runs_run_change",
+                                                                           args=[quote(obj.run_id)]), obj.run_id)
+
+    @admin.display(description="question")
+    def question_short(self, obj: HitlRequest) -> str:
+        question = redact_text(obj.question)
+        return question if len(question) <= 80 else question[:79] + "…"
+
+    @admin.display(description="question")
+    def question_redacted(self, obj: HitlRequest) -> str:
+        return hitl_request_payload(obj, responses=[])["question"]
+
+    @admin.display(description="operator prompt")
+    def operator_prompt_redacted(self, obj: HitlRequest) -> str:
+        return hitl_request_payload(obj, responses=[])["operatorPrompt"]
+
+    @admin.display(description="options")
+    def shown_options(self, obj: HitlRequest) -> str:
+        return json.dumps(hitl_request_payload(obj, responses=[])["options"], ensure_ascii=False)
+
+    @admin.display(description="under review")
+    def under_review(self, obj: HitlRequest) -> SafeString:
+        """What the request asks a person to approve, redacted (hitl.presenters.review_rows)."""
+        return render_to_string("runs/_review.html", {"review": review_rows(obj.review), "request_id": obj.id,
+                                                      "kind": obj.kind}) or "—"

@@ -27,7 +27,9 @@ from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
 from runs import services
-from runs.events import event_frame
+from runs.debug import run_debug_view
+from runs.events import event_frame, event_id
+from runs.listing import run_list_response, run_summary
 from runs.selectors import run_events_after, run_get_for_user
 from runs.streaming import Admission, hub, stream_frames
 from runs.tickets import TICKET_PARAM, StreamTicketAuthentication, stream_ticket_create
@@ -171,8 +173,6 @@ class RunListCreateApi(FlexApiView):
                                ("status", "threadId", "briefId", "capabilityId", "pending", "createdAfter",
                                 "createdBefore", "q", "cursor", "limit")])
     def get(self, request: Request) -> Response:
-        from runs.listing import run_list_response
-
         return Response(run_list_response(request))
 
 
@@ -289,8 +289,6 @@ class RunDebugApi(FlexApiView):
                    responses={200: OpenApiResponse(description="run, policies, planVersions, nodes, facetProvenance, "
                                                                "hitl, latestSnapshot, output, events, audit")})
     def get(self, request: Request, run_id: str) -> Response:
-        from runs.debug import run_debug_view
-
         run = run_get_for_user(user=request.user, run_id=run_id)
         body = run_debug_view(run=run)
         logger.info("debug view read", extra={"run_id": run.id, "operator_id": request.user.pk,
@@ -315,7 +313,6 @@ class RunCancelApi(FlexApiView):
     @extend_schema(request=RunCancelInputSerializer, responses={200: RunSummarySerializer},
                    summary="Cancel a run (409 run_already_completed when terminal)")
     def post(self, request: Request, run_id: str) -> Response:
-        from runs.listing import run_summary
 
         data = request.data if isinstance(request.data, dict) else None
         if data is None:
@@ -354,16 +351,13 @@ class RunResumeApi(SseApiView):
                               (200, "text/event-stream"): OpenApiResponse(description="SSE of the resumed run")},
                    summary="Resume a run (409 on a stale plan version; one of concurrent resumes wins)")
     def post(self, request: Request) -> Any:
-        from hitl.services import run_resume
-        from runs.events import event_id
-
         serializer = RunResumeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         wants_stream = "text/event-stream" in request.headers.get("Accept", "")
         admission = admit_stream(request.user) if wants_stream else None
         try:
-            result = run_resume(user=request.user, run_id=data["runId"],
+            result = services.run_resume(user=request.user, run_id=data["runId"],
                                 expected_plan_version=data["expectedPlanVersion"], responses=data["responses"],
                                 latest_response_id=data.get("latestResponseId"), operator=data.get("operator"),
                                 note=data["note"])

@@ -1,28 +1,30 @@
-"""The run event log: how events are numbered, written and published.
+"""The run event log: what events are, how they leave the system.
 
 Every lifecycle event is a `RunEvent` row written in the same transaction as
-the state it describes. Its `seq` comes from `Run.last_seq`, incremented by a
-conditional UPDATE that also takes the run's row lock, so two writers of one
-run (a worker and an API call) queue behind each other and `seq` never has a
-gap or a repeat. Publication to live streams happens only after commit
-(`transaction.on_commit`), so no stream ever sees an event that was rolled back.
+the state it describes, by `runs.transitions.run_transition`: its `seq` comes
+from `Run.last_seq`, incremented by the conditional UPDATE that also takes the
+run's row lock, so two writers of one run (a worker and an API call) queue
+behind each other and `seq` never has a gap or a repeat. Publication to live
+streams happens only after commit (`transaction.on_commit`), so no stream ever
+sees an event that was rolled back.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the payloads' `NotRequired` keys
+# must be real annotations for `__optional_keys__` (the catalogue test).
 import json
-import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Literal, Mapping, NotRequired, TypedDict
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import F, Q
-from django.utils import timezone
 
 from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
-from runs.models import RUN_TRANSITIONS, Run, RunEvent
+from flexagents.redaction import redact, redact_facets
+from hitl.presenters import HitlRequestPayload, HitlResponsePayload, present_hitl_event
+from planner.facets import get_catalog
+from runs import notify
+from runs.models import RunEvent
 
-# Event types of API.md (the SSE catalogue).
+# Event types of API.md (the SSE catalogue, docs/events.md).
 START = "start"
 PLAN_REQUESTED = "plan_requested"
 PLAN_REJECTED = "plan_rejected"
@@ -43,16 +45,248 @@ EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATE
                NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, COMPLETE, LOG)
 
 
-class Fenced(Exception):
-    """The conditional update matched no row: the caller lost its lease, or the
-    run left the status the caller expected (cancelled, resumed, …)."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class PendingEvent:
+    """An event not yet written. Made only by the `event_*` builders below."""
+
     type: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: Mapping[str, Any] = field(default_factory=dict)
     node_id: str = ""
+
+
+# --- payloads (the contract of docs/events.md; a test keeps the two equal) -----
+
+class StartPayload(TypedDict):
+    runId: str
+    threadId: str | None
+    status: str
+    correlationId: str | None
+
+
+class PlanRequestedPayload(TypedDict):
+    attempt: int
+    capabilities: list[str]
+
+
+class PlanRejectedPayload(TypedDict):
+    attempt: int
+    diagnostics: list[dict[str, Any]]
+
+
+class PlanGeneratedPayload(TypedDict):
+    version: int
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+
+class PlanUpdatedPayload(TypedDict):
+    previousVersion: int
+    version: int
+    reason: str
+    trigger: dict[str, Any]
+    nodes: list[dict[str, Any]]
+
+
+class NodeStartPayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+
+
+class NodeCompletePayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+    outputFacets: list[str]
+    durationMs: float | None
+
+
+class NodeErrorPayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+    error: dict[str, Any] | None
+    willRetry: bool
+
+
+class ValidationErrorPayload(TypedDict):
+    scope: Literal["node", "output"]
+    nodeId: NotRequired[str]
+    attempt: int
+    errors: list[dict[str, Any]]
+
+
+class PolicyTriggeredPayload(TypedDict):
+    policyId: str | None
+    trigger: str
+    action: dict[str, Any]
+    nodeId: NotRequired[str]
+    # A HITL decision's follow-up (`approveAction` / `rejectAction`).
+    requestId: NotRequired[str]
+    resolution: NotRequired[str]
+    followUp: NotRequired[str]
+
+
+class HitlUpdatePayload(TypedDict):
+    requestId: str
+    response: HitlResponsePayload
+    responseCount: int
+
+
+class HitlResolvedPayload(TypedDict):
+    requestId: str
+    resolution: str
+    reason: NotRequired[str | None]
+    responses: list[HitlResponsePayload]
+
+
+class CompletePayload(TypedDict):
+    status: Literal["completed", "failed", "cancelled"]
+    output: NotRequired[dict[str, Any]]
+    error: NotRequired[dict[str, Any]]
+    reason: NotRequired[str | None]
+    requestId: NotRequired[str]
+
+
+class LogPayload(TypedDict):
+    level: str
+    message: str
+    event: NotRequired[str]
+    payload: NotRequired[dict[str, Any]]
+
+
+# Event type -> its payload's TypedDict.
+PAYLOADS: dict[str, type] = {
+    START: StartPayload, PLAN_REQUESTED: PlanRequestedPayload, PLAN_REJECTED: PlanRejectedPayload,
+    PLAN_GENERATED: PlanGeneratedPayload, PLAN_UPDATED: PlanUpdatedPayload, NODE_START: NodeStartPayload,
+    NODE_COMPLETE: NodeCompletePayload, NODE_ERROR: NodeErrorPayload, VALIDATION_ERROR: ValidationErrorPayload,
+    POLICY_TRIGGERED: PolicyTriggeredPayload, HITL_REQUEST: HitlRequestPayload, HITL_UPDATE: HitlUpdatePayload,
+    HITL_RESOLVED: HitlResolvedPayload, COMPLETE: CompletePayload, LOG: LogPayload,
+}
+
+
+# --- builders: the only way events are made ------------------------------------
+
+def event_start(*, run_id: str, thread_id: str | None, status: str, correlation_id: str | None) -> PendingEvent:
+    payload: StartPayload = {"runId": run_id, "threadId": thread_id, "status": status,
+                             "correlationId": correlation_id}
+    return PendingEvent(START, payload)
+
+
+def event_plan_requested(*, attempt: int, capabilities: list[str]) -> PendingEvent:
+    payload: PlanRequestedPayload = {"attempt": attempt, "capabilities": capabilities}
+    return PendingEvent(PLAN_REQUESTED, payload)
+
+
+def event_plan_rejected(*, attempt: int, diagnostics: list[dict[str, Any]]) -> PendingEvent:
+    payload: PlanRejectedPayload = {"attempt": attempt, "diagnostics": diagnostics}
+    return PendingEvent(PLAN_REJECTED, payload)
+
+
+def event_plan_generated(*, version: int, nodes: list[dict[str, Any]], edges: list[dict[str, Any]],
+                         metadata: dict[str, Any]) -> PendingEvent:
+    payload: PlanGeneratedPayload = {"version": version, "nodes": nodes, "edges": edges, "metadata": metadata}
+    return PendingEvent(PLAN_GENERATED, payload)
+
+
+def event_plan_updated(*, previous_version: int, version: int, reason: str, trigger: dict[str, Any],
+                       nodes: list[dict[str, Any]], node_id: str = "") -> PendingEvent:
+    payload: PlanUpdatedPayload = {"previousVersion": previous_version, "version": version, "reason": reason,
+                                   "trigger": trigger, "nodes": nodes}
+    return PendingEvent(PLAN_UPDATED, payload, node_id)
+
+
+def event_node_start(*, node_id: str, capability_id: str, attempt: int) -> PendingEvent:
+    payload: NodeStartPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt}
+    return PendingEvent(NODE_START, payload, node_id)
+
+
+def event_node_complete(*, node_id: str, capability_id: str, attempt: int, output_facets: list[str],
+                        duration_ms: float | None) -> PendingEvent:
+    payload: NodeCompletePayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
+                                    "outputFacets": output_facets, "durationMs": duration_ms}
+    return PendingEvent(NODE_COMPLETE, payload, node_id)
+
+
+def event_node_error(*, node_id: str, capability_id: str, attempt: int, error: dict[str, Any] | None,
+                     will_retry: bool) -> PendingEvent:
+    payload: NodeErrorPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
+                                 "error": error, "willRetry": will_retry}
+    return PendingEvent(NODE_ERROR, payload, node_id)
+
+
+def event_validation_error(*, attempt: int, errors: list[dict[str, Any]], node_id: str | None = None) -> PendingEvent:
+    """A node's output (`node_id` given) or the composed output broke its contract."""
+    if node_id is None:
+        output: ValidationErrorPayload = {"scope": "output", "attempt": attempt, "errors": errors}
+        return PendingEvent(VALIDATION_ERROR, output)
+    payload: ValidationErrorPayload = {"scope": "node", "nodeId": node_id, "attempt": attempt, "errors": errors}
+    return PendingEvent(VALIDATION_ERROR, payload, node_id)
+
+
+def event_policy_triggered(*, policy_id: str | None, trigger: str, action: dict[str, Any], node_id: str = "",
+                           request_id: str | None = None, resolution: str | None = None,
+                           follow_up: str | None = None) -> PendingEvent:
+    """A runtime policy fired; with `request_id`, the follow-up of a HITL
+    decision (`resolution`, `follow_up`: approveAction | rejectAction)."""
+    payload: PolicyTriggeredPayload = {"policyId": policy_id, "trigger": trigger, "action": action}
+    if request_id is not None:
+        payload["requestId"] = request_id
+        payload["resolution"] = resolution or ""
+        payload["followUp"] = follow_up or ""
+    if node_id:
+        payload["nodeId"] = node_id
+    return PendingEvent(POLICY_TRIGGERED, payload, node_id)
+
+
+def event_hitl_request(*, request: HitlRequestPayload, node_id: str) -> PendingEvent:
+    """`request` is the presenter's payload (`hitl.presenters.hitl_request_payload`)."""
+    return PendingEvent(HITL_REQUEST, request, node_id)
+
+
+def event_hitl_update(*, request_id: str, response: HitlResponsePayload, response_count: int,
+                      node_id: str) -> PendingEvent:
+    payload: HitlUpdatePayload = {"requestId": request_id, "response": response, "responseCount": response_count}
+    return PendingEvent(HITL_UPDATE, payload, node_id)
+
+
+def event_hitl_resolved(*, request_id: str, resolution: str, responses: list[HitlResponsePayload],
+                        node_id: str = "", removed_reason: str | None = None) -> PendingEvent:
+    """A request was resolved, or removed (`resolution` removed, with its
+    `reason`: the run is being cancelled)."""
+    payload: HitlResolvedPayload = {"requestId": request_id, "resolution": resolution, "responses": responses}
+    if resolution == "removed":
+        payload = {"requestId": request_id, "resolution": resolution, "reason": removed_reason,
+                   "responses": responses}
+    return PendingEvent(HITL_RESOLVED, payload, node_id)
+
+
+def event_complete(*, status: Literal["completed", "failed", "cancelled"], output: dict[str, Any] | None = None,
+                   error: dict[str, Any] | None = None, reason: str | None = None,
+                   request_id: str | None = None) -> PendingEvent:
+    """The run is terminal: `output` when completed, `error` when failed,
+    `reason` (and the removed request's id) when cancelled."""
+    payload: CompletePayload = {"status": status}
+    if status == "completed":
+        payload["output"] = output or {}
+    elif status == "failed":
+        payload["error"] = error or {}
+    else:
+        payload["reason"] = reason
+        if request_id is not None:
+            payload["requestId"] = request_id
+    return PendingEvent(COMPLETE, payload)
+
+
+def event_log(*, level: str, message: str, node_id: str = "", event: str | None = None,
+              payload: dict[str, Any] | None = None) -> PendingEvent:
+    """An informational line; an `emit` policy adds the event it names and its payload."""
+    line: LogPayload = {"level": level, "message": message}
+    if event is not None:
+        line["event"] = event
+        line["payload"] = payload or {}
+    return PendingEvent(LOG, line, node_id)
 
 
 def event_id(run_id: str, seq: int) -> str:
@@ -63,10 +297,6 @@ def redact_payload(type_: str, payload: Any) -> Any:
     """An event payload as it may leave the system (SSE, events JSON, debug
     view): sensitive keys at any depth, credentials inside every string, and
     the `x-sensitive` fields of facet values (HITL payloads: `hitl.presenters`)."""
-    from flexagents.redaction import redact, redact_facets
-    from hitl.presenters import present_hitl_event
-    from planner.facets import get_catalog
-
     if type_ in (HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED):
         return present_hitl_event(type_, payload)
     out = redact(payload)
@@ -97,118 +327,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
-def append_events(
-    *,
-    run_id: str,
-    events: list[PendingEvent],
-    plan_version: int,
-    lease_token: int | None = None,
-    statuses: Iterable[str] | None = None,
-    run_updates: dict[str, Any] | None = None,
-) -> list[RunEvent]:
-    """Number and write `events` for a run, in the caller's transaction.
-
-    1. One conditional UPDATE of the run row: bumps `last_seq` by the number of
-       events, applies `run_updates`, and — the fence — matches only while the
-       run still has `lease_token` and one of `statuses`. Taking the row lock
-       here serialises every writer of the run until commit.
-    2. Numbers the events from the `last_seq` that UPDATE returned (ours until
-       commit) and inserts them.
-    3. Schedules publication for after the commit.
-
-    Raises `Fenced` when the condition matched nothing; the caller's
-    transaction must then roll back.
-    """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("append_events must run inside transaction.atomic()")
-    now = timezone.now()
-    updates = dict(run_updates or {})
-    updates["updated_at"] = now
-    if "status" in updates:
-        statuses = allowed_sources(updates["status"], statuses)
-    last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token,
-                         statuses=list(statuses) if statuses is not None else None, updates=updates)
-    if last_seq is None:
-        raise Fenced(run_id)
-    if not events:
-        return []
-    first = last_seq - len(events) + 1
-    rows = [
-        RunEvent(run_id=run_id, seq=first + i, type=e.type, node_id=e.node_id, plan_version=plan_version,
-                 payload=e.payload, created_at=now)
-        for i, e in enumerate(events)
-    ]
-    RunEvent.objects.bulk_create(rows)
-    publish_on_commit(rows)
-    return rows
-
-
-def allowed_sources(to_status: str, statuses: Iterable[str] | None) -> list[str]:
-    """The statuses among `statuses` (None: any) from which the transition
-    table allows a move to `to_status` (staying put is not a move). Every
-    status change goes through `append_events`, so this is where the table is
-    enforced: a forbidden move matches no row and raises `Fenced`, changing
-    nothing."""
-    sources = RUN_TRANSITIONS.keys() if statuses is None else statuses
-    return [s for s in sources if s == to_status or to_status in RUN_TRANSITIONS.get(s, frozenset())]
-
-
-def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
-              updates: dict[str, Any]) -> int | None:
-    """The fenced UPDATE of the run row; returns the new `last_seq`, or None
-    when the fence matched nothing.
-
-    One statement with `RETURNING` on the hot path (it runs once per node):
-    the row lock it takes is held until commit, so the returned value is ours.
-    The ORM has no UPDATE … RETURNING, hence the SQL; values still go through
-    each field's own `get_db_prep_save` (JSON, datetimes).
-    """
-    connection = transaction.get_connection()
-    if (connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35)) or any(
-            hasattr(value, "resolve_expression") for value in updates.values()):
-        return _bump_run_orm(run_id=run_id, count=count, lease_token=lease_token, statuses=statuses,
-                             updates=updates)
-    qn = connection.ops.quote_name
-    assignments, params = [], []
-    for name, value in updates.items():
-        model_field = Run._meta.get_field(name)
-        assignments.append(f"{qn(model_field.column)} = %s")
-        params.append(model_field.get_db_prep_save(value, connection))
-    assignments.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
-    params.append(count)
-    where, where_params = [f"{qn('id')} = %s"], [run_id]
-    if lease_token is not None:
-        where.append(f"{qn('lease_token')} = %s")
-        where_params.append(lease_token)
-    if statuses is not None:
-        if not statuses:
-            return None
-        where.append(f"{qn('status')} IN ({', '.join(['%s'] * len(statuses))})")
-        where_params.extend(str(status) for status in statuses)
-    sql = (f"UPDATE {qn(Run._meta.db_table)} SET {', '.join(assignments)} "
-           f"WHERE {' AND '.join(where)} RETURNING {qn('last_seq')}")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params + where_params)
-        row = cursor.fetchone()
-    return None if row is None else int(row[0])
-
-
-def _bump_run_orm(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
-                  updates: dict[str, Any]) -> int | None:
-    """The same with two statements, for SQLite older than 3.35 (no RETURNING)."""
-    condition = Q(pk=run_id)
-    if lease_token is not None:
-        condition &= Q(lease_token=lease_token)
-    if statuses is not None:
-        condition &= Q(status__in=statuses)
-    if Run.objects.filter(condition).update(**updates, last_seq=F("last_seq") + count) != 1:
-        return None
-    return Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).get()
-
-
 def publish_on_commit(rows: list[RunEvent]) -> None:
     """The one place that hands events to live streams, after commit only."""
-    from runs import notify
-
     frames = [(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows]
     transaction.on_commit(lambda: notify.publish_frames(frames))

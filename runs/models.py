@@ -6,6 +6,9 @@ lease (owner, expiry, fencing token). See `runs.engine.lease`.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
+from typing import Any, Iterable
+
 from django.conf import settings
 from django.db import models
 
@@ -26,8 +29,9 @@ class RunStatus(models.TextChoices):
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 WAITING_STATUSES = frozenset({RunStatus.AWAITING_HITL, RunStatus.PAUSED})
 
-# The state machine. `runs.services.run_transition` is the only writer of
-# `Run.status` and refuses any move that is not listed here.
+# The state machine. `runs.transitions.run_transition` is the only writer of
+# `Run.status` and refuses any move that is not listed here (staying in a
+# status is not a move: it writes no status).
 RUN_TRANSITIONS: dict[str, frozenset[str]] = {
     RunStatus.QUEUED: frozenset({RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
     RunStatus.PLANNING: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED,
@@ -42,7 +46,63 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-class Run(models.Model):
+# On while `runs.transitions` writes a status; the ORM refuses status writes
+# otherwise (`StatusGuardedQuerySet`, `StatusGuardedModel.save`).
+STATUS_WRITER: ContextVar[bool] = ContextVar("runs_status_writer", default=False)
+
+
+class StatusWriteRefused(RuntimeError):
+    """A status field was written outside `runs.transitions`."""
+
+
+def _refuse_status_write(model: type[models.Model]) -> None:
+    if not STATUS_WRITER.get():
+        raise StatusWriteRefused(f"{model.__name__}.status is written only by runs.transitions")
+
+
+class StatusGuardedQuerySet(models.QuerySet):  # type: ignore[type-arg]
+    """`update()` / `bulk_update()` of `status` only inside `runs.transitions`."""
+
+    def update(self, **kwargs: Any) -> int:
+        if "status" in kwargs:
+            _refuse_status_write(self.model)
+        return super().update(**kwargs)
+
+    def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], batch_size: int | None = None) -> int:
+        fields = list(fields)
+        if "status" in fields:
+            _refuse_status_write(self.model)
+        return super().bulk_update(objs, fields, batch_size=batch_size)
+
+
+class StatusGuardedModel(models.Model):
+    """`save()` of an existing row refuses a changed status outside
+    `runs.transitions` (creating a row in any status is not a transition)."""
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> Any:
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_status = instance.__dict__.get("status")
+        return instance
+
+    def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
+        super().refresh_from_db(*args, **kwargs)
+        self._loaded_status = self.__dict__.get("status")
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        update_fields = kwargs.get("update_fields")
+        if (not self._state.adding and not kwargs.get("force_insert")
+                and (update_fields is None or "status" in update_fields)
+                and self.__dict__.get("status") != getattr(self, "_loaded_status", self.__dict__.get("status"))):
+            _refuse_status_write(type(self))
+        super().save(*args, **kwargs)
+        self._loaded_status = self.__dict__.get("status")
+
+
+class Run(StatusGuardedModel):
     id = models.CharField(primary_key=True, max_length=40, default=new_run_id, editable=False)
     status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
     objective = models.TextField()
@@ -82,6 +142,8 @@ class Run(models.Model):
     output = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     pause_reason = models.TextField(blank=True, default="")
+
+    objects = StatusGuardedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -153,7 +215,21 @@ class NodeStatus(models.TextChoices):
     SKIPPED = "skipped"
 
 
-class NodeRun(models.Model):
+# Node moves (`runs.transitions.nodes_update` is their only writer). running
+# -> running is a new attempt; completed/failed/awaiting_hitl -> pending is a
+# node done again after a resume (replan, approved retry).
+NODE_TRANSITIONS: dict[str, frozenset[str]] = {
+    NodeStatus.PENDING: frozenset({NodeStatus.RUNNING, NodeStatus.SKIPPED}),
+    NodeStatus.RUNNING: frozenset({NodeStatus.RUNNING, NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.PENDING,
+                                   NodeStatus.AWAITING_HITL}),
+    NodeStatus.AWAITING_HITL: frozenset({NodeStatus.PENDING, NodeStatus.FAILED}),
+    NodeStatus.COMPLETED: frozenset({NodeStatus.PENDING}),
+    NodeStatus.FAILED: frozenset({NodeStatus.PENDING}),
+    NodeStatus.SKIPPED: frozenset({NodeStatus.PENDING}),
+}
+
+
+class NodeRun(StatusGuardedModel):
     """One node of a run's plan and what happened when it executed."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="node_runs")
@@ -176,6 +252,8 @@ class NodeRun(models.Model):
     duration_ms = models.FloatField(null=True, blank=True)
     # Number of times a result was committed; the fence keeps it at most 1.
     commits = models.PositiveIntegerField(default=0)
+
+    objects = StatusGuardedQuerySet.as_manager()
 
     class Meta:
         ordering = ["run", "position", "id"]

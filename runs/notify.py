@@ -12,11 +12,37 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
+import redis
 from django.conf import settings
 
 logger = logging.getLogger("runs.notify")
+
+Frame = tuple[str, int, str, str]  # run_id, seq, type, data-json
+
+# Who hears about committed frames and new work in this process. The stream
+# hub (`runs.streaming`) and the workers (`runs.engine.worker`) register
+# themselves when imported; this module imports neither.
+_frame_sinks: list[Callable[[list[Frame]], None]] = []
+_work_wakers: list[Callable[[], None]] = []
+
+
+def register_frame_sink(sink: Callable[[list[Frame]], None]) -> None:
+    """`sink(frames)` receives every batch of committed frames published here."""
+    if sink not in _frame_sinks:
+        _frame_sinks.append(sink)
+
+
+def register_work_waker(waker: Callable[[], None]) -> None:
+    """`waker()` is called when work is announced (here, or through Redis)."""
+    if waker not in _work_wakers:
+        _work_wakers.append(waker)
+
+
+def _wake_local_workers() -> None:
+    for waker in list(_work_wakers):
+        waker()
 
 REDIS_CHANNEL = "flexagents:events"
 WORK_CHANNEL = "flexagents:work"
@@ -35,18 +61,15 @@ def _sync_redis() -> Any:
         return None
     with _redis_lock:
         if _redis_client is None:
-            import redis
-
             _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
         return _redis_client
 
 
-def publish_frames(frames: list[tuple[str, int, str, str]]) -> None:
+def publish_frames(frames: list[Frame]) -> None:
     """Hand committed frames (run_id, seq, type, data-json) to local listeners
     and, when Redis is configured, to every other process."""
-    from runs.streaming import hub
-
-    hub.deliver_many(frames)
+    for sink in list(_frame_sinks):
+        sink(frames)
     _publish(REDIS_CHANNEL, lambda: json.dumps([{"runId": r, "seq": s, "type": t, "data": d}
                                                   for r, s, t, d in frames]))
 
@@ -70,31 +93,26 @@ def _publish(channel: str, message: Any) -> bool:
 
 def announce_work() -> None:
     """Wake idle workers (in this process, and through Redis in others)."""
-    from runs.engine import worker
-
-    worker.wake_local_workers()
+    _wake_local_workers()
     _publish(WORK_CHANNEL, "1")  # workers also poll
 
 
 def start_work_listener() -> threading.Thread | None:
     """In a worker process: wake local workers when any process announces
     work through Redis (otherwise they find it by polling)."""
-    if not settings.REDIS_URL:
+    url: str | None = settings.REDIS_URL
+    if not url:
         return None
 
     def listen() -> None:
-        import redis
-
-        from runs.engine import worker
-
         while True:
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1.0)
+            client = redis.Redis.from_url(url, socket_connect_timeout=1.0)
             try:
-                pubsub = client.pubsub()
+                pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                 pubsub.subscribe(WORK_CHANNEL)
                 for message in pubsub.listen():
                     if message.get("type") == "message":
-                        worker.wake_local_workers()
+                        _wake_local_workers()
             except Exception as exc:  # noqa: BLE001 — reconnect; workers poll meanwhile
                 logger.warning("work listener lost redis; reconnecting", extra={"error": str(exc)})
             finally:

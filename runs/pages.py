@@ -30,6 +30,8 @@ from flexagents.redaction import FREE_TEXT_KEYS, redact
 from flexagents.roles import role_of, user_may_operate_run
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
 from hitl.presenters import hitl_request_payload, review_rows
+from planner.facets import get_catalog
+from runs.debug import redact_envelope, redact_facet_values, redact_output
 from runs.events import event_frame
 from runs.filters import capability_choices, form_filtered
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
@@ -155,9 +157,6 @@ def run_detail(run: Run) -> RunDetail:
         Prefetch("responses", queryset=HitlResponse.objects.order_by("id"))))
     events = list(RunEvent.objects.filter(run=run).order_by("-seq")[:TIMELINE_LIMIT])[::-1]
     audit = list(AuditEntry.objects.filter(run=run).select_related("actor").order_by("created_at", "id"))
-
-    from planner.facets import get_catalog
-    from runs.debug import redact_envelope, redact_facet_values, redact_output
 
     schemas = {name: facet.schema for name, facet in get_catalog().items()}
     statuses = {n.node_id: n.status for n in nodes}

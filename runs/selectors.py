@@ -7,9 +7,10 @@ from typing import Any
 from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user
 
-from flexagents.errors import RunNotFound
+from flexagents.errors import HitlRequestNotFound, RunNotFound
 from flexagents.logging import remember_run
 from flexagents.roles import user_may_view_all_runs, user_may_view_run
+from hitl.models import HitlRequest, HitlStatus
 from runs.models import Run, RunEvent
 
 _PLAUSIBLE_ID = re.compile(r"^[\x21-\x7e]{1,40}\Z")
@@ -43,3 +44,56 @@ def run_get_for_user(*, user: Any, run_id: str, for_update: bool = False) -> Run
 
 def run_events_after(*, run: Run, after: int, limit: int) -> list[RunEvent]:
     return list(RunEvent.objects.filter(run=run, seq__gt=after).order_by("seq")[:limit])
+
+
+# --- HITL requests: lists filter on the runs the caller may view -----------------
+
+def hitl_pending_for_user(*, user: Any, kind: str | None = None, urgency: str | None = None,
+                          thread_id: str | None = None, brief_id: str | None = None) -> QuerySet[HitlRequest]:
+    """Pending requests on runs the user may view: most urgent first, then oldest
+    (index hitl_inbox_idx serves the order)."""
+    qs = HitlRequest.objects.filter(status=HitlStatus.PENDING, run__in=runs_visible_to(user=user))
+    if kind:
+        qs = qs.filter(kind=kind)
+    if urgency:
+        qs = qs.filter(urgency=urgency)
+    if thread_id:
+        qs = qs.filter(thread_id=thread_id)
+    if brief_id:
+        qs = qs.filter(brief_id=brief_id)
+    return qs.select_related("run").prefetch_related("responses").order_by("urgency_rank", "created_at", "id")
+
+
+def hitl_run_id_for(*, user: Any, run_id: str | None, thread_id: str | None, request_id: str | None) -> str:
+    """`runId` or `threadId` addressing. With a thread: the run of `request_id`
+    in that thread, or else the newest run of the thread with a pending
+    request; always among the runs the user may view (else 404)."""
+    if run_id:
+        return run_id
+    visible = runs_visible_to(user=user).filter(thread_id=thread_id)
+    if request_id:
+        found = (HitlRequest.objects.filter(pk=request_id, thread_id=thread_id, run__in=visible)
+                 .values_list("run_id", flat=True).first())
+        if found is None:
+            raise HitlRequestNotFound(details={"requestId": request_id, "threadId": thread_id})
+        return found
+    found = (visible.filter(hitl_requests__status=HitlStatus.PENDING).order_by("-created_at", "-id")
+             .values_list("id", flat=True).first())
+    if found is None:
+        raise RunNotFound("No run of this thread waits for a person, or you may not view it.",
+                          details={"threadId": thread_id})
+    return found
+
+
+def requests_visible_to(*, user: Any) -> QuerySet[HitlRequest]:
+    """Requests of the runs the user may view."""
+    qs = HitlRequest.objects.all()
+    if not user_may_view_all_runs(user):
+        qs = qs.filter(run__in=runs_visible_to(user=user).values("pk"))
+    return qs
+
+
+def inbox_requests(*, user: Any, limit: int = 200) -> list[HitlRequest]:
+    """Pending requests, most urgent first, then oldest (hitl_inbox_idx)."""
+    return list(requests_visible_to(user=user).filter(status=HitlStatus.PENDING)
+                .select_related("run").order_by("urgency_rank", "created_at", "id")[:limit])

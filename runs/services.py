@@ -4,6 +4,8 @@ entries and obey the same 409 rules."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -11,19 +13,27 @@ from django.db import transaction
 from django.utils import timezone
 
 from flexagents import logging as flex_logging
-from flexagents.errors import Forbidden, InvalidRunState, RunAlreadyCompleted, ServerBusy
+from flexagents.errors import (Forbidden, HitlResponseRequired, InvalidRunState, MissingSnapshot, RunAlreadyCompleted,
+                               ServerBusy, StalePlanVersion)
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
+from hitl.models import HitlRequest, HitlResponse
+from hitl.presenters import hitl_response_payload
+from hitl.services import (Resolution, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
+                           hitl_request_resolve, hitl_requests_remove_pending, hitl_responses_append,
+                           hitl_responses_of, validate_responses, validation_error)
 from planner.envelope import validate_envelope
 from runs import events as ev
-from runs.models import RUN_TRANSITIONS, AuditEntry, Run, RunStatus
+from runs import notify
+from runs.models import AuditEntry, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
 from runs.selectors import run_get_for_user
+from runs.transitions import nodes_update, run_transition, run_transition_allowed
 
 logger = logging.getLogger("runs.services")
 
 
 def check_transition(run: Run, to_status: str) -> None:
     """Refuse moves the state machine does not allow, with the API's codes."""
-    if to_status in RUN_TRANSITIONS.get(run.status, frozenset()):
+    if run_transition_allowed(run.status, to_status):
         return
     if run.is_terminal:
         raise RunAlreadyCompleted(details={"status": run.status})
@@ -87,29 +97,325 @@ def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
                         for name in normalized.get("inputs", {})})
         grant_run_to_owner(run=run, user=user)
         audit_add(run=run, action="run_created", actor=user, plan_version=0)
-        from runs import notify
-
         transaction.on_commit(notify.announce_work)
     return run
+
+
+# --- cancel, respond, resume, remove ----------------------------------------------
+#
+# One code path for POST /runs/{id}/cancel, /api/hitl/respond, /api/hitl/resume,
+# /api/hitl/remove, POST /api/v1/flex/run.resume and the admin console. Every
+# one of them:
+#
+# 1. takes the run's row lock (`select_for_update`; on SQLite the IMMEDIATE
+#    transaction already serialises writers) and checks, under it, the
+#    caller's rights, the run's status, the request's status, the latest
+#    response id (the stale rule) and, for run.resume, the plan version;
+# 2. writes responses and the request's status (`hitl.services`), node
+#    statuses, the new plan version, the run's status and events
+#    (`runs.transitions`, fenced on the status read under the lock) and the
+#    audit entry, in that one transaction;
+# 3. wakes the workers after commit when the run was queued again.
+#
+# Of concurrent calls on one request exactly one passes step 1; the others
+# find the request resolved (or the plan version moved) and get 409.
+
+def lock_run_for_operator(*, user: Any, run_id: str, refusal: str) -> Run:
+    """The run under its row lock: 404 if the user may not view it, 403
+    (`refusal`) if the role may not act on it (support)."""
+    run = run_get_for_user(user=user, run_id=run_id, for_update=True)
+    if not user_may_operate_run(user, run):
+        raise Forbidden(refusal)
+    return run
+
+
+HITL_REFUSAL = "Your role may read HITL requests but not act on them."
+
+
+def _removal_events(*, run: Run, reason: str) -> list[ev.PendingEvent]:
+    """Remove the run's pending requests: one `hitl_resolved` (removed) each."""
+    return [ev.event_hitl_resolved(request_id=removed["requestId"], resolution="removed",
+                                   responses=removed["responses"], removed_reason=removed["reason"])
+            for removed in hitl_requests_remove_pending(run_id=run.id, reason=reason)]
+
+
+def _cancel(*, run: Run, events: list[ev.PendingEvent]) -> None:
+    run_transition(run_id=run.id, to=RunStatus.CANCELLED, expect=[run.status], plan_version=run.plan_version,
+                   updates={"completed_at": timezone.now(), "lease_owner": "", "lease_expires_at": None},
+                   events=events)
 
 
 def run_cancel(*, user: Any, run_id: str, reason: str = "") -> Run:
     """Cancel a run: terminal and audited. Results a worker commits later are
     refused by the fence (the worker's commit requires status `running`)."""
-    from hitl.services import hitl_requests_remove_pending
-
     with transaction.atomic():
-        run = run_get_for_user(user=user, run_id=run_id, for_update=True)
-        if not user_may_operate_run(user, run):
-            raise Forbidden("Your role may not cancel runs.")
+        run = lock_run_for_operator(user=user, run_id=run_id, refusal="Your role may not cancel runs.")
         check_transition(run, RunStatus.CANCELLED)
-        pending = hitl_requests_remove_pending(run=run, reason=reason)
-        events = [ev.PendingEvent(ev.HITL_RESOLVED, payload) for payload in pending]
-        events.append(ev.PendingEvent(ev.COMPLETE, {"status": "cancelled", "reason": reason or None}))
-        ev.append_events(run_id=run.id, events=events, plan_version=run.plan_version,
-                         statuses=[run.status],
-                         run_updates={"status": RunStatus.CANCELLED, "completed_at": timezone.now(),
-                                      "lease_owner": "", "lease_expires_at": None})
+        events = _removal_events(run=run, reason=reason)
+        events.append(ev.event_complete(status="cancelled", reason=reason or None))
+        _cancel(run=run, events=events)
         audit_add(run=run, action="run_cancelled", actor=user, details={"reason": reason})
     run.refresh_from_db()
     return run
+
+
+def hitl_remove(*, user: Any, run_id: str, request_id: str | None = None, reason: str = "", note: str = "") -> Run:
+    """Remove a pending request and cancel its run (hitl_resolved `removed`,
+    then `complete` with status cancelled), audited."""
+    with transaction.atomic():
+        run = lock_run_for_operator(user=user, run_id=run_id, refusal=HITL_REFUSAL)
+        request = hitl_pending_request(run_id=run.id, request_id=request_id)
+        check_transition(run, RunStatus.CANCELLED)
+        events = _removal_events(run=run, reason=reason)
+        events.append(ev.event_complete(status="cancelled", reason=reason or None, request_id=request.id))
+        _cancel(run=run, events=events)
+        audit_add(run=run, action="hitl_removed", actor=user,
+                  details={"requestId": request.id, "reason": reason, "note": note})
+    run.refresh_from_db()
+    return run
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a person sent with a respond or resume call."""
+
+    responses: Any = None
+    latest_response_id: str | None = None
+    operator: Any = None
+    note: str = ""
+
+    @property
+    def operator_details(self) -> dict[str, Any] | None:
+        return self.operator if isinstance(self.operator, dict) else None
+
+
+@dataclass
+class ResumeResult:
+    run: Run
+    request: HitlRequest | None
+    responses: list[HitlResponse] = field(default_factory=list)
+    resolution: str = ""
+    first_seq: int = 0
+    last_seq: int = 0
+
+
+def hitl_respond(*, user: Any, run_id: str, request_id: str, responses: Any,
+                 latest_response_id: str | None = None, operator: Any = None, note: str = "") -> dict[str, Any]:
+    """Append responses to a pending request without resuming the run."""
+    answer = Answer(responses=responses, latest_response_id=latest_response_id, operator=operator, note=note)
+    with transaction.atomic():
+        run = lock_run_for_operator(user=user, run_id=run_id, refusal=HITL_REFUSAL)
+        request = hitl_pending_request(run_id=run.id, request_id=request_id)
+        existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
+        items = validate_responses(request=request, responses=answer.responses)
+        if not items:
+            raise validation_error("Send at least one response.", [{"path": "/responses", "message": "must not be empty"}])
+        rows = hitl_responses_append(request=request, items=items, user=user,
+                                     display_name=hitl_display_name(user=user, operator=answer.operator))
+        run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version,
+                       events=_update_events(request=request, rows=rows, before=len(existing)))
+        audit_add(run=run, action="hitl_responded", actor=user,
+                  details={"requestId": request.id, "responseIds": [r.response_id for r in rows], "note": note,
+                           "operator": answer.operator_details})
+    everything = existing + rows
+    return {"runId": run.id, "requestId": request.id, "latestResponseId": everything[-1].response_id,
+            "responses": [hitl_response_payload(r) for r in everything]}
+
+
+def hitl_resume(*, user: Any, run_id: str, request_id: str, responses: Any, latest_response_id: str | None = None,
+                operator: Any = None, note: str = "") -> ResumeResult:
+    """Append responses, resolve the request and put the run back to work."""
+    answer = Answer(responses=responses, latest_response_id=latest_response_id, operator=operator, note=note)
+    with transaction.atomic():
+        run = lock_run_for_operator(user=user, run_id=run_id, refusal=HITL_REFUSAL)
+        request = hitl_pending_request(run_id=run.id, request_id=request_id)
+        _check_waiting(run, (RunStatus.AWAITING_HITL,))
+        return _resume(user=user, run=run, request=request, answer=answer, audit_action="hitl_resumed")
+
+
+def run_resume(*, user: Any, run_id: str, expected_plan_version: int, responses: Any = None,
+               latest_response_id: str | None = None, operator: Any = None, note: str = "") -> ResumeResult:
+    """POST /api/v1/flex/run.resume: resume a paused run, or resolve the
+    pending request of a run awaiting a person and resume it."""
+    answer = Answer(responses=responses, latest_response_id=latest_response_id, operator=operator, note=note)
+    with transaction.atomic():
+        run = lock_run_for_operator(user=user, run_id=run_id, refusal=HITL_REFUSAL)
+        _check_waiting(run, (RunStatus.AWAITING_HITL, RunStatus.PAUSED))
+        if not run.has_snapshot or not run.plan_version:
+            raise MissingSnapshot(details={"runId": run.id, "status": run.status})
+        if expected_plan_version != run.plan_version:
+            # expectedPlanVersion is kept for older clients; currentPlanVersion
+            # names it plainly (API.md, Second wave).
+            raise StalePlanVersion(details={"currentPlanVersion": run.plan_version,
+                                            "expectedPlanVersion": run.plan_version,
+                                            "receivedPlanVersion": expected_plan_version})
+        request = None
+        if run.status == RunStatus.AWAITING_HITL:
+            request = hitl_newest_pending_request(run_id=run.id)
+            if request is None:
+                raise HitlResponseRequired("The run waits for a person but has no pending request.",
+                                           details={"runId": run.id})
+        elif answer.responses:
+            raise validation_error("A paused run has no pending request to answer.",
+                                   [{"path": "/responses", "message": "must be empty for a paused run"}])
+        return _resume(user=user, run=run, request=request, answer=answer, audit_action="run_resumed")
+
+
+def _check_waiting(run: Run, allowed: tuple[str, ...]) -> None:
+    if run.is_terminal:
+        raise RunAlreadyCompleted(details={"status": run.status})
+    if run.status not in allowed:
+        raise InvalidRunState(details={"status": run.status})
+
+
+def _update_events(*, request: HitlRequest, rows: list[HitlResponse], before: int) -> list[ev.PendingEvent]:
+    """One `hitl_update` per new response."""
+    return [ev.event_hitl_update(request_id=request.id, response=hitl_response_payload(row),
+                                 response_count=before + index + 1, node_id=request.pending_node_id)
+            for index, row in enumerate(rows)]
+
+
+@dataclass
+class _Outcome:
+    """What a resume does to the run: its next status, row values and the
+    events that end it (a failing follow-up)."""
+
+    target: str = RunStatus.QUEUED
+    updates: dict[str, Any] = field(default_factory=lambda: {"lease_owner": "", "lease_expires_at": None,
+                                                              "available_at": None, "pause_reason": ""})
+    completing: list[ev.PendingEvent] = field(default_factory=list)
+
+
+def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer, audit_action: str) -> ResumeResult:
+    """Under the run's row lock, with status and request already checked:
+    resolve the request (if any), apply its follow-up to the nodes and the
+    run, record a new plan version and queue (or end) the run."""
+    now = timezone.now()
+    events: list[ev.PendingEvent] = []
+    resolved: Resolution | None = None
+    if request is not None:
+        resolved, events = _resolve(user=user, request=request, answer=answer, now=now)
+    action = resolved.action if resolved is not None else {"type": "continue"}
+    node_id = request.pending_node_id if request is not None else ""
+
+    current = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
+    nodes = {n.node_id: n for n in NodeRun.objects.filter(run_id=run.id)}
+    statuses = {k: n.status for k, n in nodes.items()}
+    node_changes = _node_changes(graph=current.graph, statuses=statuses, node_id=node_id,
+                                 action=action.get("type", "continue"), now=now)
+    for changed, changes in node_changes.items():
+        statuses[changed] = changes["status"]
+    outcome = _outcome(request=request, resolved=resolved, action=action, node_id=node_id, now=now)
+
+    previous, version = run.plan_version, run.plan_version + 1
+    trigger = {"kind": "manual" if request is None else "hitl", "requestId": request.id if request else None,
+               "resolution": (resolved.resolution if resolved else "") or None,
+               "action": action.get("type", "continue"), "actorId": getattr(user, "pk", None)}
+    pending = [n["id"] for n in current.graph.get("nodes", []) if statuses.get(n["id"]) not in ("completed", "skipped")]
+    PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.RESUME, trigger=trigger,
+                               graph=current.graph, node_statuses=statuses, pending_node_ids=pending,
+                               schema_hash=current.schema_hash)
+    events.append(ev.event_plan_updated(
+        previous_version=previous, version=version, reason="resume", trigger=trigger,
+        nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")} for n in current.graph.get("nodes", [])]))
+    follow_up = resolved.follow_up if resolved is not None else None
+    if follow_up is not None and action.get("type") != "pause":
+        events.append(ev.event_policy_triggered(
+            policy_id=follow_up["policyId"], trigger=follow_up["trigger"], action=follow_up["action"],
+            node_id=node_id, request_id=follow_up["requestId"], resolution=follow_up["resolution"],
+            follow_up=follow_up["followUp"]))
+    events.extend(outcome.completing)
+
+    nodes_update({nodes[changed].pk: changes for changed, changes in node_changes.items()})
+    check_transition(run, outcome.target)
+    outcome.updates.update(plan_version=version, pending_node_ids=pending)
+    # No worker holds a waiting run: the fence is the row lock plus the
+    # status read under it.
+    rows = run_transition(run_id=run.id, to=outcome.target, expect=[run.status], plan_version=version,
+                          updates=outcome.updates, events=events)
+    responses = resolved.responses if resolved is not None else []
+    audit_add(run=run, action=audit_action, actor=user, plan_version=version,
+              details={"requestId": request.id if request else None,
+                       "resolution": (resolved.resolution if resolved else "") or None,
+                       "action": action.get("type", "continue"), "previousVersion": previous,
+                       "status": outcome.target, "note": answer.note,
+                       "responseIds": [r.response_id for r in responses], "operator": answer.operator_details})
+    if outcome.target == RunStatus.QUEUED:
+        transaction.on_commit(notify.announce_work)
+    for key, value in {**outcome.updates, "status": outcome.target}.items():
+        setattr(run, key, value)
+    return ResumeResult(run=run, request=request, responses=responses,
+                        resolution=resolved.resolution if resolved else "",
+                        first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
+
+
+def _resolve(*, user: Any, request: HitlRequest, answer: Answer,
+             now: datetime) -> tuple[Resolution, list[ev.PendingEvent]]:
+    """Check and store the answer, resolve the request; its events
+    (`hitl_update` per response, then `hitl_resolved`)."""
+    existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
+    items = validate_responses(request=request, responses=answer.responses)
+    resolved = hitl_request_resolve(request=request, existing=existing, items=items, user=user,
+                                    display_name=hitl_display_name(user=user, operator=answer.operator), now=now)
+    events = _update_events(request=request, rows=resolved.new_responses, before=len(existing))
+    events.append(ev.event_hitl_resolved(request_id=request.id, resolution=resolved.resolution,
+                                         responses=[hitl_response_payload(r) for r in resolved.responses],
+                                         node_id=request.pending_node_id))
+    return resolved, events
+
+
+def _node_changes(*, graph: dict[str, Any], statuses: dict[str, str], node_id: str, action: str,
+                  now: datetime) -> dict[str, dict[str, Any]]:
+    """What a follow-up does to the node the request was about."""
+    changes: dict[str, dict[str, Any]] = {}
+    if node_id not in statuses:
+        return changes
+    if action == "fail":
+        if statuses[node_id] == NodeStatus.AWAITING_HITL:
+            changes[node_id] = {"status": NodeStatus.FAILED, "completed_at": now}
+    elif action == "replan":
+        # The node's work is discarded and done again, with everything
+        # downstream of it (normally still pending).
+        for dependent in _downstream(graph, node_id) | {node_id}:
+            if statuses.get(dependent) not in (NodeStatus.PENDING, None):
+                changes[dependent] = {"status": NodeStatus.PENDING}
+    elif statuses[node_id] == NodeStatus.AWAITING_HITL:
+        # clarify answered, approved validation escalation, pause: run it again.
+        changes[node_id] = {"status": NodeStatus.PENDING}
+    return changes
+
+
+def _outcome(*, request: HitlRequest | None, resolved: Resolution | None, action: dict[str, Any], node_id: str,
+             now: datetime) -> _Outcome:
+    outcome = _Outcome()
+    resolution = resolved.resolution if resolved is not None else ""
+    if action.get("type") == "fail":
+        outcome.target = RunStatus.FAILED
+        code = "hitl_rejected" if resolution == "rejected" else "policy_failed"
+        error = {"code": code, "message": action.get("message") or (
+            "A person rejected the request." if resolution == "rejected" else "The approved action fails the run."),
+            "requestId": request.id if request else None, "nodeId": node_id or None}
+        outcome.updates.update(error=error, completed_at=now)
+        outcome.completing.append(ev.event_complete(status="failed", error=error))
+    elif action.get("type") == "pause":
+        # The table has no awaiting_hitl → paused: the run is queued with its
+        # pause reason, and the worker that takes it moves it running → paused
+        # and emits this `policy_triggered` then (runs.engine.loop.resume_started),
+        # so a stream ends only once the run really is paused.
+        outcome.updates["pause_reason"] = action.get("reason") or "paused after a HITL decision"
+    return outcome
+
+
+def _downstream(graph: dict[str, Any], node_id: str) -> set[str]:
+    children: dict[str, set[str]] = {}
+    for node in graph.get("nodes", []):
+        for dep in node.get("dependsOn", []):
+            children.setdefault(dep, set()).add(node["id"])
+    seen: set[str] = set()
+    stack = [node_id]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen

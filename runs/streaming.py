@@ -37,6 +37,7 @@ from django_eventstream.storage import EventDoesNotExist, StorageBase
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, get_listener_manager
 
+from runs import notify
 from runs.events import COMPLETE, HITL_REQUEST, POLICY_TRIGGERED, dumps, event_frame
 from runs.models import TERMINAL_STATUSES, Run, RunEvent
 
@@ -59,7 +60,7 @@ class RunEventStorage(StorageBase):
     """django-eventstream storage backed by the run event table."""
 
     def append_event(self, channel: str, event_type: str, data: Any) -> Event:
-        raise NotImplementedError("run events are written by runs.events.append_events in the state's transaction")
+        raise NotImplementedError("run events are written by runs.transitions.run_transition in the state's transaction")
 
     def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[Event]:
         run_id = run_id_from_channel(channel)
@@ -366,6 +367,8 @@ def _set_all(listeners: list[RunListener]) -> None:
 
 
 hub = StreamHub()
+# Committed frames published in this process reach its open streams.
+notify.register_frame_sink(hub.deliver_many)
 
 
 def _close_after(fn):

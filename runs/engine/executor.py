@@ -34,8 +34,9 @@ class Outcome:
     duration_ms: float = 0.0
 
 
-def build_bundle(*, run_id: str, node: dict, objective: str, facets: dict[str, Any], envelope: dict,
-                 clarifications: list[dict], attempt: int, plan_version: int) -> ContextBundle:
+def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: dict[str, Any],
+                 envelope: dict[str, Any], clarifications: list[dict[str, Any]], attempt: int,
+                 plan_version: int) -> ContextBundle:
     wanted = list(node.get("inputFacets", [])) + list(node.get("optionalInputFacets", []))
     return ContextBundle(
         run_id=run_id,
@@ -55,7 +56,7 @@ def build_bundle(*, run_id: str, node: dict, objective: str, facets: dict[str, A
     )
 
 
-def execute(node: dict, bundle: ContextBundle) -> Outcome:
+def execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
     """Call the node's capability and validate what it returns."""
     started = time.perf_counter()
     try:

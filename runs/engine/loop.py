@@ -18,74 +18,27 @@ that any worker can continue from.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from flexagents.logging import log_context
-from planner.contracts import validate_instance
+from hitl.services import FollowUp, hitl_follow_up_pending_pause
+from planner.contracts import compile_facets, validate_instance
 from planner.planner import build_plan
 from runs import events as ev
 from runs.engine import executor, policies, retry, scheduling
 from runs.engine.lease import Claim, Heartbeat, lease_duration
-from runs.events import Fenced, PendingEvent
-from runs.models import NodeRun, NodeStatus, PlanVersion, Run, RunStatus
+from runs.engine.step import Halt, RunContext, Step, fail, start_node
+from runs.events import PendingEvent
+from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
+from runs.transitions import Fenced, nodes_update, run_transition
 
 logger = logging.getLogger("runs.engine.loop")
-
-
-@dataclass
-class RunContext:
-    """What the lease holder knows about its run. Only the lease holder writes
-    nodes and facets, so this copy stays true while fenced commits succeed."""
-
-    claim: Claim
-    run: Run
-    graph: dict[str, Any] = field(default_factory=dict)
-    nodes: dict[str, NodeRun] = field(default_factory=dict)
-
-    @property
-    def envelope(self) -> dict[str, Any]:
-        return self.run.envelope
-
-    @property
-    def max_retries(self) -> int:
-        return int(self.envelope.get("constraints", {}).get("maxRetries", 2))
-
-    def graph_node(self, node_id: str) -> dict[str, Any]:
-        for node in self.graph.get("nodes", []):
-            if node["id"] == node_id:
-                return node
-        raise KeyError(node_id)
-
-    def states(self) -> list[scheduling.NodeState]:
-        return scheduling.node_states(self.graph.get("nodes", []), {k: n.status for k, n in self.nodes.items()})
-
-
-@dataclass
-class Step:
-    """One transaction's worth of changes, applied to memory only after commit."""
-
-    events: list[PendingEvent] = field(default_factory=list)
-    node_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
-    run_updates: dict[str, Any] = field(default_factory=dict)
-    status: str | None = None
-    # Extra writes that must share the transaction (plan version, HITL request).
-    writes: list[Callable[[], None]] = field(default_factory=list)
-
-    def event(self, type_: str, payload: dict[str, Any], node_id: str = "") -> None:
-        self.events.append(PendingEvent(type_, payload, node_id))
-
-    def update_node(self, node_id: str, **changes: Any) -> None:
-        self.node_updates.setdefault(node_id, {}).update(changes)
-
-
-class Halt(Exception):
-    """The worker must stop working on this run (lost lease, cancelled, waiting)."""
 
 
 def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,)) -> None:
@@ -95,7 +48,8 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     # Node changes are applied to copies first, to compute the snapshot.
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     for node_id, changes in step.node_updates.items():
-        statuses[node_id] = changes.get("status", statuses.get(node_id))
+        if "status" in changes:
+            statuses[node_id] = changes["status"]
     pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
     run_updates = {
         "facets": run.facets,
@@ -107,17 +61,16 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
         "plan_version": run.plan_version,
         **step.run_updates,
     }
-    if step.status is not None:
-        run_updates["status"] = step.status
-        if step.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
-            run_updates["completed_at"] = now
+    if step.status is not None and step.status in TERMINAL_STATUSES:
+        run_updates["completed_at"] = now
     with transaction.atomic():
-        ev.append_events(run_id=run.id, events=step.events, plan_version=run_updates["plan_version"],
-                         lease_token=ctx.claim.token, statuses=expect, run_updates=run_updates)
+        run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
+                       lease_token=ctx.claim.token, updates=run_updates, events=step.events)
         for write in step.writes:
             write()
-        for node_id, changes in step.node_updates.items():
-            NodeRun.objects.filter(pk=ctx.nodes[node_id].pk).update(**changes)
+        nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
+    if step.status is not None:
+        run_updates["status"] = step.status
     log_node_events(ctx, step)
     # Committed: bring memory up to date.
     for node_id, changes in step.node_updates.items():
@@ -160,15 +113,6 @@ def log_node_events(ctx: RunContext, step: Step) -> None:
 
 # --- steps -------------------------------------------------------------------
 
-def start_node(ctx: RunContext, step: Step, node_id: str) -> None:
-    """Count the attempt and announce it, in the step being committed."""
-    node = ctx.nodes[node_id]
-    attempt = node.attempts + 1
-    step.update_node(node_id, status=NodeStatus.RUNNING, attempts=attempt, started_at=timezone.now(),
-                     plan_version=ctx.run.plan_version)
-    step.event(ev.NODE_START, {"nodeId": node_id, "capabilityId": node.capability_id, "attempt": attempt}, node_id)
-
-
 def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str]) -> None:
     """After a node completed (statuses already include it): start the next
     ready node, or compose, validate and store the final output."""
@@ -192,28 +136,20 @@ def finish(ctx: RunContext, step: Step) -> None:
     contract = output_contract_schema(ctx.envelope)
     errors = validate_instance(contract, output)
     if errors:
-        step.event(ev.VALIDATION_ERROR, {"scope": "output", "attempt": 1, "errors": errors})
+        step.event(ev.event_validation_error(attempt=1, errors=errors))
         fail(step, code="output_validation_failed", message="The composed output does not satisfy the output contract.",
              extra={"errors": errors})
         return
     step.run_updates["output"] = output
     step.status = RunStatus.COMPLETED
-    step.event(ev.COMPLETE, {"status": "completed", "output": output})
-
-
-def fail(step: Step, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
-    error = {"code": code, "message": message, **(extra or {})}
-    step.run_updates["error"] = error
-    step.status = RunStatus.FAILED
-    step.event(ev.COMPLETE, {"status": "failed", "error": error})
+    step.event(ev.event_complete(status="completed", output=output))
 
 
 def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
     contract = envelope.get("outputContract", {})
     if contract.get("mode") == "json_schema":
-        return contract.get("schema", {})
-    from planner.contracts import compile_facets
-
+        schema: dict[str, Any] = contract.get("schema", {})
+        return schema
     return compile_facets(contract.get("facets", [])).schema
 
 
@@ -228,14 +164,14 @@ def plan(ctx: RunContext) -> None:
     if run.status == RunStatus.QUEUED:
         step = Step()
         step.status = RunStatus.PLANNING
-        step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.PLANNING,
-                              "correlationId": run.correlation_id or None})
+        step.event(ev.event_start(run_id=run.id, thread_id=run.thread_id or None, status=RunStatus.PLANNING,
+                                  correlation_id=run.correlation_id or None))
         commit(ctx, step, expect=(RunStatus.QUEUED,))
     result = build_plan(run.envelope)
     step = Step()
-    step.event(ev.PLAN_REQUESTED, {"attempt": 1, "capabilities": result.considered})
+    step.event(ev.event_plan_requested(attempt=1, capabilities=result.considered))
     if result.graph is None:
-        step.event(ev.PLAN_REJECTED, {"attempt": 1, "diagnostics": result.diagnostics})
+        step.event(ev.event_plan_rejected(attempt=1, diagnostics=result.diagnostics))
         fail(step, code="plan_rejected", message="No plan can satisfy the output contract.",
              extra={"diagnostics": result.diagnostics})
         commit(ctx, step, expect=(RunStatus.PLANNING,))
@@ -259,14 +195,14 @@ def plan(ctx: RunContext) -> None:
             row.save(force_insert=True)
 
     step.writes.append(write_plan)
-    step.event(ev.PLAN_GENERATED, {
-        "version": 1,
-        "nodes": [{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
-                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"],
-                   "rationale": n.get("rationale", "")} for n in graph["nodes"]],
-        "edges": graph.get("edges", []),
-        "metadata": graph.get("metadata", {}),
-    })
+    step.event(ev.event_plan_generated(
+        version=1,
+        nodes=[{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
+                "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"],
+                "rationale": n.get("rationale", "")} for n in graph["nodes"]],
+        edges=graph.get("edges", []),
+        metadata=graph.get("metadata", {}),
+    ))
     step.status = RunStatus.RUNNING
     # Node rows exist in memory before commit so the step can refer to them;
     # their pks are set by write_plan inside the transaction.
@@ -289,21 +225,28 @@ def resume_started(ctx: RunContext) -> None:
     step = Step()
     step.status = RunStatus.RUNNING
     if ctx.run.pause_reason:
-        from hitl.services import hitl_follow_up_pending_pause
-
         commit(ctx, step, expect=(RunStatus.QUEUED,))
         step = Step()
         step.status = RunStatus.PAUSED
-        payload = hitl_follow_up_pending_pause(run_id=ctx.run.id)
-        if payload is not None:
-            step.event(ev.POLICY_TRIGGERED, payload, payload.get("nodeId") or "")
+        follow_up = hitl_follow_up_pending_pause(run_id=ctx.run.id)
+        if follow_up is not None:
+            step.event(follow_up_event(follow_up))
         else:
-            step.event(ev.LOG, {"level": "info", "message": f"paused: {ctx.run.pause_reason}"})
+            step.event(ev.event_log(level="info", message=f"paused: {ctx.run.pause_reason}"))
         commit(ctx, step)
         return
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     start_next_or_finish(ctx, step, statuses)
     commit(ctx, step, expect=(RunStatus.QUEUED,))
+
+
+def follow_up_event(follow_up: FollowUp) -> PendingEvent:
+    """The `policy_triggered` of a HITL decision's follow-up
+    (`hitl.services.hitl_follow_up_payload`)."""
+    return ev.event_policy_triggered(
+        policy_id=follow_up["policyId"], trigger=follow_up["trigger"], action=follow_up["action"],
+        node_id=follow_up["nodeId"], request_id=follow_up["requestId"],
+        resolution=follow_up["resolution"], follow_up=follow_up["followUp"])
 
 
 def recover(ctx: RunContext) -> None:
@@ -323,9 +266,8 @@ def recover(ctx: RunContext) -> None:
                                            max_crash_attempts=settings.FLEX_MAX_CRASH_ATTEMPTS)
         error = {"code": "worker_lost", "message": "The worker running this node stopped before committing a result."}
         step.update_node(node.node_id, crash_attempts=crash_attempts)
-        step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id,
-                                   "attempt": node.attempts, "error": error, "willRetry": decision.retry},
-                   node.node_id)
+        step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id,
+                                       attempt=node.attempts, error=error, will_retry=decision.retry))
         if decision.retry:
             start_node(ctx, step, node.node_id)
         else:
@@ -356,6 +298,7 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
     elif outcome.kind == executor.INVALID:
         on_invalid(ctx, step, node, outcome)
     elif outcome.kind == executor.CLARIFY:
+        assert outcome.clarification is not None  # the executor sets it with CLARIFY
         policies.on_clarify(ctx, step, node, outcome.clarification)
     else:
         on_error(ctx, step, node, outcome)
@@ -365,8 +308,6 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
 def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
     output = outcome.output or {}
     now = timezone.now()
-    from django.db.models import F
-
     step.update_node(node.node_id, status=NodeStatus.COMPLETED, output=output, completed_at=now,
                      duration_ms=outcome.duration_ms, error=None, commits=F("commits") + 1)
     facets = dict(ctx.run.facets)
@@ -380,9 +321,9 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     step.run_updates["facets"] = facets
     step.run_updates["provenance"] = provenance
     ctx.run.facets, ctx.run.provenance = facets, provenance
-    step.event(ev.NODE_COMPLETE, {"nodeId": node.node_id, "capabilityId": node.capability_id,
-                                  "attempt": node.attempts, "outputFacets": list(output.keys()),
-                                  "durationMs": outcome.duration_ms}, node.node_id)
+    step.event(ev.event_node_complete(node_id=node.node_id, capability_id=node.capability_id,
+                                      attempt=node.attempts, output_facets=list(output.keys()),
+                                      duration_ms=outcome.duration_ms))
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     statuses[node.node_id] = NodeStatus.COMPLETED
     if policies.on_node_complete(ctx, step, node):
@@ -392,8 +333,7 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 
 
 def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
-    step.event(ev.VALIDATION_ERROR, {"scope": "node", "nodeId": node.node_id, "attempt": node.attempts,
-                                     "errors": outcome.errors}, node.node_id)
+    step.event(ev.event_validation_error(node_id=node.node_id, attempt=node.attempts, errors=outcome.errors))
     history = list(node.validation_errors or []) + [{"attempt": node.attempts, "errors": outcome.errors}]
     step.update_node(node.node_id, validation_errors=history)
     decision = retry.after_invalid_output(attempts=node.attempts, max_retries=ctx.max_retries)
@@ -411,8 +351,8 @@ def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
     decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable,
                                  backoff_base=settings.FLEX_RETRY_BACKOFF_SECONDS)
-    step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id, "attempt": node.attempts,
-                               "error": outcome.error, "willRetry": decision.retry}, node.node_id)
+    step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id, attempt=node.attempts,
+                                   error=outcome.error, will_retry=decision.retry))
     if decision.retry and decision.delay > 0:
         # Back off in the queue, holding no worker: the node is pending again
         # and the run is claimable from `available_at` (its next claim starts

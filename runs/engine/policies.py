@@ -24,14 +24,14 @@ from django.utils import timezone
 
 from hitl import services as hitl_services
 from hitl.models import HitlKind
+from hitl.presenters import hitl_request_payload
 from planner import jsonlogic
 from runs import events as ev
-from runs.models import NodeStatus, PlanVersion, RunStatus
+from runs.engine.step import RunContext, Step, fail, start_node
+from runs.models import NodeRun, NodeStatus, PlanVersion, RunStatus
 
 if TYPE_CHECKING:
     from planner.types import ClarificationNeeded
-    from runs.engine.loop import RunContext, Step
-    from runs.models import NodeRun
 
 logger = logging.getLogger("runs.engine.policies")
 
@@ -43,19 +43,19 @@ MANUAL = "manual"
 
 # --- hooks ---------------------------------------------------------------------
 
-def on_start(ctx: "RunContext", step: "Step") -> bool:
+def on_start(ctx: RunContext, step: Step) -> bool:
     """The plan was just generated; no node has started."""
     return _fire_matching(ctx, step, ON_START, node=None, output={}, errors=[])
 
 
-def on_node_complete(ctx: "RunContext", step: "Step", node: "NodeRun") -> bool:
+def on_node_complete(ctx: RunContext, step: Step, node: NodeRun) -> bool:
     """A node's result is in the step (status completed). A halting policy
     leaves the node completed: the run waits, pauses, is replanned or fails."""
     output = step.node_updates.get(node.node_id, {}).get("output") or node.output or {}
     return _fire_matching(ctx, step, ON_NODE_COMPLETE, node=node, output=output, errors=[])
 
 
-def on_validation_fail(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]],
+def on_validation_fail(ctx: RunContext, step: Step, node: NodeRun, errors: list[dict[str, Any]],
                        *, output: dict[str, Any] | None = None) -> bool:
     """A node's output failed its contract on every allowed attempt. Without a
     matching halting policy the loop escalates to a person
@@ -64,7 +64,7 @@ def on_validation_fail(ctx: "RunContext", step: "Step", node: "NodeRun", errors:
     return _fire_matching(ctx, step, ON_VALIDATION_FAIL, node=node, output=output or {}, errors=errors)
 
 
-def escalate_invalid_output(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]],
+def escalate_invalid_output(ctx: RunContext, step: Step, node: NodeRun, errors: list[dict[str, Any]],
                             *, output: dict[str, Any]) -> None:
     """The default when validation retries are exhausted (seed 8.3 FR4): an
     approval request with the invalid output as `review` and the errors in
@@ -86,10 +86,11 @@ def escalate_invalid_output(ctx: "RunContext", step: "Step", node: "NodeRun", er
     step.writes.append(lambda: request.save(force_insert=True))
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node.node_id)
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
+                                     node_id=node.node_id))
 
 
-def _reviewable(ctx: "RunContext", node_id: str, output: dict[str, Any]) -> dict[str, Any]:
+def _reviewable(ctx: RunContext, node_id: str, output: dict[str, Any]) -> dict[str, Any]:
     """The node's output facets of an (invalid) output, for a person to review."""
     if not isinstance(output, dict):
         return {}
@@ -97,7 +98,7 @@ def _reviewable(ctx: "RunContext", node_id: str, output: dict[str, Any]) -> dict
     return {name: output[name] for name in facets if name in output} or dict(output)
 
 
-def clarifications_for(ctx: "RunContext", node_id: str) -> list[dict[str, Any]]:
+def clarifications_for(ctx: RunContext, node_id: str) -> list[dict[str, Any]]:
     # A clarification is answered only through a resume, and every resume
     # records a new plan version: at version 1 there is none to look up
     # (this saves a query per node on the hot path).
@@ -106,7 +107,7 @@ def clarifications_for(ctx: "RunContext", node_id: str) -> list[dict[str, Any]]:
     return hitl_services.clarifications_for_node(run_id=ctx.run.id, node_id=node_id)
 
 
-def on_clarify(ctx: "RunContext", step: "Step", node: "NodeRun", question: "ClarificationNeeded") -> None:
+def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "ClarificationNeeded") -> None:
     """A capability asked a question: the run waits for a person."""
     request = hitl_services.hitl_request_build(
         run=ctx.run, kind=HitlKind.CLARIFY, question=question.question, options=question.options,
@@ -116,7 +117,8 @@ def on_clarify(ctx: "RunContext", step: "Step", node: "NodeRun", question: "Clar
     step.writes.append(lambda: request.save(force_insert=True))
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node.node_id)
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
+                                     node_id=node.node_id))
 
 
 # --- selection -------------------------------------------------------------------
@@ -127,7 +129,7 @@ def runtime_policies(envelope: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in policies if p.get("enabled", True) is not False]
 
 
-def selector_matches(selector: dict[str, Any] | None, node: "NodeRun | None") -> bool:
+def selector_matches(selector: dict[str, Any] | None, node: NodeRun | None) -> bool:
     """Every key given must equal the node's; a selector never matches when
     there is no node (onStart)."""
     if not selector:
@@ -138,7 +140,7 @@ def selector_matches(selector: dict[str, Any] | None, node: "NodeRun | None") ->
     return all(actual.get(key) == value for key, value in selector.items())
 
 
-def policy_data(ctx: "RunContext", *, node: "NodeRun | None", output: dict[str, Any],
+def policy_data(ctx: RunContext, *, node: NodeRun | None, output: dict[str, Any],
                 errors: list[dict[str, Any]]) -> dict[str, Any]:
     """What a `condition` sees (documented in docs/hitl.md)."""
     return {
@@ -164,7 +166,7 @@ def condition_holds(condition: Any, data: dict[str, Any]) -> bool:
         return False
 
 
-def _fire_matching(ctx: "RunContext", step: "Step", trigger: str, *, node: "NodeRun | None",
+def _fire_matching(ctx: RunContext, step: Step, trigger: str, *, node: NodeRun | None,
                    output: dict[str, Any], errors: list[dict[str, Any]]) -> bool:
     data: dict[str, Any] | None = None
     for policy in runtime_policies(ctx.envelope):
@@ -182,7 +184,7 @@ def _fire_matching(ctx: "RunContext", step: "Step", trigger: str, *, node: "Node
 
 # --- actions -----------------------------------------------------------------------
 
-def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None",
+def _fire(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None,
           errors: list[dict[str, Any]], *, output: dict[str, Any] | None = None) -> bool:
     """Apply one policy's action to the step; True when it halted the flow."""
     action = policy["action"]
@@ -190,16 +192,13 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
     node_id = node.node_id if node is not None else ""
     if kind == "replan" and trigger == ON_VALIDATION_FAIL and node is not None and _replanned_before(ctx, policy, node):
         # Once per (policy, node): a node that never validates ends the run.
-        step.event(ev.LOG, {"level": "warning", "message": f"policy {policy['id']} already replanned node "
-                                                           f"{node_id}; not replanning again"}, node_id)
+        step.event(ev.event_log(level="warning", message=f"policy {policy['id']} already replanned node "
+                                                         f"{node_id}; not replanning again", node_id=node_id))
         return False
-    payload: dict[str, Any] = {"policyId": policy["id"], "trigger": trigger, "action": action}
-    if node_id:
-        payload["nodeId"] = node_id
-    step.event(ev.POLICY_TRIGGERED, payload, node_id)
+    step.event(ev.event_policy_triggered(policy_id=policy["id"], trigger=trigger, action=action, node_id=node_id))
     if kind == "emit":
-        step.event(ev.LOG, {"level": "info", "message": f"policy {policy['id']} emitted {action['event']}",
-                            "event": action["event"], "payload": action.get("payload") or {}}, node_id)
+        step.event(ev.event_log(level="info", message=f"policy {policy['id']} emitted {action['event']}",
+                                event=action["event"], payload=action.get("payload") or {}, node_id=node_id))
         return False
     if kind == "hitl":
         review = _reviewable(ctx, node_id, output or {}) if trigger == ON_VALIDATION_FAIL and node else output
@@ -213,8 +212,6 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
         step.run_updates["pause_reason"] = action.get("reason") or f"paused by policy {policy['id']}"
         return True
     if kind == "fail":
-        from runs.engine.loop import fail
-
         message = action.get("message") or f"Runtime policy {policy['id']} failed the run."
         if trigger == ON_VALIDATION_FAIL and node is not None:
             step.update_node(node_id, status=NodeStatus.FAILED, completed_at=timezone.now(),
@@ -227,7 +224,7 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
     return False
 
 
-def _raise_approval(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None",
+def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None,
                     errors: list[dict[str, Any]], *, review: dict[str, Any] | None = None) -> None:
     """An approval request. After onNodeComplete the node stays completed;
     after onValidationFail it waits (approve = one more attempt, see docs)."""
@@ -255,7 +252,8 @@ def _raise_approval(ctx: "RunContext", step: "Step", policy: dict[str, Any], tri
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
-    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node_id)
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
+                                     node_id=node_id))
 
 
 def _follow_up(value: Any) -> dict[str, Any] | None:
@@ -265,7 +263,7 @@ def _follow_up(value: Any) -> dict[str, Any] | None:
     return {"type": value} if isinstance(value, str) else dict(value)
 
 
-def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str, node: "NodeRun | None") -> bool:
+def _replan(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None) -> bool:
     """Record a new plan version for the remaining work. Completed nodes stay
     locked (their results and statuses are kept); after onValidationFail the
     failed node is put back to pending, once per (policy, node), so a node
@@ -294,26 +292,24 @@ def _replan(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: st
     step.writes.append(write_version)
     ctx.run.plan_version = version
     step.run_updates["plan_version"] = version
-    step.event(ev.PLAN_UPDATED, {"previousVersion": previous, "version": version, "reason": "replan",
-                                 "trigger": trigger_info,
-                                 "nodes": [{"id": n["id"], "status": statuses.get(n["id"], "pending")}
-                                           for n in graph.get("nodes", [])]}, node_id)
+    step.event(ev.event_plan_updated(previous_version=previous, version=version, reason="replan",
+                                     trigger=trigger_info,
+                                     nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")}
+                                            for n in graph.get("nodes", [])], node_id=node_id))
     if trigger == ON_VALIDATION_FAIL and node is not None:
         # The failed node is ready again: start it in this same step.
-        from runs.engine.loop import start_node
-
         start_node(ctx, step, node_id)
         return True
     # onStart / onNodeComplete: the flow goes on under the new version.
     return False
 
 
-def _replanned_before(ctx: "RunContext", policy: dict[str, Any], node: "NodeRun") -> bool:
+def _replanned_before(ctx: RunContext, policy: dict[str, Any], node: NodeRun) -> bool:
     return PlanVersion.objects.filter(run_id=ctx.run.id, reason=PlanVersion.Reason.REPLAN,
                                       trigger__policyId=policy["id"], trigger__nodeId=node.node_id).exists()
 
 
-def _contract_summary(ctx: "RunContext", node_id: str) -> dict[str, Any]:
+def _contract_summary(ctx: RunContext, node_id: str) -> dict[str, Any]:
     node = ctx.graph_node(node_id)
     return {"nodeId": node_id, "capabilityId": node["capabilityId"], "outputFacets": node["outputFacets"],
             "contractHash": node.get("contractHash", "")}

@@ -23,7 +23,7 @@ def backoff(*, attempts: int, base: float) -> float:
     """Exponential: base, 2 x base, 4 x base, ... capped at MAX_BACKOFF_SECONDS."""
     if base <= 0:
         return 0.0
-    return min(base * (2 ** max(attempts - 1, 0)), MAX_BACKOFF_SECONDS)
+    return float(min(base * (2 ** max(attempts - 1, 0)), MAX_BACKOFF_SECONDS))
 
 
 def after_invalid_output(*, attempts: int, max_retries: int) -> RetryDecision:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 DONE = "completed"
 SKIPPED = "skipped"
@@ -32,7 +32,7 @@ def pending_node_ids(nodes: Iterable[NodeState]) -> list[str]:
     return [n.id for n in nodes if n.status not in (DONE, SKIPPED)]
 
 
-def node_states(graph_nodes: Sequence[Mapping], statuses: Mapping[str, str]) -> list[NodeState]:
+def node_states(graph_nodes: Sequence[Mapping[str, Any]], statuses: Mapping[str, str]) -> list[NodeState]:
     """Build NodeStates from a plan graph's node dicts and a status map."""
     return [NodeState(id=n["id"], status=statuses.get(n["id"], "pending"), depends_on=tuple(n.get("dependsOn", ())))
             for n in graph_nodes]

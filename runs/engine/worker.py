@@ -21,6 +21,7 @@ import weakref
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from runs import notify
 from runs.engine import lease, loop
 
 logger = logging.getLogger("runs.engine.worker")
@@ -31,6 +32,10 @@ _local_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 def wake_local_workers() -> None:
     for worker in list(_local_workers):
         worker.wake()
+
+
+# Announced work (`runs.notify.announce_work`) wakes this process's workers.
+notify.register_work_waker(wake_local_workers)
 
 
 def new_worker_id(prefix: str = "worker") -> str:
@@ -127,6 +132,13 @@ def drain(*, worker_id: str = "drain", max_steps: int = 1000) -> int:
 
 _embedded: list[tuple[Worker, threading.Thread]] = []
 _embedded_lock = threading.Lock()
+
+
+def start_embedded_workers_if_configured() -> None:
+    """Server start-up hook (see `runs.apps`): worker threads inside the web
+    process when `FLEX_EMBEDDED_WORKERS` > 0 (the `make run` default)."""
+    if settings.FLEX_EMBEDDED_WORKERS:
+        start_embedded_workers()
 
 
 def start_embedded_workers(count: int | None = None) -> list[Worker]:

@@ -28,10 +28,10 @@ def awaiting(api_for: Any, client_user: Any, drain: Any, **follow_ups: Any) -> s
 def status_changes(monkeypatch: Any) -> list[tuple[str, str]]:
     """Every status the run table is written with, as (from, to), read around
     each write of the run's row (the whole history of a run's status)."""
-    from runs import events as ev
+    from runs import transitions
 
     seen: list[tuple[str, str]] = []
-    original = ev._bump_run
+    original = transitions._bump_run
 
     def watched(*, run_id: str, **kwargs: Any) -> Any:
         before = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
@@ -41,7 +41,7 @@ def status_changes(monkeypatch: Any) -> list[tuple[str, str]]:
             seen.append((before, after))
         return result
 
-    monkeypatch.setattr(ev, "_bump_run", watched)
+    monkeypatch.setattr(transitions, "_bump_run", watched)
     return seen
 
 

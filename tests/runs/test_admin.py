@@ -538,7 +538,7 @@ def test_with_flex_disabled_every_console_action_is_refused_with_a_clear_message
 # --- secrets in responses stay out of every console and history page ---------------------------
 
 def test_secrets_in_responses_appear_on_no_console_or_history_page(operator: Any, approval_run: Run) -> None:
-    from hitl.services import hitl_respond
+    from runs.services import hitl_respond
 
     request = pending_of(approval_run)
     hitl_respond(user=operator, run_id=approval_run.id, request_id=request.id, responses=[

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from hitl.models import HitlRequest
-from hitl.services import hitl_resume
+from runs.services import hitl_resume
 from runs.models import Run, RunStatus
 from runs.services import run_create
 from tests.conftest import load_envelope

@@ -9,7 +9,7 @@ import pytest
 
 from runs import services
 from runs.engine import lease, loop
-from runs.events import Fenced
+from runs.transitions import Fenced
 from runs.models import AuditEntry, NodeRun, Run, RunEvent
 from tests.conftest import load_envelope
 

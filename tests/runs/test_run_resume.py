@@ -9,6 +9,7 @@ from django.db import connection
 
 from hitl.models import HitlRequest
 from runs.models import AuditEntry, PlanVersion, Run, RunEvent
+from runs.transitions import status_writer
 from tests.conftest import load_envelope
 from tests.hitl.helpers import APPROVE, events_of, submit
 from tests.sse import streamed, types
@@ -81,7 +82,8 @@ def test_a_run_awaiting_a_person_needs_a_resolving_response(api_for, operator, a
 def test_a_stale_plan_version_is_409(api_for, operator, paused):
     api = api_for(operator)
     assert api.post(URL, {"runId": paused, "expectedPlanVersion": 1}, format="json").status_code == 202
-    Run.objects.filter(pk=paused).update(status="paused")  # paused again, at version 2
+    with status_writer():  # set up: paused again, at version 2
+        Run.objects.filter(pk=paused).update(status="paused")
 
     response = api.post(URL, {"runId": paused, "expectedPlanVersion": 1}, format="json")
 
@@ -103,7 +105,8 @@ def test_a_completed_run_is_409_run_already_completed(api_for, operator, client_
 
 @pytest.mark.django_db
 def test_a_running_run_is_409_invalid_run_state(api_for, operator, paused):
-    Run.objects.filter(pk=paused).update(status="running")
+    with status_writer():  # set up
+        Run.objects.filter(pk=paused).update(status="running")
 
     response = api_for(operator).post(URL, {"runId": paused, "expectedPlanVersion": 1}, format="json")
 

@@ -26,6 +26,7 @@ from django.db import connections
 
 from runs.engine import lease
 from runs.engine.worker import Worker, new_worker_id
+from runs.notify import start_work_listener
 
 
 class Command(BaseCommand):
@@ -50,8 +51,6 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        from runs.notify import start_work_listener
-
         start_work_listener()
         # Daemon threads: the main thread owns shutdown and may leave a thread
         # blocked in a capability behind (its run handed back, its token stale).

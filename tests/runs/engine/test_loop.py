@@ -94,7 +94,7 @@ def test_a_run_whose_worker_died_while_planning_is_planned_by_the_next_worker(ap
     claim = lease.claim_next(worker_id="doomed")
     ctx = loop.load(claim)
     step = loop.Step(status="planning")
-    step.event(ev.START, {"runId": run_id, "threadId": None, "status": "planning"})
+    step.event(ev.event_start(run_id=run_id, thread_id=None, status="planning", correlation_id=None))
     loop.commit(ctx, step, expect=("queued",))
     Run.objects.filter(pk=run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert api.get(f"/api/v1/flex/runs/{run_id}").json()["run"]["status"] == "planning"

@@ -1,4 +1,6 @@
-"""The HITL API (API.md, HITL): pending, respond, resume, remove.
+"""The HITL API (API.md, HITL): pending, respond, resume, remove, under
+/api/hitl/. They act on runs (lock, resume, cancel), so they live with the
+run services; `hitl` itself only keeps requests and responses.
 
 Views are thin: parse, call one selector or service, serialize.
 """
@@ -14,11 +16,12 @@ from rest_framework.response import Response
 from flexagents.errors import ValidationFailed
 from flexagents.pagination import KeysetCursorPagination
 from flexagents.redaction import redact
-from hitl import services
+from hitl import services as hitl_services
 from hitl.models import HitlKind, HitlUrgency
-from hitl.selectors import hitl_pending_for_user, hitl_run_id_for
+from runs import services
 from runs.apis import FlexApiView
 from runs.events import iso
+from runs.selectors import hitl_pending_for_user, hitl_run_id_for
 
 
 class StrictSerializer(serializers.Serializer):
@@ -44,14 +47,14 @@ class AddressSerializer(StrictSerializer):
 
 
 class RespondInputSerializer(AddressSerializer):
-    responses = serializers.ListField(child=serializers.JSONField(), max_length=services.MAX_RESPONSES_PER_CALL)
+    responses = serializers.ListField(child=serializers.JSONField(), max_length=hitl_services.MAX_RESPONSES_PER_CALL)
     latestResponseId = serializers.CharField(required=False, allow_null=True, max_length=40)
     operator = serializers.DictField(required=False)
     note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
 
 
 class ResumeInputSerializer(RespondInputSerializer):
-    responses = serializers.ListField(child=serializers.JSONField(), max_length=services.MAX_RESPONSES_PER_CALL,
+    responses = serializers.ListField(child=serializers.JSONField(), max_length=hitl_services.MAX_RESPONSES_PER_CALL,
                                       required=False, default=list)
 
 
@@ -114,7 +117,7 @@ def _pending_entry(hitl_request: Any) -> dict[str, Any]:
     entry = redact({"runId": run.id, "threadId": run.thread_id or None, "briefId": run.brief_id or None,
                     "status": run.status, "planVersion": run.plan_version, "updatedAt": iso(run.updated_at),
                     "pendingRequestId": hitl_request.id})
-    entry["pendingRequest"] = services.hitl_request_payload(hitl_request, responses=hitl_request.responses.all())
+    entry["pendingRequest"] = hitl_services.hitl_request_payload(hitl_request, responses=hitl_request.responses.all())
     return entry
 
 
@@ -139,10 +142,10 @@ class HitlResumeApi(FlexApiView):
         result = services.hitl_resume(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
                                       responses=data["responses"], latest_response_id=data.get("latestResponseId"),
                                       operator=data.get("operator"), note=data["note"])
-        listing = services.hitl_run_payloads(run=result.run)
+        listing = hitl_services.hitl_run_payloads(run_id=result.run.id)
         return Response({"runId": result.run.id, "status": result.run.status, "planVersion": result.run.plan_version,
                          "pendingRequestId": listing["pendingRequestId"], "requests": listing["requests"],
-                         "responses": [services.hitl_response_payload(r) for r in result.responses]})
+                         "responses": [hitl_services.hitl_response_payload(r) for r in result.responses]})
 
 
 class HitlRemoveApi(FlexApiView):
@@ -153,6 +156,6 @@ class HitlRemoveApi(FlexApiView):
         data = _parse(RemoveInputSerializer, request)
         run = services.hitl_remove(user=request.user, run_id=_run_id(request, data),
                                    request_id=data.get("requestId"), reason=data["reason"], note=data["note"])
-        listing = services.hitl_run_payloads(run=run)
+        listing = hitl_services.hitl_run_payloads(run_id=run.id)
         return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
                          "pendingRequestId": None, "requests": listing["requests"]})

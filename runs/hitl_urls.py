@@ -1,6 +1,7 @@
+"""/api/hitl/ (its views: runs.hitl_apis); URL names keep the `hitl` namespace."""
 from django.urls import path
 
-from hitl import apis
+from runs import hitl_apis as apis
 
 app_name = "hitl"
 

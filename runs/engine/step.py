@@ -1,0 +1,88 @@
+"""The engine's shared step types: what a worker knows about its claimed run
+(`RunContext`), one transaction's worth of changes (`Step`), and the small
+step builders every part of the engine uses (`start_node`, `fail`).
+
+`runs.engine.loop` commits steps; `runs.engine.policies` adds to them. Both
+import this module, and neither imports the other back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from django.utils import timezone
+
+from runs import events as ev
+from runs.engine import scheduling
+from runs.engine.lease import Claim
+from runs.events import PendingEvent
+from runs.models import NodeRun, NodeStatus, Run, RunStatus
+
+
+@dataclass
+class RunContext:
+    """What the lease holder knows about its run. Only the lease holder writes
+    nodes and facets, so this copy stays true while fenced commits succeed."""
+
+    claim: Claim
+    run: Run
+    graph: dict[str, Any] = field(default_factory=dict)
+    nodes: dict[str, NodeRun] = field(default_factory=dict)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        envelope: dict[str, Any] = self.run.envelope
+        return envelope
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.envelope.get("constraints", {}).get("maxRetries", 2))
+
+    def graph_node(self, node_id: str) -> dict[str, Any]:
+        for node in self.graph.get("nodes", []):
+            if node["id"] == node_id:
+                found: dict[str, Any] = node
+                return found
+        raise KeyError(node_id)
+
+    def states(self) -> list[scheduling.NodeState]:
+        return scheduling.node_states(self.graph.get("nodes", []), {k: n.status for k, n in self.nodes.items()})
+
+
+@dataclass
+class Step:
+    """One transaction's worth of changes, applied to memory only after commit."""
+
+    events: list[PendingEvent] = field(default_factory=list)
+    node_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run_updates: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None
+    # Extra writes that must share the transaction (plan version, HITL request).
+    writes: list[Callable[[], None]] = field(default_factory=list)
+
+    def event(self, event: PendingEvent) -> None:
+        """Add an event made by one of the `runs.events.event_*` builders."""
+        self.events.append(event)
+
+    def update_node(self, node_id: str, **changes: Any) -> None:
+        self.node_updates.setdefault(node_id, {}).update(changes)
+
+
+class Halt(Exception):
+    """The worker must stop working on this run (lost lease, cancelled, waiting)."""
+
+
+def start_node(ctx: RunContext, step: Step, node_id: str) -> None:
+    """Count the attempt and announce it, in the step being committed."""
+    node = ctx.nodes[node_id]
+    attempt = node.attempts + 1
+    step.update_node(node_id, status=NodeStatus.RUNNING, attempts=attempt, started_at=timezone.now(),
+                     plan_version=ctx.run.plan_version)
+    step.event(ev.event_node_start(node_id=node_id, capability_id=node.capability_id, attempt=attempt))
+
+
+def fail(step: Step, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
+    error = {"code": code, "message": message, **(extra or {})}
+    step.run_updates["error"] = error
+    step.status = RunStatus.FAILED
+    step.event(ev.event_complete(status="failed", error=error))
