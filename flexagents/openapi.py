@@ -347,6 +347,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "runCancel", _AUTH, _FLEX, _BODY, _RUN_404, {409: ["run_already_completed", "invalid_run_state"]}),
     ("/api/v1/flex/runs/{runId}/stream", "get"): Op("runStreamFollow", _AUTH, _FLEX, _RUN_404, _QUERY,
                                                     {503: ["server_busy"]}, sse=200),
+    ("/api/v1/flex/runs/{runId}/stream-ticket", "post"): Op("runStreamTicket", _AUTH, _FLEX, _BODY, _RUN_404),
     ("/api/v1/flex/runs/{runId}/events", "get"): Op("runEvents", _AUTH, _FLEX, _RUN_404, _QUERY,
                                                     {429: ["throttled"]}, ok=(200, "EventPage")),
     ("/api/v1/flex/capabilities", "get"): Op("capabilityList", _AUTH, _FLEX, ok=(200, "CapabilityList")),
@@ -434,7 +435,7 @@ def postprocess_schema(result: dict[str, Any], generator: Any, request: Any, pub
     schemas.update(copy.deepcopy(COMPONENTS))
     _tighten_requests(schemas)
     for name, schema in schemas.items():
-        if name.startswith("TaskEnvelope") or name in _STRICT_REQUESTS:
+        if name.startswith("TaskEnvelope") or name in _STRICT_REQUESTS or name == "HitlResponseInput":
             _no_nul_characters(schema)
 
     for path, item in result["paths"].items():
@@ -527,6 +528,10 @@ def _finish_parameters(path: str, method: str, operation: dict[str, Any]) -> Non
     for parameter in operation.get("parameters", []):
         if parameter.get("in") == "query" and parameter["name"] in refined:
             parameter.update(copy.deepcopy(refined[parameter["name"]]))
+        if parameter.get("in") == "query" and not parameter.get("required"):
+            # The server reads `?name=` as the parameter left out (django-filter,
+            # flexagents.params), as a browser's form submits it.
+            parameter["allowEmptyValue"] = True
     extra = copy.deepcopy(_HEADERS.get((path, method), []))
     if extra:
         operation["parameters"] = [*operation.get("parameters", []), *extra]

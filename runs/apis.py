@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from flexagents import logging as flex_logging
 from flexagents.errors import ServerBusy, ValidationFailed
+from flexagents.fields import StrictCharField, StrictIntegerField
 from flexagents.params import int_param
 from planner.facets import get_catalog
 from planner.planner import preview_plan
@@ -297,7 +298,7 @@ class RunDebugApi(FlexApiView):
 
 
 class RunCancelInputSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    reason = StrictCharField(required=False, allow_blank=True, max_length=2000, default="")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
@@ -327,12 +328,12 @@ class RunCancelApi(FlexApiView):
 
 
 class RunResumeInputSerializer(serializers.Serializer):
-    runId = serializers.CharField(max_length=40)
-    expectedPlanVersion = serializers.IntegerField(min_value=0)
+    runId = StrictCharField(max_length=40)
+    expectedPlanVersion = StrictIntegerField(min_value=0)
     responses = serializers.ListField(child=serializers.JSONField(), required=False, default=list, max_length=20)
-    latestResponseId = serializers.CharField(required=False, allow_null=True, max_length=40)
+    latestResponseId = StrictCharField(required=False, allow_null=True, max_length=40)
     operator = serializers.DictField(required=False)
-    note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+    note = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import date, datetime, timedelta, timezone as dt_timezone
 from typing import Any, Iterator, Mapping
 
 import django_filters
@@ -85,6 +85,11 @@ class MomentField(forms.CharField):
             raise forms.ValidationError("expected an ISO 8601 timestamp such as 2026-03-01T10:00:00Z or a date")
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt_timezone.utc)
+        try:
+            # In UTC: PostgreSQL refuses offsets beyond ±15:59 that Python reads.
+            parsed = parsed.astimezone(dt_timezone.utc)
+        except OverflowError:
+            raise forms.ValidationError("the timestamp is out of range") from None
         return Moment(parsed, whole_day)
 
 
@@ -112,6 +117,8 @@ class CreatedFilter(django_filters.Filter):
         if self.bound == "after":
             return qs.filter(created_at__gte=value.at)
         if value.whole_day:
+            if value.at.date() == date.max:
+                return qs  # the last day there is: nothing comes after it
             return qs.filter(created_at__lt=value.at + timedelta(days=1))
         return qs.filter(created_at__lte=value.at)
 

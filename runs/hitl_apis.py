@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from flexagents.errors import ValidationFailed
+from flexagents.fields import StrictCharField
 from flexagents.pagination import KeysetCursorPagination
 from flexagents.redaction import redact
 from hitl import services as hitl_services
@@ -36,9 +37,9 @@ class StrictSerializer(serializers.Serializer):
 
 
 class AddressSerializer(StrictSerializer):
-    runId = serializers.CharField(required=False, max_length=40)
-    threadId = serializers.CharField(required=False, max_length=200)
-    requestId = serializers.CharField(max_length=40)
+    runId = StrictCharField(required=False, max_length=40)
+    threadId = StrictCharField(required=False, max_length=200)
+    requestId = StrictCharField(max_length=40)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs.get("runId") and not attrs.get("threadId"):
@@ -48,9 +49,9 @@ class AddressSerializer(StrictSerializer):
 
 class RespondInputSerializer(AddressSerializer):
     responses = serializers.ListField(child=serializers.JSONField(), max_length=hitl_services.MAX_RESPONSES_PER_CALL)
-    latestResponseId = serializers.CharField(required=False, allow_null=True, max_length=40)
+    latestResponseId = StrictCharField(required=False, allow_null=True, max_length=40)
     operator = serializers.DictField(required=False)
-    note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+    note = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
 
 
 class ResumeInputSerializer(RespondInputSerializer):
@@ -59,9 +60,9 @@ class ResumeInputSerializer(RespondInputSerializer):
 
 
 class RemoveInputSerializer(AddressSerializer):
-    requestId = serializers.CharField(required=False, max_length=40)
-    reason = serializers.CharField(max_length=4000)
-    note = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+    requestId = StrictCharField(required=False, max_length=40)
+    reason = StrictCharField(max_length=4000)
+    note = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
 
 
 def _parse(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:

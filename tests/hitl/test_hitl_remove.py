@@ -71,3 +71,10 @@ def test_a_reason_is_required(api_for, operator, awaiting):
     response = api_for(operator).post("/api/hitl/remove", {"runId": awaiting}, format="json")
 
     assert response.status_code == 422 and response.json()["details"]["errors"][0]["path"] == "/reason"
+
+
+def test_a_reason_must_be_a_string(api_for, operator, awaiting):
+    response = api_for(operator).post("/api/hitl/remove", {"runId": awaiting, "reason": 5}, format="json")
+
+    assert response.status_code == 422 and response.json()["details"]["errors"][0]["path"] == "/reason"
+    assert Run.objects.get(pk=awaiting).status == "awaiting_hitl"

@@ -1,21 +1,28 @@
 """Schemathesis against a live daphne (the Procfile's web command), once with
-a client token and once with an operator token: every check, a bounded
-number of cases per operation.
+a client token and once with an operator token: every check
+(`--checks all` plus `error_bodies_are_json`, tests/schemathesis_hooks.py),
+every phase, a bounded number of cases per operation. Strict: no 5xx, no
+undocumented status code, no error body that is not our JSON, no response
+outside its schema, no request the schema allows and the server refuses
+(or the reverse) — save the narrow, by-design exceptions in `BY_DESIGN`.
 
-Guaranteed here, always: no 5xx (`not_a_server_error`) and no error body
-that is not our JSON (`error_bodies_are_json`, tests/schemathesis_hooks.py).
-Every other check is run and reported; the ones that judge the OpenAPI
-document itself (`PENDING_SCHEMA_CHECKS`: undocumented status codes, request
-schemas looser than the server) depend on the schema work and make the test
-xfail with the list of findings until then. `FLEX_SCHEMATHESIS_STRICT=1`
-makes them fail instead.
+Not fuzzed here: the two operations that follow a run's event stream
+(`runStream`, POST /api/v1/flex/run.stream, and `runStreamFollow`, GET
+/api/v1/flex/runs/{runId}/stream). A schema-valid request opens a stream that
+stays open until the run ends (no worker runs here) with a keep-alive
+comment every 15 s, so each case would hold the fuzzer for its whole request
+timeout (the run took more than 10 minutes with them). Their contract —
+status codes, JSON errors, Last-Event-ID, slots — is tested by
+tests/runs/test_run_stream.py, tests/runs/test_streaming.py,
+tests/runs/test_stream_ticket.py, tests/multiprocess/test_streams.py and
+tests/multiprocess/test_stream_admission.py.
 
-Knobs: `FLEX_SCHEMATHESIS_EXAMPLES` (cases per operation and phase, default
-15), `FLEX_SCHEMATHESIS_SEED` (default 16).
+Knobs: `FLEX_SCHEMATHESIS_EXAMPLES` (cases per operation in the fuzzing
+phase, default 10), `FLEX_SCHEMATHESIS_SEED` (default 16).
 """
 from __future__ import annotations
 
-import collections
+import base64
 import json
 import os
 import subprocess
@@ -31,13 +38,27 @@ from tests.multiprocess.procs import BASE_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ALWAYS = ("not_a_server_error", "error_bodies_are_json")
-PENDING_SCHEMA_CHECKS = ("status_code_conformance", "positive_data_acceptance", "negative_data_rejection",
-                         "missing_required_header", "unsupported_method", "response_schema_conformance",
-                         "content_type_conformance", "response_headers_conformance")
-EXAMPLES = int(os.environ.get("FLEX_SCHEMATHESIS_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("FLEX_SCHEMATHESIS_EXAMPLES", "10"))
 SEED = os.environ.get("FLEX_SCHEMATHESIS_SEED", "16")
-STRICT = os.environ.get("FLEX_SCHEMATHESIS_STRICT") == "1"
+STREAMING = ("runStream", "runStreamFollow")  # see the module docstring
+
+# Findings that are right by design: a schema-valid request the server
+# refuses (`positive_data_acceptance`) with a 422 whose every error is one of
+# these, each a rule OpenAPI 3.0 cannot state. (path suffix, message start)
+BY_DESIGN = (
+    # The list cursor is opaque and signed: any string is schema-valid, only
+    # one the server returned in a `next` link is accepted.
+    ("/cursor", "not a cursor returned by this endpoint"),
+    # NUL characters are refused anywhere in a body (neither database stores
+    # them). The schema says so on every declared string (`pattern`), but
+    # OpenAPI 3.0 has no `propertyNames` for keys, and free JSON (`metadata`,
+    # `directives`, facet values' open objects) is declared as any JSON.
+    ("", "has a key that contains a NUL character"),
+    ("", "contains a NUL character"),
+    # Runtime policy ids are unique within an envelope; `uniqueItems` compares
+    # whole items, not one property of them.
+    ("/id", "duplicate policy id"),
+)
 
 
 def token_for(django_user_model: Any, username: str, role: str) -> str:
@@ -50,21 +71,45 @@ def token_for(django_user_model: Any, username: str, role: str) -> str:
     return Token.objects.create(user=user).key
 
 
-def failures_in(report: Path) -> list[dict[str, str]]:
-    found = []
+def by_design(check: str, response: dict[str, Any] | None) -> bool:
+    if check != "positive_data_acceptance" or not response or response.get("status_code") != 422:
+        return False
+    content = response.get("content") or ""
+    if isinstance(content, dict):
+        content = base64.b64decode(content.get("$base64", "")).decode("utf-8", "replace")
+    try:
+        body = json.loads(content)
+        errors = body["details"]["errors"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return body.get("code") == "validation_failed" and bool(errors) and all(
+        any(str(error.get("path", "")).endswith(suffix) and str(error.get("message", "")).startswith(start)
+            for suffix, start in BY_DESIGN)
+        for error in errors)
+
+
+def failures_in(report: Path) -> tuple[list[dict[str, str]], int]:
+    """The failed checks of a ndjson report, and how many were by design."""
+    found, excused = [], 0
     for line in report.read_text().splitlines():
-        event = json.loads(line)
-        scenario = event.get("ScenarioFinished")
+        scenario = json.loads(line).get("ScenarioFinished")
         if not scenario:
             continue
-        label = (scenario.get("recorder") or {}).get("label", "")
-        for checks in ((scenario.get("recorder") or {}).get("checks") or {}).values():
+        recorder = scenario.get("recorder") or {}
+        for case_id, checks in (recorder.get("checks") or {}).items():
+            response = ((recorder.get("interactions") or {}).get(case_id) or {}).get("response")
             for check in checks:
-                if check.get("status") == "failure":
-                    failure = (check.get("failure_info") or {}).get("failure") or {}
-                    found.append({"check": check["name"], "operation": failure.get("operation") or label,
-                                  "title": failure.get("title", ""), "message": str(failure.get("message", ""))[:300]})
-    return found
+                if check.get("status") != "failure":
+                    continue
+                if by_design(check["name"], response):
+                    excused += 1
+                    continue
+                failure = (check.get("failure_info") or {}).get("failure") or {}
+                found.append({"check": check["name"], "operation": failure.get("operation") or recorder.get("label"),
+                              "title": failure.get("title", ""), "message": str(failure.get("message", ""))[:300],
+                              "status": str((response or {}).get("status_code", "")),
+                              "body": str((response or {}).get("content", ""))[:300]})
+    return found, excused
 
 
 def run_schemathesis(port: int, token: str, report: Path) -> subprocess.CompletedProcess[str]:
@@ -74,12 +119,13 @@ def run_schemathesis(port: int, token: str, report: Path) -> subprocess.Complete
             "--header", f"Authorization: Bearer {token}", "--checks", "all",
             "--max-examples", str(EXAMPLES), "--seed", SEED, "--request-timeout", "10",
             "--continue-on-failure", "--no-color", "--generation-database", "none",
+            *[arg for op in STREAMING for arg in ("--exclude-operation-id", op)],
             "--report", "ndjson", "--report-ndjson-path", str(report)]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(BASE_DIR)}
     return subprocess.run(argv, cwd=report.parent, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_schemathesis_finds_no_server_error_and_no_non_json_error_body(procs, django_user_model, tmp_path):
+def test_schemathesis_finds_nothing_the_schema_does_not_say(procs, django_user_model, tmp_path):
     _, port = procs.daphne(env={
         # Fuzzing submits hundreds of runs and reads details fast: not what
         # the backpressure caps and the read throttle are there to measure.
@@ -99,18 +145,9 @@ def test_schemathesis_finds_no_server_error_and_no_non_json_error_body(procs, dj
         result = run_schemathesis(port, token, report)
         assert report.exists(), result.stdout[-3000:] + result.stderr[-3000:]
         assert "Test cases:" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
-        found += [{**failure, "role": role} for failure in failures_in(report)]
+        failures, _ = failures_in(report)
+        found += [{**failure, "role": role} for failure in failures]
+        # Something was tested: every operation but the streaming ones ran.
+        assert "Tested: 15" in result.stdout, result.stdout[-3000:]
 
-    broken = [failure for failure in found if failure["check"] in ALWAYS]
-    assert not broken, json.dumps(broken[:20], indent=1)
-    unexpected = [failure for failure in found
-                  if failure["check"] not in ALWAYS and failure["check"] not in PENDING_SCHEMA_CHECKS]
-    assert not unexpected, json.dumps(unexpected[:20], indent=1)
-    pending = collections.Counter(f"{failure['check']}: {failure['operation']}" for failure in found
-                                  if failure["check"] in PENDING_SCHEMA_CHECKS)
-    if pending:
-        summary = "\n".join(f"{count} × {name}" for name, count in sorted(pending.items()))
-        if STRICT:
-            pytest.fail(f"schema conformance findings:\n{summary}")
-        pytest.xfail("the OpenAPI document does not yet declare every 4xx nor match the server's request "
-                     f"rules (schema work pending):\n{summary}")
+    assert not found, json.dumps(found[:20], indent=1)

@@ -119,6 +119,7 @@ def test_cancelling_a_run_that_waits_for_a_person_removes_the_request(api_for, c
     ({"reason": "x", "status": "completed"}, "/status"),
     ({"reason": {"text": "nested"}}, "/reason"),
     ({"reason": "x" * 2001}, "/reason"),
+    ({"reason": 5}, "/reason"),  # not turned into "5": the schema says string
     (["reason"], "/"),
 ])
 def test_it_refuses_a_bad_body_and_changes_nothing(api_for, client_user, body, path):

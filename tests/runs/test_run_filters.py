@@ -94,6 +94,10 @@ def admin_rows(body: str) -> set[str]:
     ({"createdBefore": "2026-03-02T00:00:00Z"}, {"before", "start", "end", "next"}),
     ({"createdAfter": "2026-03-01T00:00:00Z", "createdBefore": "2026-03-01T00:00:00Z"}, {"start"}),
     ({"createdBefore": "2026-03-01T01:00:00+01:00"}, {"before", "start"}),
+    # Offsets Python reads and PostgreSQL would not (beyond ±15:59); the last day there is.
+    ({"createdBefore": "2026-03-01T00:00:00-18:10"}, {"before", "start"}),
+    ({"createdAfter": "2026-03-01T23:59:59+18:10"}, {"end", "next"}),
+    ({"createdBefore": "9999-12-31"}, {"before", "start", "end", "next"}),
     # Text: in the objective (any case), or exactly a run, thread or brief id.
     ({"q": "newsletter"}, {"start"}),
     ({"q": "thread-end"}, {"end"}),

@@ -135,7 +135,8 @@ def test_support_gets_403_and_strangers_404(api_for, support, other_client, paus
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("body", [{"runId": "x"}, {"expectedPlanVersion": 1}, {"runId": "x", "expectedPlanVersion": 1,
-                                                                               "surprise": 1}])
+                                                                               "surprise": 1},
+                                  {"runId": 7, "expectedPlanVersion": 1}, {"runId": "x", "expectedPlanVersion": "1"}])
 def test_a_body_without_its_required_fields_is_422(api_for, operator, body):
     response = api_for(operator).post(URL, body, format="json")
 

@@ -321,7 +321,7 @@ export interface paths {
          * @description POST /api/v1/flex/runs/{runId}/stream-ticket — a single-use, 60 s ticket
          *     for the run's stream, bound to the caller.
          */
-        post: operations["v1_flex_runs_stream_ticket_create"];
+        post: operations["runStreamTicket"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2557,7 +2557,7 @@ export interface operations {
             };
         };
     };
-    v1_flex_runs_stream_ticket_create: {
+    runStreamTicket: {
         parameters: {
             query?: never;
             header?: never;
@@ -2612,7 +2612,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Not found: `flex_disabled` */
+            /** @description Not found: `flex_disabled`, `run_not_found` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2620,7 +2620,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "flex_disabled";
+                        code?: "flex_disabled" | "run_not_found";
                     };
                 };
             };
