@@ -5,6 +5,7 @@ which raises `ImproperlyConfigured` on bad values instead of guessing.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
     "planner",
     "hitl",
     "runs",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -221,6 +223,26 @@ FLEX_CAPABILITIES = [
 ]
 FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
 FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
+
+# --- Operations (ops app) ------------------------------------------------------
+# A worker writes its heartbeat row at most this often; /api/ready wants one
+# newer than FLEX_WORKER_STALE_SECONDS (or a live run lease).
+FLEX_WORKER_HEARTBEAT_SECONDS = env_float("FLEX_WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.01)
+FLEX_WORKER_STALE_SECONDS = env_float("FLEX_WORKER_STALE_SECONDS", 30.0, minimum=0.1)
+# /metrics asks for `Authorization: Bearer <token>` when this is set.
+FLEX_METRICS_TOKEN = env_str("FLEX_METRICS_TOKEN") or ""
+# prometheus-client's multi-process mode reads PROMETHEUS_MULTIPROC_DIR when it
+# is first imported, so it is settled here, before any app loads. Every process
+# of a deployment must share it (docs/deployment.md); `make run` empties the
+# default one at start; a test session gets its own, which its child processes inherit.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if TESTING:
+        import tempfile as _tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _tempfile.mkdtemp(prefix="flex-metrics-")
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(BASE_DIR / "db" / "prometheus")
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # --- Logging -------------------------------------------------------------------
 LOGGING = {

@@ -21,6 +21,7 @@ import weakref
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from ops.heartbeats import worker_beat
 from runs.engine import lease, loop
 
 logger = logging.getLogger("runs.engine.worker")
@@ -99,6 +100,7 @@ class Worker:
         logger.info("worker started", extra={"worker": self.worker_id})
         try:
             while not self.stopping:
+                worker_beat(self.worker_id)  # throttled; /api/ready reads it
                 try:
                     worked = self.run_once(heartbeat)
                 except Exception:  # noqa: BLE001 — a bug in one run must not kill the worker
