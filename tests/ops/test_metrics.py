@@ -1,0 +1,87 @@
+"""`GET /metrics`: Prometheus text, the database gauges, the token guard."""
+from __future__ import annotations
+
+import pytest
+from django.test import Client, override_settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from ops import metrics
+from tests.conftest import load_envelope
+from tests.hitl.helpers import APPROVE, pending_request, resume, submit
+
+pytestmark = pytest.mark.django_db
+
+
+def scrape(client: Client | None = None, **headers: str) -> dict[str, float]:
+    response = (client or Client()).get("/metrics", **headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {sample.name + _labels(sample.labels): sample.value
+            for family in text_string_to_metric_families(response.content.decode())
+            for sample in family.samples}
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else ""
+
+
+def test_it_follows_the_inbox_and_the_queue(api_for, client_user, operator, drain):
+    before = scrape()
+    assert before["flex_hitl_pending"] == 0
+    assert before["flex_queue_depth"] == 0
+
+    run_id = submit(api_for(client_user), load_envelope("approval-required"))
+    assert scrape()["flex_queue_depth"] == 1  # submitted, no worker yet
+    drain()
+    waiting = scrape()
+    assert waiting["flex_hitl_pending"] == 1
+    assert waiting["flex_queue_depth"] == 0
+
+    answered = resume(api_for(operator), run_id, pending_request(run_id).id, [APPROVE])
+    assert answered.status_code == 200, answered.content
+    after = scrape()
+    assert after["flex_hitl_pending"] == 0
+    assert after["flex_queue_depth"] == 1  # resumed: queued for a worker again
+    drain()
+    assert scrape()["flex_queue_depth"] == 0
+
+
+def test_it_says_no_agent_is_active_until_agents_exist():
+    assert scrape()["flex_agents_active"] == 0
+
+
+def test_it_exposes_the_unlabelled_metrics_before_any_increment():
+    samples = scrape()
+    assert samples["flex_lease_takeovers_total"] == 0
+    assert samples["flex_run_duration_seconds_count"] == 0
+    assert samples["flex_hitl_response_seconds_count"] == 0
+    assert samples["flex_sse_open_streams"] == 0
+
+
+def test_it_defines_every_metric_name_of_the_contract_with_its_labels():
+    defined = {m._name: tuple(m._labelnames) for m in (
+        metrics.RUNS, metrics.RUN_DURATION, metrics.NODE_DURATION, metrics.VALIDATION_RETRIES,
+        metrics.POLICY_TRIGGERS, metrics.PLANNER_PLANS, metrics.HITL_RESPONSE, metrics.LEASE_TAKEOVERS,
+        metrics.SSE_OPEN_STREAMS, metrics.LLM_TOKENS)}
+    assert defined == {
+        "flex_runs": ("status",), "flex_run_duration_seconds": (), "flex_node_duration_seconds": ("capability_id",),
+        "flex_validation_retries": ("capability_id",), "flex_policy_triggers": ("action",),
+        "flex_planner_plans": ("result",), "flex_hitl_response_seconds": (), "flex_lease_takeovers": (),
+        "flex_sse_open_streams": (), "flex_llm_tokens": ("model", "kind"),
+    }
+    assert set(metrics.DATABASE_GAUGES) >= {"flex_hitl_pending", "flex_queue_depth", "flex_agents_active"}
+
+
+@override_settings(FLEX_METRICS_TOKEN="scrape-me")
+def test_it_asks_for_the_metrics_token_when_one_is_set():
+    missing = Client().get("/metrics")
+    assert missing.status_code == 401
+    assert missing.json()["code"] == "not_authenticated"
+    assert "scrape-me" not in missing.content.decode()
+    wrong = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-you")
+    assert wrong.status_code == 401
+    assert scrape(HTTP_AUTHORIZATION="Bearer scrape-me")["flex_hitl_pending"] == 0
+
+
+def test_it_is_open_without_a_token():
+    assert Client().get("/metrics").status_code == 200
