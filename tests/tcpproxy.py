@@ -17,10 +17,11 @@ class TcpProxy:
     def __init__(self, target_port: int, *, port: int | None = None) -> None:
         self.target_port = target_port
         self.port = port or free_port()
-        # cut(request_bytes, response_bytes_so_far) -> True: close both sides now (once).
+        # cut(bytes the client sent, bytes the server sent) on one connection
+        # -> True: close both sides now (once).
         self.cut: Callable[[bytes, bytes], bool] | None = None
         self.cuts = 0
-        self.requests: list[bytes] = []  # the first bytes each client sent
+        self.requests: list[bytes] = []  # each HTTP request head clients sent (keep-alive included)
         self._server: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -63,16 +64,14 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(upstream, client, bytearray(), first), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, seen: bytearray, request: bytearray | None) -> None:
-        recorded = False
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 seen += data
-                if request is None and not recorded:
-                    self.requests.append(bytes(seen))  # the request head, for assertions
-                    recorded = True
+                if request is None and data.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD"):
+                    self.requests.append(data.split(b"\r\n\r\n", 1)[0])
                 dst.sendall(data)
                 if request is not None and self.cut is not None and self.cuts == 0 and self.cut(bytes(request), bytes(seen)):
                     self.cuts += 1
