@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -74,11 +75,18 @@ _FAILED_SENTENCES = {
 }
 
 
-class ReadyApi(APIView):
-    """No authentication: load balancers and orchestrators call it."""
+class ProbeApi(APIView):
+    """No authentication: probes and scrapers call it, and whatever `Accept`
+    they send, they get the one format the endpoint has (never a 406)."""
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)
+
+
+class ReadyApi(ProbeApi):
 
     @extend_schema(
         operation_id="ready",
@@ -102,11 +110,21 @@ class ReadyApi(APIView):
                             headers={"Retry-After": "5", "Cache-Control": "no-cache"})
 
 
-class MetricsApi(APIView):
-    """Prometheus scrape endpoint; `FLEX_METRICS_TOKEN` (Bearer) when set."""
+class PrometheusTextRenderer(BaseRenderer):
+    """Lets content negotiation accept scrapers that ask for text only (the
+    view builds its body itself)."""
 
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return data if isinstance(data, bytes) else str(data).encode()
+
+
+class MetricsApi(ProbeApi):
+    """Prometheus scrape endpoint; `FLEX_METRICS_TOKEN` (Bearer) when set."""
+    renderer_classes = [PrometheusTextRenderer]
 
     @extend_schema(
         operation_id="metrics",
@@ -117,8 +135,9 @@ class MetricsApi(APIView):
                     "time. When `FLEX_METRICS_TOKEN` is set, send `Authorization: Bearer <token>` (else 401 "
                     "`not_authenticated`).",
         auth=[],
-        responses={200: OpenApiResponse(OpenApiTypes.STR, description="text/plain; version=0.0.4"),
-                   401: OpenApiResponse(description="`not_authenticated` (FLEX_METRICS_TOKEN is set)")},
+        responses={(200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="text/plain; version=0.0.4"),
+                   (401, "application/json"): OpenApiResponse(
+                       description="`not_authenticated` (FLEX_METRICS_TOKEN is set)")},
     )
     def get(self, request: Request) -> HttpResponse:
         expected = settings.FLEX_METRICS_TOKEN

@@ -85,3 +85,20 @@ def test_it_asks_for_the_metrics_token_when_one_is_set():
 
 def test_it_is_open_without_a_token():
     assert Client().get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("accept", [
+    # What Prometheus 2.x/3.x sends, and a scraper that only takes text.
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "text/plain",
+    "text/plain;version=0.0.4",
+])
+def test_it_answers_what_scrapers_accept(accept):
+    assert scrape(HTTP_ACCEPT=accept)["flex_queue_depth"] == 0
+
+
+def test_it_answers_a_client_that_only_takes_json_with_the_text_format():
+    response = Client().get("/metrics", HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    assert b"flex_queue_depth" in response.content
