@@ -1,11 +1,12 @@
 # Flex Agents — the two commands: `make run` and `make test`.
 PORT ?= 8000
+SPA_PORT ?= 5173
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench migrate clean
+.PHONY: setup run test test-fast bench migrate clean spa
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
@@ -20,16 +21,25 @@ migrate: setup
 run: migrate
 	rm -rf db/prometheus  # metrics of earlier runs (PROMETHEUS_MULTIPROC_DIR default)
 	DEBUG=1 $(PY) manage.py flex_demo --port $(PORT)
-	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) flexagents.asgi:application
+	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
 
-# The whole suite (SQLite unless DATABASE_URL says otherwise).
+# The layering contracts and the types, then the whole suite (SQLite unless
+# DATABASE_URL says otherwise).
 test: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py
+	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly
 
 # Everything but the multi-process and browser tests.
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow and not browser"
+
+# The reference SPA on its own origin, http://127.0.0.1:$(SPA_PORT)/spa/ (docs/spa.md; needs node).
+spa:
+	bash scripts/build-spa.sh
+	$(PYTHON) -m http.server $(SPA_PORT) --bind 127.0.0.1 --directory examples
 
 bench: setup
 	$(PY) -m bench

@@ -56,3 +56,28 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+def env_origins(name: str) -> list[str]:
+    """A comma-separated list of web origins (`https://app.example.com`,
+    `http://localhost:5173`): scheme, host and optional port, nothing else.
+    A wildcard, a path or a trailing slash is refused: an origin the browser
+    sends never matches them, so they would only hide a typo."""
+    from urllib.parse import urlsplit
+
+    origins = []
+    for raw in (os.environ.get(name) or "").split(","):
+        origin = raw.strip()
+        if not origin:
+            continue
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018 — raises on a bad port
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {origin!r} is not an origin") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname or "*" in origin \
+                or parts.path or parts.query or parts.fragment or parts.username is not None:
+            raise ImproperlyConfigured(f"{name}: {origin!r} is not an origin; "
+                                       "write scheme://host[:port], e.g. http://localhost:5173")
+        origins.append(origin)
+    return origins

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
+from flexagents import logging as flex_logging
 from flexagents.errors import FlexDisabled, error_body
 
 logger = logging.getLogger("flexagents.middleware")
@@ -66,6 +67,22 @@ def _is_json(response: HttpResponseBase) -> bool:
     return response.get("Content-Type", "").split(";")[0].strip().endswith("json")
 
 
+def _bind_correlation(request: HttpRequest) -> Any:
+    """The request's correlation id (`X-Correlation-ID`, else a new one), in
+    every log line of the request; a run created here inherits it."""
+    request.correlation_id = (flex_logging.clean_correlation_id(request.headers.get("X-Correlation-ID"))
+                              or flex_logging.new_correlation_id())
+    return flex_logging.bind(correlation_id=request.correlation_id)
+
+
+def _echo_correlation(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    # A view may rebind it (a run created with `metadata.correlationId`); a
+    # value unfit for a header (client data) is not echoed.
+    response["X-Correlation-ID"] = (flex_logging.clean_correlation_id(flex_logging.current_correlation_id())
+                                    or request.correlation_id)
+    return response
+
+
 class ApiErrorMiddleware:
     sync_capable = True
     async_capable = True
@@ -78,16 +95,22 @@ class ApiErrorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        early = self._before(request)
-        if early is not None:
-            return early
-        return self._after(request, self.get_response(request))
+        token = _bind_correlation(request)
+        try:
+            early = self._before(request)
+            response = early if early is not None else self._after(request, self.get_response(request))
+            return _echo_correlation(request, response)
+        finally:
+            flex_logging.reset(token)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        early = self._before(request)
-        if early is not None:
-            return early
-        return self._after(request, await self.get_response(request))
+        token = _bind_correlation(request)
+        try:
+            early = self._before(request)
+            response = early if early is not None else self._after(request, await self.get_response(request))
+            return _echo_correlation(request, response)
+        finally:
+            flex_logging.reset(token)
 
     def _before(self, request: HttpRequest) -> HttpResponseBase | None:
         path = request.path_info

@@ -6,6 +6,8 @@ other media type is a 415 (`UnsupportedMediaType`) before we are called.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import IO, Any, NoReturn
 
 from django.conf import settings
@@ -45,6 +47,58 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+# A lone surrogate cannot be encoded as UTF-8 (writing it fails), and NUL is
+# refused by PostgreSQL's text and jsonb: both are refused everywhere, so
+# SQLite and PostgreSQL answer alike.
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _pointer(parts: list[Any]) -> str:
+    if not parts:
+        return "/"
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def _text_problem(text: str) -> str | None:
+    found = _UNSTORABLE_TEXT.search(text)
+    if found is None:
+        return None
+    return "contains a NUL character" if found.group() == "\x00" else "contains a lone UTF-16 surrogate"
+
+
+def unstorable_value(value: Any) -> tuple[str, str] | None:
+    """The JSON pointer and the reason of the first value no database can
+    store: a number out of the double range (`1e999` parses to infinity), a
+    string or key holding NUL or a lone surrogate. None when all is well.
+    Iterative, in document order."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return _pointer(list(path)), "is a number out of range"
+        elif isinstance(node, str):
+            problem = _text_problem(node)
+            if problem:
+                return _pointer(list(path)), problem
+        elif isinstance(node, dict):
+            for key in node:
+                problem = _text_problem(key)
+                if problem:
+                    # Name the parent: the key itself cannot be printed safely.
+                    return _pointer(list(path)), f"has a key that {problem}"
+            # Reversed: the stack pops them in document order.
+            stack.extend((child, (*path, key)) for key, child in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((node[index], (*path, index)) for index in range(len(node) - 1, -1, -1))
+    return None
+
+
+def _unstorable(pointer: str, reason: str) -> ValidationFailed:
+    message = f"The value at {pointer} {reason}"
+    return ValidationFailed(message, details={"errors": [{"path": pointer, "message": reason}]})
+
+
 def _too_deep() -> ValidationFailed:
     message = f"The body nests deeper than {MAX_JSON_DEPTH} levels"
     return ValidationFailed(message, details={"errors": [{"path": "/", "message": message}],
@@ -59,6 +113,8 @@ class StrictJSONParser(JSONParser):
     2. Syntax and encoding → `ParseError` → 400 `malformed_json`.
     3. Depth → `ValidationFailed` → 422, so one deeply nested body cannot
        make every later recursive walk (validation, redaction) blow the stack.
+    4. Values no database stores (`1e999`, NUL, lone surrogates, in values
+       or keys) → `ValidationFailed` → 422 with the value's JSON pointer.
     """
 
     def parse(self, stream: IO[bytes] | None, media_type: str | None = None,
@@ -91,4 +147,7 @@ class StrictJSONParser(JSONParser):
             raise ParseError(f"JSON parse error - {exc}") from None
         if json_depth_exceeds(data, MAX_JSON_DEPTH):
             raise _too_deep()
+        found = unstorable_value(data)
+        if found is not None:
+            raise _unstorable(*found)
         return data

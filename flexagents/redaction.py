@@ -22,14 +22,22 @@ The input is never mutated; the result is a fresh JSON-shaped copy.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import re2
 
 REDACTED = "[redacted]"
 
-_SENSITIVE_STEMS = r"password|passwd|secret|token|api[_-]?key|authorization|cookie|credential|private[_-]?key|session"
+_SENSITIVE_STEMS = (r"password|passwd|secret|token|api[_-]?key|authorization|cookie|credential|private[_-]?key|session"
+                    r"|ticket")
 SENSITIVE_KEY_RE = re.compile(_SENSITIVE_STEMS, re.IGNORECASE)
 
 # Deeper than this we stop walking and redact the rest: the parser already
@@ -56,69 +64,172 @@ def is_sensitive_key(key: object) -> bool:
 _Schemas = tuple[dict[str, Any], ...]
 _NO_SCHEMAS: _Schemas = ()
 
+# A caller's schema can make `$ref` under anyOf/allOf/oneOf fan out
+# exponentially (`anyOf: [{}, {$ref: a}, {$ref: a}, {$ref: a}]` nested): each
+# schema node is expanded once per schema (memoised by node, each `$ref`
+# target visited once per expansion), the index is cached by the schema's
+# hash, and past `MAX_SCHEMA_NODES` expansions the whole value is redacted
+# (fail closed) rather than walked further.
+MAX_SCHEMA_NODES = 100_000
+MAX_WALK_STEPS = 1_000_000
+_INDEX_CACHE_SIZE = 256
 
-def _resolve(schema: Any, root: dict[str, Any], seen: int = 0) -> _Schemas:
-    """Expand one schema into the schemas that apply to the same value:
-    itself, its local `$ref` target and the branches of allOf/anyOf/oneOf.
-    Any of them marking the value sensitive is enough (fail closed)."""
-    if not isinstance(schema, dict) or seen > 32:
-        return _NO_SCHEMAS
-    out: list[dict[str, Any]] = [schema]
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        target: Any = root
-        for part in ref[2:].split("/"):
+
+class _TooComplex(Exception):
+    pass
+
+
+class _SchemaIndex:
+    """Every schema node of one root resolved once: the node, its local
+    `$ref` target and the branches of allOf/anyOf/oneOf, transitively,
+    without duplicates. Any of them marking the value sensitive is enough."""
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self.budget = MAX_SCHEMA_NODES
+        self.walk_budget = MAX_WALK_STEPS
+        self._resolved: dict[int, _Schemas] = {}
+        self._properties: dict[tuple[tuple[int, ...], str], _Schemas] = {}
+        self.lock = threading.Lock()  # one walk at a time: the memo and budget are shared
+
+    def _spend(self) -> None:
+        # Resolving: memoised, so this budget bounds the index's whole life.
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooComplex
+
+    def _spend_walk(self, amount: int) -> None:
+        # Matching keys and items against schemas: reset for every value.
+        self.walk_budget -= amount
+        if self.walk_budget < 0:
+            raise _TooComplex
+
+    def _target(self, ref: str) -> Any:
+        target: Any = self.root
+        for part in ref[2:].split("/") if ref != "#" else ():
             part = part.replace("~1", "/").replace("~0", "~")
             target = target.get(part) if isinstance(target, dict) else None
-        out.extend(_resolve(target, root, seen + 1))
-    for combinator in ("allOf", "anyOf", "oneOf"):
-        branches = schema.get(combinator)
-        if isinstance(branches, list):
-            for branch in branches:
-                out.extend(_resolve(branch, root, seen + 1))
-    return tuple(out)
+        return target
+
+    def resolve(self, schema: Any) -> _Schemas:
+        if not isinstance(schema, dict):
+            return _NO_SCHEMAS
+        key = id(schema)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return cached
+        out: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        stack: list[Any] = [schema]
+        while stack:
+            node = stack.pop()
+            if not isinstance(node, dict) or id(node) in seen:
+                continue
+            self._spend()
+            seen.add(id(node))
+            out.append(node)
+            ref = node.get("$ref")
+            if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+                stack.append(self._target(ref))
+            for combinator in ("allOf", "anyOf", "oneOf"):
+                branches = node.get(combinator)
+                if isinstance(branches, list):
+                    stack.extend(reversed(branches))
+        result = tuple(out)
+        self._resolved[key] = result
+        return result
+
+    def property_schemas(self, schemas: _Schemas, key: str) -> _Schemas:
+        memo_key = (tuple(map(id, schemas)), key)
+        cached = self._properties.get(memo_key)
+        if cached is not None:
+            return cached
+        out: list[dict[str, Any]] = []
+        self._spend_walk(len(schemas))
+        for schema in schemas:
+            properties = schema.get("properties")
+            if isinstance(properties, dict) and key in properties:
+                out.extend(self.resolve(properties[key]))
+                continue
+            patterns = schema.get("patternProperties")
+            matched = False
+            if isinstance(patterns, dict):
+                for pattern, sub in patterns.items():
+                    if isinstance(pattern, str) and _pattern_matches(pattern, key):
+                        out.extend(self.resolve(sub))
+                        matched = True
+            if not matched:
+                out.extend(self.resolve(schema.get("additionalProperties")))
+        result = _unique(out)
+        if len(self._properties) < MAX_SCHEMA_NODES:
+            self._properties[memo_key] = result
+        return result
+
+    def item_schemas(self, schemas: _Schemas, index: int) -> _Schemas:
+        out: list[dict[str, Any]] = []
+        self._spend_walk(len(schemas))
+        for schema in schemas:
+            prefix = schema.get("prefixItems")
+            if isinstance(prefix, list) and index < len(prefix):
+                out.extend(self.resolve(prefix[index]))
+            else:
+                out.extend(self.resolve(schema.get("items")))
+        return _unique(out)
+
+
+def _unique(schemas: list[dict[str, Any]]) -> _Schemas:
+    return tuple({id(schema): schema for schema in schemas}.values())
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@lru_cache(maxsize=1024)
+def _compiled_pattern(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error:
+        return None
+
+
+def _pattern_matches(pattern: str, key: str) -> bool:
+    # RE2 like validation (planner.contracts): a caller's patternProperties
+    # regex must not backtrack here either. Submission refuses patterns RE2
+    # cannot run; in other stored schemas they match nothing.
+    compiled = _compiled_pattern(pattern)
+    return compiled is not None and compiled.search(key) is not None
+
+
+_index_lock = threading.Lock()
+_indexes: OrderedDict[str, _SchemaIndex] = OrderedDict()
+
+
+def _schema_index(root: dict[str, Any]) -> _SchemaIndex:
+    """The index of `root`, shared by every call with an equal schema."""
+    try:
+        key = hashlib.sha256(json.dumps(root, sort_keys=True, separators=(",", ":"),
+                                        ensure_ascii=False, default=str).encode("utf-8", "replace")).hexdigest()
+    except (TypeError, ValueError, RecursionError):
+        return _SchemaIndex(root)
+    with _index_lock:
+        index = _indexes.get(key)
+        if index is not None:
+            _indexes.move_to_end(key)
+            return index
+        index = _indexes[key] = _SchemaIndex(root)
+        while len(_indexes) > _INDEX_CACHE_SIZE:
+            _indexes.popitem(last=False)
+        return index
 
 
 def _marks_sensitive(schemas: _Schemas) -> bool:
     return any(s.get("x-sensitive") is True for s in schemas)
 
 
-def _property_schemas(schemas: _Schemas, key: str, root: dict[str, Any]) -> _Schemas:
-    out: list[dict[str, Any]] = []
-    for schema in schemas:
-        properties = schema.get("properties")
-        if isinstance(properties, dict) and key in properties:
-            out.extend(_resolve(properties[key], root))
-            continue
-        patterns = schema.get("patternProperties")
-        matched = False
-        if isinstance(patterns, dict):
-            for pattern, sub in patterns.items():
-                try:
-                    if re.search(pattern, key):
-                        out.extend(_resolve(sub, root))
-                        matched = True
-                except re.error:
-                    continue
-        if not matched:
-            out.extend(_resolve(schema.get("additionalProperties"), root))
-    return tuple(out)
-
-
-def _item_schemas(schemas: _Schemas, index: int, root: dict[str, Any]) -> _Schemas:
-    out: list[dict[str, Any]] = []
-    for schema in schemas:
-        prefix = schema.get("prefixItems")
-        if isinstance(prefix, list) and index < len(prefix):
-            out.extend(_resolve(prefix[index], root))
-        else:
-            out.extend(_resolve(schema.get("items"), root))
-    return tuple(out)
-
-
 # --- Values ----------------------------------------------------------------
 
-def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text: bool,
+def _walk(value: Any, schemas: _Schemas, root: _SchemaIndex | None, depth: int, text: bool,
           text_keys: frozenset[str] = frozenset()) -> Any:
     if schemas and _marks_sensitive(schemas):
         return REDACTED
@@ -135,16 +246,16 @@ def _walk(value: Any, schemas: _Schemas, root: dict[str, Any], depth: int, text:
             if _key_is_sensitive(name):
                 out[key if isinstance(key, _SCALARS) else name] = REDACTED
                 continue
-            sub = _property_schemas(schemas, name, root) if schemas else _NO_SCHEMAS
+            sub = root.property_schemas(schemas, name) if schemas and root is not None else _NO_SCHEMAS
             # Under a free-text key (an error message, a reason) every string is
             # text-redacted too: that is where `api_key=…` ends up.
             out[key if isinstance(key, _SCALARS) else name] = _walk(item, sub, root, depth + 1,
                                                                     text or name in text_keys, text_keys)
         return out
     if isinstance(value, (list, tuple)):
-        if not schemas:
+        if not schemas or root is None:
             return [_walk(item, _NO_SCHEMAS, root, depth + 1, text, text_keys) for item in value]
-        return [_walk(item, _item_schemas(schemas, i, root), root, depth + 1, text, text_keys)
+        return [_walk(item, root.item_schemas(schemas, i), root, depth + 1, text, text_keys)
                 for i, item in enumerate(value)]
     # Unknown type (datetime, Decimal, model instance, bytes…): never pass an
     # object through, its repr may hold a secret.
@@ -170,8 +281,17 @@ def redact(value: Any, *, schema: dict[str, Any] | None = None, text: bool = Tru
     exists only for tests of the key rule; no surface may use it.
     `text_keys` is accepted for older callers and changes nothing.
     """
-    root = schema if isinstance(schema, dict) else {}
-    return _walk(value, _resolve(root, root) if root else _NO_SCHEMAS, root, 0, text, frozenset(text_keys))
+    if not isinstance(schema, dict) or not schema:
+        return _walk(value, _NO_SCHEMAS, None, 0, text, frozenset(text_keys))
+    index = _schema_index(schema)
+    try:
+        with index.lock:
+            index.walk_budget = MAX_WALK_STEPS
+            return _walk(value, index.resolve(index.root), index, 0, text, frozenset(text_keys))
+    except _TooComplex:
+        # The schema is too tangled to tell which values it marks sensitive:
+        # fail closed.
+        return REDACTED
 
 
 def redact_facets(facets: Mapping[str, Any], catalog_schemas: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
@@ -212,6 +332,17 @@ _PAIR_RE = re.compile(
 # A bearer credential anywhere else: `curl -H "…Bearer abc"`. Not "basic":
 # it is an ordinary English word; Basic credentials come in a header, above.
 _SCHEME_RE = re.compile(r"\b(?P<scheme>bearer)[ \t]+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+# URL query parameters that carry a credential although their name is not
+# one of the sensitive stems: `?ticket=…` (a stream ticket, API.md) — in an
+# access log line, a `Location`, a logged URL. Case-insensitive, up to the
+# next separator.
+URL_SECRET_PARAMS = ("ticket",)
+_QUERY_PARAM_RE = re.compile(
+    r"(?P<key>[?&;](?:" + "|".join(URL_SECRET_PARAMS) + r")=)(?!" + re.escape(REDACTED) + r")[^&#\s\"'<>]*",
+    re.IGNORECASE,
+)
 
 
 def _pair_sub(match: re.Match[str]) -> str:
@@ -275,10 +406,22 @@ def _mask_nested(s: str) -> str:
     return "".join(out)
 
 
-# Every pattern above needs a sensitive stem or "bearer" somewhere in the
-# text; most strings have neither, and one search tells (rule 3 runs this on
-# every string leaf of every payload).
-_MAY_HOLD_SECRET_RE = re.compile(rf"{_SENSITIVE_STEMS}|bearer", re.IGNORECASE)
+# Every pattern above needs a sensitive stem, "bearer" or a secret URL
+# parameter somewhere in the text; most strings have none, and one search
+# tells (rule 3 runs this on every string leaf of every payload).
+_MAY_HOLD_SECRET_RE = re.compile(rf"{_SENSITIVE_STEMS}|bearer|[?&;](?:{'|'.join(URL_SECRET_PARAMS)})=",
+                                 re.IGNORECASE)
+
+
+def redact_query_string(query: str) -> str:
+    """A URL query string fit for a log line: the value of every sensitive
+    key (`token`, `api_key`, `ticket`…, decoded first, so `api%5Fkey` counts)
+    masked, every other value text-redacted; re-encoded."""
+    if not query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(key, REDACTED if is_sensitive_key(key) else redact_text(value)) for key, value in pairs],
+                     safe="[]")
 
 
 def redact_text(s: str) -> str:
@@ -287,6 +430,7 @@ def redact_text(s: str) -> str:
     if not s or _MAY_HOLD_SECRET_RE.search(s) is None:
         return s
     s = _HEADER_RE.sub(lambda m: f"{m.group('key')}{m.group('sep')}{REDACTED}", s)
+    s = _QUERY_PARAM_RE.sub(lambda m: f"{m.group('key')}{REDACTED}", s)
     if "{" in s or "[" in s:
         s = _mask_nested(s)
     s = _PAIR_RE.sub(_pair_sub, s)

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from flexagents.env import env_bool, env_float, env_int, env_str
+from flexagents.env import env_bool, env_float, env_int, env_origins, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 TESTING = "pytest" in sys.modules or env_bool("FLEX_TESTING", False)
@@ -41,6 +41,7 @@ CSRF_FAILURE_VIEW = "flexagents.views.csrf_failure"
 INSTALLED_APPS = [
     # daphne first: `runserver` then serves ASGI, which SSE needs.
     "daphne",
+    "corsheaders",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -61,6 +62,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: preflights are answered here, and every response under /api/
+    # (errors rewritten below, SSE streams) leaves through it.
+    "corsheaders.middleware.CorsMiddleware",
+    "flexagents.access.RequestLogMiddleware",
+    "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -175,9 +181,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["flexagents.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "flexagents.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "flexagents.openapi.FlexAutoSchema",
     "DEFAULT_THROTTLE_RATES": {
-        "debug_view": env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
+        # One scope for the debug view, the history page and the events (runs/throttles.py).
+        "run_detail": env_str("FLEX_RUN_DETAIL_RATE") or env_str("FLEX_DEBUG_VIEW_RATE", "120/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -188,11 +195,24 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Request and response bodies, errors, operation ids, /api/health: flexagents/openapi.py.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "flexagents.openapi.postprocess_schema"],
     # Swagger UI assets from the sidecar package: no CDN, works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# --- CORS: an SPA on another origin (API.md, "The SPA as a client") ----------
+# Empty (the default): same origin only, no CORS header is ever sent.
+CORS_ALLOWED_ORIGINS = env_origins("FLEX_CORS_ALLOWED_ORIGINS")
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_METHODS = ("GET", "POST", "OPTIONS")
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Correlation-ID")
+CORS_EXPOSE_HEADERS = ("X-Correlation-ID", "Retry-After", "Idempotent-Replayed")
+# Sent only beside an allowed origin's own name (never with `*`).
+CORS_ALLOW_CREDENTIALS = True
+CORS_PREFLIGHT_MAX_AGE = 600
 
 # --- Events / SSE ------------------------------------------------------------
 EVENTSTREAM_STORAGE_CLASS = "runs.streaming.RunEventStorage"
@@ -204,6 +224,8 @@ FLEX_SSE_KEEPALIVE_SECONDS = env_float("FLEX_SSE_KEEPALIVE_SECONDS", 15.0, minim
 FLEX_SSE_POLL_SECONDS = env_float("FLEX_SSE_POLL_SECONDS", 0.25 if not REDIS_URL else 2.0, minimum=0.01)
 FLEX_SSE_MAX_STREAMS_PER_USER = env_int("FLEX_SSE_MAX_STREAMS_PER_USER", 200, minimum=1)
 FLEX_SSE_MAX_STREAMS = env_int("FLEX_SSE_MAX_STREAMS", 5000, minimum=1)
+# How long a stream ticket (`?ticket=` for EventSource) may wait to be used.
+FLEX_STREAM_TICKET_SECONDS = env_int("FLEX_STREAM_TICKET_SECONDS", 60, minimum=1, maximum=3600)
 
 # --- Engine ------------------------------------------------------------------
 FLEX_ENABLED = env_bool("FLEX_ENABLED", True)
@@ -214,7 +236,13 @@ FLEX_SWEEP_SECONDS = env_float("FLEX_SWEEP_SECONDS", 15.0, minimum=0.05)
 FLEX_IDLE_POLL_SECONDS = env_float("FLEX_IDLE_POLL_SECONDS", 0.5, minimum=0.01)
 # How many times a node may be started by workers that then died.
 FLEX_MAX_CRASH_ATTEMPTS = env_int("FLEX_MAX_CRASH_ATTEMPTS", 3, minimum=1)
-FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 10000, minimum=1)
+# Back-off before a node that failed with a retryable error runs again (doubles
+# per attempt, capped at 30 s); the run waits in the queue (Run.available_at),
+# holding no worker. 0 retries at once (the test default, so drain() finishes).
+FLEX_RETRY_BACKOFF_SECONDS = env_float("FLEX_RETRY_BACKOFF_SECONDS", 0.0 if TESTING else 1.0, minimum=0.0)
+# Backpressure (503 server_busy past them): queued runs per user, and in all.
+FLEX_MAX_QUEUED_RUNS_PER_USER = env_int("FLEX_MAX_QUEUED_RUNS_PER_USER", 20, minimum=1)
+FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 200, minimum=1)
 FLEX_CAPABILITIES = [
     "planner.capabilities.strategist.SocialPosting",
     "planner.capabilities.copywriter.SocialpostDrafting",

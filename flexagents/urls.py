@@ -1,9 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from flexagents import views
+from flexagents.docs_views import SwaggerView
 from ops import views as ops_views
 
 urlpatterns = [
@@ -18,5 +19,5 @@ urlpatterns = [
     path("api/v1/flex/", include("runs.urls")),
     path("api/hitl/", include("hitl.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="openapi-docs"),
+    path("api/docs/", SwaggerView.as_view(url_name="openapi-schema"), name="openapi-docs"),
 ]

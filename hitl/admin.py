@@ -7,15 +7,18 @@ import json
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.template.loader import render_to_string
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from flexagents.redaction import redact_text
 from flexagents.roles import user_may_view_all_runs
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
-from hitl.presenters import hitl_request_payload, hitl_response_payload
+from hitl.presenters import hitl_request_payload, hitl_response_payload, review_rows
 from runs.selectors import runs_visible_to
 
 
@@ -37,21 +40,20 @@ class HitlResponseInline(admin.TabularInline):
     model = HitlResponse
     extra = 0
     can_delete = False
-    fields = ("response_id", "response_type", "approved", "selected_option_id", "answer_text", "shown_metadata",
-              "responder", "created_at")
+    fields = ("response_id", "response_type", "approved", "selected_option_id", "freeform_redacted", "note",
+              "shown_metadata", "responder", "created_at")
     readonly_fields = fields
     ordering = ("id",)
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    # What people read goes through the HITL presenter (redacted).
-    @admin.display(description="freeform text")
-    def answer_text(self, obj: HitlResponse) -> str:
+    # What people read goes through the HITL presenter (redacted); the
+    # stored row keeps the real values.
+    @admin.display(description="free text")
+    def freeform_redacted(self, obj: HitlResponse) -> str:
         return hitl_response_payload(obj)["freeformText"] or ""
+
+    @admin.display(description="note")
+    def note(self, obj: HitlResponse) -> str:
+        return str((hitl_response_payload(obj)["metadata"] or {}).get("note") or "")
 
     @admin.display(description="responder")
     def responder(self, obj: HitlResponse) -> str:
@@ -60,6 +62,12 @@ class HitlResponseInline(admin.TabularInline):
     @admin.display(description="metadata")
     def shown_metadata(self, obj: HitlResponse) -> str:
         return json.dumps(hitl_response_payload(obj)["metadata"], ensure_ascii=False) if obj.metadata else ""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(HitlRequest)
@@ -71,8 +79,11 @@ class HitlRequestAdmin(admin.ModelAdmin):
     list_select_related = ("run",)
     show_full_result_count = False
     inlines = [HitlResponseInline]
-    fields = ("id", "run", "kind", "status", "resolution", "urgency", "shown_question", "shown_options",
-              "allow_free_form", "pending_node_id", "shown_operator_prompt", "shown_review", "plan_version", "source",
+
+    class Media:
+        css = {"all": ("runs/console.css",)}
+    fields = ("id", "run_link", "kind", "status", "resolution", "urgency", "question_redacted", "under_review",
+              "shown_options", "allow_free_form", "pending_node_id", "operator_prompt_redacted", "plan_version", "source",
               "created_at", "resolved_at")
     readonly_fields = fields
 
@@ -99,30 +110,29 @@ class HitlRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="run", ordering="run_id")
     def run_link(self, obj: HitlRequest) -> str:
-        return format_html('<a href="{}">{}</a>', reverse("admin:runs_run_change", args=[obj.run_id]), obj.run_id)
+        # Admin URLs carry quoted ids (`run_01a` → `run_5F01a`).
+        return format_html('<a href="{}" class="run-link">{}</a>', reverse("admin:runs_run_change",
+                                                                           args=[quote(obj.run_id)]), obj.run_id)
 
     @admin.display(description="question")
     def question_short(self, obj: HitlRequest) -> str:
         question = redact_text(obj.question)
         return question if len(question) <= 80 else question[:79] + "…"
 
-    # The change page shows what the HITL presenter shows (redacted); the
-    # stored row keeps the real values.
-    def _shown(self, obj: HitlRequest) -> dict[str, Any]:
-        return hitl_request_payload(obj, responses=[])
-
     @admin.display(description="question")
-    def shown_question(self, obj: HitlRequest) -> str:
-        return self._shown(obj)["question"]
+    def question_redacted(self, obj: HitlRequest) -> str:
+        return hitl_request_payload(obj, responses=[])["question"]
+
+    @admin.display(description="operator prompt")
+    def operator_prompt_redacted(self, obj: HitlRequest) -> str:
+        return hitl_request_payload(obj, responses=[])["operatorPrompt"]
 
     @admin.display(description="options")
     def shown_options(self, obj: HitlRequest) -> str:
-        return json.dumps(self._shown(obj)["options"], ensure_ascii=False)
-
-    @admin.display(description="operator prompt")
-    def shown_operator_prompt(self, obj: HitlRequest) -> str:
-        return self._shown(obj)["operatorPrompt"]
+        return json.dumps(hitl_request_payload(obj, responses=[])["options"], ensure_ascii=False)
 
     @admin.display(description="under review")
-    def shown_review(self, obj: HitlRequest) -> str:
-        return json.dumps(self._shown(obj)["review"], ensure_ascii=False, indent=2) if obj.review else "—"
+    def under_review(self, obj: HitlRequest) -> SafeString:
+        """What the request asks a person to approve, redacted (hitl.presenters.review_rows)."""
+        return render_to_string("runs/_review.html", {"review": review_rows(obj.review), "request_id": obj.id,
+                                                      "kind": obj.kind}) or "—"

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from flexagents.errors import ValidationFailed
-from flexagents.params import int_param
+from flexagents.pagination import KeysetCursorPagination
 from flexagents.redaction import redact
 from hitl import services
 from hitl.models import HitlKind, HitlUrgency
@@ -73,17 +72,24 @@ def _run_id(request: Request, data: dict[str, Any]) -> str:
                            request_id=data.get("requestId"))
 
 
+class PendingPagination(KeysetCursorPagination):
+    """Most urgent first, then oldest (index hitl_inbox_idx serves the order)."""
+
+    ordering = ("urgency_rank", "created_at", "id")
+    page_size = 50
+    max_page_size = 200
+    results_key = "runs"
+
+
 class HitlPendingApi(FlexApiView):
     """GET /api/hitl/pending — the inbox of requests waiting for a person."""
-
-    MAX_LIMIT = 200
 
     @extend_schema(summary="Pending HITL requests on runs you may view, most urgent and oldest first",
                    parameters=[OpenApiParameter("kind", str, enum=list(HitlKind.values), required=False),
                                OpenApiParameter("urgency", str, enum=list(HitlUrgency.values), required=False),
                                OpenApiParameter("threadId", str, required=False),
                                OpenApiParameter("briefId", str, required=False),
-                               OpenApiParameter("offset", int, required=False),
+                               OpenApiParameter("cursor", str, required=False),
                                OpenApiParameter("limit", int, required=False)])
     def get(self, request: Request) -> Response:
         params = request.query_params
@@ -92,21 +98,13 @@ class HitlPendingApi(FlexApiView):
             errors.append({"path": "/kind", "message": f"expected one of {', '.join(HitlKind.values)}"})
         if params.get("urgency") and params["urgency"] not in HitlUrgency.values:
             errors.append({"path": "/urgency", "message": f"expected one of {', '.join(HitlUrgency.values)}"})
-        offset = int_param(params, "offset", default=0, low=0, high=10**9, errors=errors)
-        limit = int_param(params, "limit", default=50, low=1, high=self.MAX_LIMIT, errors=errors)
         if errors:
             raise ValidationFailed("Some query parameters are not valid.", details={"errors": errors})
         qs = hitl_pending_for_user(user=request.user, kind=params.get("kind"), urgency=params.get("urgency"),
                                    thread_id=params.get("threadId"), brief_id=params.get("briefId"))
-        page = list(qs[offset:offset + limit + 1])
-        next_url = None
-        if len(page) > limit:
-            page = page[:limit]
-            query = params.copy()
-            query["offset"] = str(offset + limit)
-            query["limit"] = str(limit)
-            next_url = request.build_absolute_uri(f"{reverse('hitl:pending')}?{query.urlencode()}")
-        return Response({"runs": [_pending_entry(r) for r in page], "next": next_url})
+        paginator = PendingPagination()
+        page = paginator.paginate_queryset(qs, request)
+        return paginator.get_paginated_response([_pending_entry(r) for r in page])
 
 
 def _pending_entry(hitl_request: Any) -> dict[str, Any]:

@@ -16,30 +16,28 @@ reads the answer as written (`hitl.services.clarifications_for_node`).
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable, Mapping
 
+from flexagents.dates import iso_or_none
 from flexagents.redaction import is_sensitive_key, redact, redact_facets
 from hitl.models import HitlRequest, HitlResponse
+from planner.facets import get_catalog
 
 
-def _iso(dt: Any) -> str | None:
-    from runs.events import iso
-
-    return iso(dt) if dt else None
 
 
-def _facet_schemas() -> dict[str, dict[str, Any]]:
-    from planner.facets import get_catalog
-
+def facet_schemas() -> dict[str, dict[str, Any]]:
+    """Facet name -> JSON Schema (its `x-sensitive` marks drive redaction)."""
     return {name: facet.schema for name, facet in get_catalog().items()}
 
 
-def redact_review(review: Any) -> Any:
+def redact_review(review: Any, *, schemas: Mapping[str, dict[str, Any]] | None = None) -> Any:
     """Facet values under review, each redacted with its facet's schema (the
     output node's `output` is itself facet-keyed)."""
     if not isinstance(review, Mapping):
         return redact(review)
-    schemas = _facet_schemas()
+    schemas = facet_schemas() if schemas is None else schemas
     out = redact_facets(review, schemas)
     inner = review.get("output")
     if isinstance(inner, Mapping) and "output" not in schemas and not is_sensitive_key("output"):
@@ -75,7 +73,7 @@ def hitl_response_payload(response: HitlResponse) -> dict[str, Any]:
         "metadata": response.metadata,
         "responderId": str(response.responder_id) if response.responder_id else None,
         "responderDisplayName": response.responder_display_name,
-        "createdAt": _iso(response.created_at),
+        "createdAt": iso_or_none(response.created_at),
     })
 
 
@@ -96,8 +94,8 @@ def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlRespon
         "planVersion": request.plan_version,
         "status": request.status,
         "resolution": request.resolution or None,
-        "createdAt": _iso(request.created_at),
-        "resolvedAt": _iso(request.resolved_at),
+        "createdAt": iso_or_none(request.created_at),
+        "resolvedAt": iso_or_none(request.resolved_at),
         "responses": [hitl_response_payload(r) for r in responses],
     })
 
@@ -110,3 +108,20 @@ def present_hitl_event(type_: str, payload: Any) -> Any:
     if type_ == "hitl_request":
         return present_hitl_request(payload)
     return redact(payload)
+
+
+def review_rows(review: Any, schemas: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What a person is asked to approve (`HitlRequest.review`) as the console
+    and the history pages show it: one row per facet, redacted as above. A
+    string is shown as text, anything else as indented JSON."""
+    if not isinstance(review, Mapping) or not review:
+        return []
+    catalog = get_catalog()
+    redacted = redact_review(review, schemas=facet_schemas() if schemas is None else schemas)
+    rows = []
+    for name, value in redacted.items():
+        facet = catalog.get(name)
+        rows.append({"facet": name, "title": getattr(facet, "title", "") or name,
+                     "text": value if isinstance(value, str) else "",
+                     "json": "" if isinstance(value, str) else json.dumps(value, indent=2, default=str)})
+    return rows

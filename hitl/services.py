@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from flexagents.dates import iso_or_none
 from hitl.models import URGENCY_RANK, HitlKind, HitlRequest, HitlResponse, HitlStatus
 # The one presenter (redacted); re-exported because every surface imports it from here.
 from hitl.presenters import hitl_request_payload, hitl_response_payload  # noqa: F401
 
 
-def _iso(dt) -> str | None:
-    from runs.events import iso
-
-    return iso(dt) if dt else None
 
 
 def hitl_request_build(*, run, kind: str, question: str, options: list[dict] | None = None,
@@ -44,7 +41,7 @@ def clarifications_for_node(*, run_id: str, node_id: str) -> list[dict[str, Any]
         last = answers[-1]
         answer = last.freeform_text if last.response_type == "freeform" else _option_label(request, last)
         out.append({"questionId": request.id, "question": request.question, "answer": answer,
-                    "nodeId": node_id, "answeredAt": _iso(last.created_at)})
+                    "nodeId": node_id, "answeredAt": iso_or_none(last.created_at)})
     return out
 
 

@@ -9,7 +9,16 @@ Three jobs:
   classic performance bug of schema-heavy code.
 - `check_schema` decides whether a caller-supplied schema is safe to use at
   all: valid Draft 2020-12, no remote or file `$ref` (SSRF), bounded size and
-  depth, and regexes that compile and are not obviously catastrophic.
+  depth, and regexes that RE2 can run.
+
+Regexes in caller schemas (`pattern`, `patternProperties`, `format: regex`)
+run on google-re2, a linear-time engine: Python's `re` backtracks, holds the
+interpreter lock and cannot be interrupted, so one `^(a|a)*$` would freeze
+every thread. jsonschema has no regex-engine setting; its `pattern`,
+`patternProperties` and `additionalProperties` keywords are swapped through
+`jsonschema.validators.extend`, and the `regex` format through our own
+`FormatChecker`. A pattern RE2 cannot run (backreferences, lookaround) is
+refused at submission.
 
 Nothing here ever fetches a URL: every validator is built with a
 `referencing.Registry` whose `retrieve` refuses, and holds only the official
@@ -20,14 +29,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import re._parser as re_parser  # the stdlib regex parser; used to spot nested quantifiers
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+import re2
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.exceptions import ValidationError
 from jsonschema.exceptions import UnknownType, _RefResolutionError
 from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 from referencing import Registry, Resource
@@ -101,17 +112,108 @@ def _refuse_retrieval(uri: str) -> Resource[Any]:
     raise NoSuchResource(ref=uri)
 
 
+# --- regexes: RE2, linear time ---------------------------------------------------------
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is our 422, not a line on stderr
+_RE2_OPTIONS.max_mem = 8 << 20  # a compiled pattern's memory is bounded too
+
+
+@lru_cache(maxsize=1024)
+def compile_regex(pattern: str) -> Any:
+    """The RE2 program of a schema regex (cached); raises `re2.error`."""
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
+def _search(pattern: str, text: str) -> bool:
+    return compile_regex(pattern).search(text) is not None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError("does not match the pattern")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
+                        schema: dict[str, Any]) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any,
+                           schema: dict[str, Any]) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    extras = [key for key in instance
+              if key not in properties and not any(_search(pattern, key) for pattern in patterns)]
+    if validator.is_type(additional, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], additional, path=key)
+    elif additional is False and extras:
+        # Name the rule, not the values (a key may be a secret someone pasted).
+        yield ValidationError(f"{len(extras)} propert{'y is' if len(extras) == 1 else 'ies are'} not allowed here")
+
+
+def _is_re2_regex(instance: object) -> bool:
+    if not isinstance(instance, str):
+        return True
+    compile_regex(instance)
+    return True
+
+
+def _format_checker() -> FormatChecker:
+    checker = FormatChecker()  # an instance-local copy of the known formats
+    checker.checks("regex", raises=re2.error)(_is_re2_regex)
+    return checker
+
+
+# --- a step budget for validation -------------------------------------------------------
+# `$ref`s under anyOf/oneOf can make jsonschema's work exponential in the
+# schema (three branches per level, twenty levels: 3**20 evaluations). Every
+# keyword evaluation spends one step of a per-call budget; past it the value
+# is refused with an error instead of holding a worker thread.
+MAX_VALIDATION_STEPS = 25_000
+_budget = threading.local()
+
+
+class ValidationBudgetExceeded(Exception):
+    pass
+
+
+def _counted(keyword: Any) -> Any:
+    def evaluate(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        remaining = getattr(_budget, "steps", None)
+        if remaining is not None:
+            if remaining <= 0:
+                raise ValidationBudgetExceeded
+            _budget.steps = remaining - 1
+        return keyword(validator, value, instance, schema)
+
+    return evaluate
+
+
+_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties,
+             "additionalProperties": _additional_properties}
+ContractValidator = validators.extend(Draft202012Validator, {
+    name: _counted(_KEYWORDS.get(name, keyword)) for name, keyword in Draft202012Validator.VALIDATORS.items()})
+
 # The official meta-schemas stay resolvable (they are in memory); nothing else is.
 _REGISTRY: Registry[Any] = Registry(retrieve=_refuse_retrieval).with_resources(list(SPECIFICATIONS.items()))
-_FORMAT_CHECKER = FormatChecker()
-_META_VALIDATOR = Draft202012Validator(Draft202012Validator.META_SCHEMA, registry=_REGISTRY,
-                                       format_checker=Draft202012Validator.FORMAT_CHECKER)
+_FORMAT_CHECKER = _format_checker()
+_META_VALIDATOR = ContractValidator(Draft202012Validator.META_SCHEMA, registry=_REGISTRY,
+                                    format_checker=_FORMAT_CHECKER)
 
 _cache_lock = threading.Lock()
-_validator_cache: OrderedDict[str, Draft202012Validator] = OrderedDict()
+_validator_cache: OrderedDict[str, Any] = OrderedDict()
 
 
-def get_validator(schema: dict[str, Any]) -> Draft202012Validator:
+def get_validator(schema: dict[str, Any]) -> Any:
     """A validator for `schema`, shared by every caller with an equal schema (LRU, bounded)."""
     key = schema_hash(schema)
     with _cache_lock:
@@ -119,7 +221,7 @@ def get_validator(schema: dict[str, Any]) -> Draft202012Validator:
         if validator is not None:
             _validator_cache.move_to_end(key)
             return validator
-    validator = Draft202012Validator(schema, registry=_REGISTRY, format_checker=_FORMAT_CHECKER)
+    validator = ContractValidator(schema, registry=_REGISTRY, format_checker=_FORMAT_CHECKER)
     with _cache_lock:
         # Another thread may have built one meanwhile; keep the first so that
         # equal schemas always map to the same object.
@@ -155,22 +257,70 @@ def _short(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 1] + "…"
 
 
+# Rules whose schema-side value is a number worth naming in the message.
+_NAMED_LIMITS = {
+    "minLength": "must be at least {} characters long", "maxLength": "must be at most {} characters long",
+    "minimum": "must be >= {}", "maximum": "must be <= {}",
+    "exclusiveMinimum": "must be > {}", "exclusiveMaximum": "must be < {}",
+    "multipleOf": "must be a multiple of {}",
+    "minItems": "must have at least {} items", "maxItems": "must have at most {} items",
+    "minProperties": "must have at least {} properties", "maxProperties": "must have at most {} properties",
+    "minContains": "must contain at least {} matching items", "maxContains": "must contain at most {} matching items",
+}
+
+
+def rule_message(error: ValidationError) -> str:
+    """What rule a value broke, naming the rule and never the value itself
+    (a 422 must not echo a password someone put in the wrong field)."""
+    keyword = str(error.validator)
+    expected = error.validator_value
+    if keyword == "type":
+        names = expected if isinstance(expected, list) else [expected]
+        return f"must be of type {' or '.join(map(str, names))}"
+    if keyword == "required":
+        # jsonschema names the missing property (a name from the schema).
+        return _short(error.message)
+    if keyword in _NAMED_LIMITS and isinstance(expected, (int, float)):
+        return _NAMED_LIMITS[keyword].format(expected)
+    if keyword == "format":
+        return f"is not a valid {expected}"
+    if keyword == "enum":
+        return "is not one of the allowed values (enum)"
+    if keyword == "const":
+        return "is not the required constant (const)"
+    if keyword == "pattern":
+        return "does not match the pattern"
+    if keyword == "uniqueItems":
+        return "has duplicate items (uniqueItems)"
+    if keyword == "additionalProperties" and "not allowed" in error.message and expected is False:
+        return error.message  # ours: counts the keys, never prints them
+    if keyword == "false":
+        return "no value is allowed here"
+    return f"does not satisfy {keyword}"
+
+
 def validate_instance(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
     """Errors of `instance` against `schema` as `[{"path", "message"}]`; empty when valid.
 
     Never raises for a bad schema: unresolvable `$ref`s, endless `$ref`
     recursion and unknown types come back as error items at the root.
     """
+    _budget.steps = MAX_VALIDATION_STEPS
     try:
         validator = get_validator(schema)
         errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    except ValidationBudgetExceeded:
+        return [{"path": "/", "message": f"the schema needs more than {MAX_VALIDATION_STEPS} steps to validate "
+                                         "this value (its $refs fan out); simplify it"}]
     except (Unresolvable, _RefResolutionError) as exc:
         return [{"path": "/", "message": _short(f"the schema has a $ref that cannot be resolved: {_ref_of(exc)}")}]
     except RecursionError:
         return [{"path": "/", "message": "the schema refers to itself without end ($ref recursion)"}]
-    except (UnknownType, re.error, TypeError, ValueError) as exc:
+    except (UnknownType, re.error, re2.error, TypeError, ValueError) as exc:
         return [{"path": "/", "message": _short(f"the schema cannot be applied: {exc}")}]
-    return [{"path": json_pointer(list(error.absolute_path)), "message": _short(error.message)} for error in errors]
+    finally:
+        _budget.steps = None
+    return [{"path": json_pointer(list(error.absolute_path)), "message": rule_message(error)} for error in errors]
 
 
 def _ref_of(exc: Exception) -> str:
@@ -187,7 +337,7 @@ def check_schema(schema: Any) -> list[dict[str, str]]:
 
     1. size and depth first (everything after walks the schema);
     2. `$ref`s: only local `#...` fragments;
-    3. regexes: they compile, are not too long, have no nested unbounded quantifiers;
+    3. regexes: not too long, and RE2 compiles them (so they run in linear time);
     4. the Draft 2020-12 meta-schema.
     """
     if not isinstance(schema, (dict, bool)):
@@ -203,8 +353,9 @@ def check_schema(schema: Any) -> list[dict[str, str]]:
         return [{"path": "/", "message": f"the schema is {size} bytes; the limit is {MAX_SCHEMA_BYTES}"}]
     errors = _dialect_errors(schema) + _ref_errors(schema) + _regex_errors(schema)
     errors += [
-        {"path": json_pointer(list(error.absolute_path)), "message": _short(error.message)}
+        {"path": json_pointer(list(error.absolute_path)), "message": rule_message(error)}
         for error in sorted(_META_VALIDATOR.iter_errors(schema), key=lambda e: list(map(str, e.absolute_path)))
+        if not (error.validator == "format" and error.validator_value == "regex")  # reported above, with the reason
     ]
     return errors
 
@@ -263,7 +414,15 @@ def _ref_errors(schema: Any) -> list[dict[str, str]]:
 
 def _regex_errors(schema: Any) -> list[dict[str, str]]:
     errors = []
-    for path, node in _walk_schema(schema):
+    nodes = list(_walk_schema(schema))
+    if any("patternProperties" in node for _, node in nodes):
+        # jsonschema evaluates `unevaluatedProperties` with Python's `re` over
+        # every patternProperties regex; we cannot swap that engine, so the
+        # two keywords are not accepted together.
+        errors += [{"path": json_pointer([*path, "unevaluatedProperties"]),
+                    "message": "unevaluatedProperties cannot be combined with patternProperties"}
+                   for path, node in nodes if "unevaluatedProperties" in node]
+    for path, node in nodes:
         pattern = node.get("pattern")
         if isinstance(pattern, str):
             problem = regex_problem(pattern)
@@ -279,43 +438,14 @@ def _regex_errors(schema: Any) -> list[dict[str, str]]:
 
 
 def regex_problem(pattern: str) -> str | None:
-    """Why a schema regex is refused, or None.
-
-    Python's `re` backtracks, so a pattern like `(a+)+$` takes exponential
-    time on a crafted string; a quantified group that itself contains an
-    unbounded quantifier is the usual shape of such patterns, so it is refused.
-    """
+    """Why a schema regex is refused, or None: too long, or RE2 cannot run it."""
     if len(pattern) > MAX_REGEX_LENGTH:
         return f"the regex is {len(pattern)} characters long; the limit is {MAX_REGEX_LENGTH}"
     try:
-        parsed = re_parser.parse(pattern)
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        return f"the regex does not compile: {exc}"
-    if _has_nested_quantifier(parsed, inside_repeat=False):
-        return "the regex nests unbounded quantifiers (catastrophic backtracking); rewrite it"
+        compile_regex(pattern)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        reason = reason.split(":")[0]  # RE2 quotes the pattern after the colon
+        return (f"the regex cannot run on the linear-time engine (RE2): {reason}; "
+                "backreferences and lookaround are not supported")
     return None
-
-
-_REPEATS = (re_parser.MAX_REPEAT, re_parser.MIN_REPEAT, getattr(re_parser, "POSSESSIVE_REPEAT", None))
-
-
-def _has_nested_quantifier(items: Any, *, inside_repeat: bool) -> bool:
-    for op, arg in items:
-        if op in _REPEATS and op is not None:
-            low, high, sub = arg
-            unbounded = high == re_parser.MAXREPEAT
-            if inside_repeat and unbounded:
-                return True
-            if _has_nested_quantifier(sub, inside_repeat=inside_repeat or high > 1):
-                return True
-        elif op is re_parser.SUBPATTERN:
-            if _has_nested_quantifier(arg[-1], inside_repeat=inside_repeat):
-                return True
-        elif op is re_parser.BRANCH:
-            if any(_has_nested_quantifier(branch, inside_repeat=inside_repeat) for branch in arg[1]):
-                return True
-        elif op in (re_parser.ASSERT, re_parser.ASSERT_NOT):
-            if _has_nested_quantifier(arg[1], inside_repeat=inside_repeat):
-                return True
-    return False

@@ -6,11 +6,17 @@
    (unknown keys are named, with the known ones);
 2. facets: every `inputs` key and `outputContract.facets` entry is in the catalog;
 3. input values: each validates against its facet's schema;
-4. capabilities: every id in `policies.planner.selection` is registered;
+4. capabilities: every id in `policies.planner.selection` and in runtime
+   policy selectors (`trigger.selector.capabilityId`) is registered — a typo
+   there would silently drop the policy's step, a person's approval say;
 5. the output contract: a safe, valid Draft 2020-12 schema describing an object;
 6. runtime policies: unique ids, JSON-Logic conditions with known operators.
 
 It returns a normalised copy with defaults filled in; the caller stores that.
+
+`selector_warnings` is the one check that cannot refuse: whether a `nodeId`
+selector names a node depends on the plan, so the planner reports it (in
+`plan.preview`'s diagnostics and `plan_generated.metadata.warnings`).
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ from jsonschema.exceptions import ValidationError
 
 from flexagents.errors import InvalidOutputContract, UnknownCapability, UnknownFacet, ValidationFailed
 from planner import jsonlogic
-from planner.contracts import check_schema, get_validator, join_pointer, json_depth, json_pointer, validate_instance
+from planner.contracts import (
+    check_schema, get_validator, join_pointer, json_depth, json_pointer, rule_message, validate_instance,
+)
 from planner.types import CAPABILITY_KINDS, Facet
 
 MAX_ENVELOPE_DEPTH = 64
@@ -269,7 +277,7 @@ def _describe(error: ValidationError) -> list[dict[str, Any]]:
         if discriminator:
             return [{"path": json_pointer([*path, discriminator]),
                      "message": f"{discriminator} must be one of: {', '.join(choices)}"}]
-    return [{"path": json_pointer(path), "message": error.message}]
+    return [{"path": json_pointer(path), "message": rule_message(error)}]
 
 
 def _discriminator(branches: list[Any]) -> tuple[str | None, list[str]]:
@@ -326,20 +334,23 @@ def _check_input_values(envelope: dict[str, Any], catalog: dict[str, Facet]) -> 
 # --- 4. capability ids --------------------------------------------------------------------
 
 def _check_capability_ids(envelope: dict[str, Any], registry: Any) -> None:
+    named: list[tuple[str, str]] = []
     selection = envelope["policies"]["planner"].get("selection") or {}
-    unknown: list[str] = []
-    errors = []
     for rule in ("require", "forbid", "prefer", "avoid"):
-        for index, capability_id in enumerate(selection.get(rule) or []):
-            if capability_id not in registry:
-                unknown.append(capability_id)
-                errors.append({"path": f"/policies/planner/selection/{rule}/{index}",
-                               "message": f"{capability_id!r} is not a registered capability"})
+        named += [(f"/policies/planner/selection/{rule}/{index}", capability_id)
+                  for index, capability_id in enumerate(selection.get(rule) or [])]
+    for index, policy in enumerate(envelope["policies"]["runtime"]):
+        capability_id = (policy["trigger"].get("selector") or {}).get("capabilityId")
+        if capability_id is not None:
+            named.append((f"/policies/runtime/{index}/trigger/selector/capabilityId", capability_id))
+    unknown = [(path, capability_id) for path, capability_id in named if capability_id not in registry]
     if unknown:
-        names = list(dict.fromkeys(unknown))
+        names = list(dict.fromkeys(capability_id for _path, capability_id in unknown))
         raise UnknownCapability(f"Unknown capability id(s): {', '.join(names)}.",
                                 details={"unknownCapabilities": names, "knownCapabilities": registry.ids(),
-                                         "errors": errors})
+                                         "errors": [{"path": path,
+                                                     "message": f"{capability_id!r} is not a registered capability"}
+                                                    for path, capability_id in unknown]})
 
 
 # --- 5. output contract --------------------------------------------------------------------
@@ -375,3 +386,40 @@ def _check_runtime_policies(envelope: dict[str, Any]) -> None:
                        for problem in jsonlogic.validate_rule(policy["trigger"]["condition"])]
     if errors:
         raise ValidationFailed("Some runtime policies are not valid.", details={"errors": errors})
+
+
+# --- selectors the plan cannot match (warnings, not errors) ------------------------------------
+
+def selector_warnings(envelope: dict[str, Any], *, possible_node_ids: set[str],
+                      plan_node_ids: set[str] | None = None,
+                      plan_capability_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """Runtime-policy selectors that will never fire, as planner diagnostics.
+
+    - `unknown_node_id`: no plan of this envelope can contain the `nodeId`
+      (`possible_node_ids`: the ids any registered capability would get);
+    - `node_not_in_plan` / `capability_not_in_plan`: this plan (when given)
+      has no such node or capability, so the policy does not fire on it.
+    """
+    warnings: list[dict[str, Any]] = []
+    for index, policy in enumerate(envelope.get("policies", {}).get("runtime") or []):
+        selector = policy.get("trigger", {}).get("selector") or {}
+        base = {"policyId": policy.get("id")}
+        node_id = selector.get("nodeId")
+        if node_id is not None:
+            path = f"/policies/runtime/{index}/trigger/selector/nodeId"
+            if node_id not in possible_node_ids:
+                warnings.append({**base, "code": "unknown_node_id", "nodeId": node_id, "path": path,
+                                 "knownNodeIds": sorted(possible_node_ids),
+                                 "message": f"Policy {policy.get('id')!r} selects node {node_id!r}, which no plan "
+                                            f"of this envelope can contain; it will never fire"})
+            elif plan_node_ids is not None and node_id not in plan_node_ids:
+                warnings.append({**base, "code": "node_not_in_plan", "nodeId": node_id, "path": path,
+                                 "message": f"Policy {policy.get('id')!r} selects node {node_id!r}, which is not "
+                                            f"in this plan; it will not fire unless a replan adds it"})
+        capability_id = selector.get("capabilityId")
+        if capability_id is not None and plan_capability_ids is not None and capability_id not in plan_capability_ids:
+            warnings.append({**base, "code": "capability_not_in_plan", "capabilityId": capability_id,
+                             "path": f"/policies/runtime/{index}/trigger/selector/capabilityId",
+                             "message": f"Policy {policy.get('id')!r} selects capability {capability_id!r}, "
+                                        f"which is not in this plan; it will not fire unless a replan adds it"})
+    return warnings

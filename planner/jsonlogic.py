@@ -1,16 +1,28 @@
 """A small JSON-Logic evaluator (https://jsonlogic.com) for runtime policy conditions.
 
-Conditions come from callers, so evaluation is bounded: rules nested deeper
-than `MAX_DEPTH` and unknown operators raise `JsonLogicError` instead of
-running away. Semantics follow json-logic-js, including its truthiness
-(an empty list is false) and loose `==`.
+Conditions come from callers, so evaluation is bounded (a condition is
+evaluated on a worker thread, and Python cannot interrupt it):
+
+- at submission (`validate_rule`): at most `MAX_DEPTH` levels, `MAX_RULE_NODES`
+  nodes and literal arrays of at most `MAX_ARRAY_ITEMS` items;
+- while evaluating: at most `MAX_OPERATIONS` operations per evaluation, arrays
+  iterated or built of at most `MAX_ARRAY_ITEMS` items, strings built of at
+  most `MAX_STRING_LENGTH` characters.
+
+Past a bound, `JsonLogicError`: the engine treats the condition as false
+(logged). Semantics follow json-logic-js, including its truthiness (an empty
+list is false) and loose `==`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-MAX_DEPTH = 64
+MAX_DEPTH = 32
+MAX_RULE_NODES = 2_000
+MAX_OPERATIONS = 20_000
+MAX_ARRAY_ITEMS = 1_000
+MAX_STRING_LENGTH = 100_000
 
 
 class JsonLogicError(ValueError):
@@ -96,7 +108,8 @@ def _compare(a: Any, b: Any) -> tuple[Any, Any]:
 
 def _less(a: Any, b: Any, *, or_equal: bool) -> bool:
     x, y = _compare(a, b)
-    return x <= y if or_equal else x < y
+    result: bool = x <= y if or_equal else x < y
+    return result
 
 
 def _get_var(data: Any, path: Any, default: Any = None) -> Any:
@@ -245,100 +258,142 @@ OPERATORS = frozenset(_SIMPLE) | frozenset(_DATA_OPS) | frozenset(_LAZY)
 
 # --- evaluation --------------------------------------------------------------------
 
+class _Budget:
+    __slots__ = ("operations",)
+
+    def __init__(self) -> None:
+        self.operations = MAX_OPERATIONS
+
+    def spend(self) -> None:
+        self.operations -= 1
+        if self.operations < 0:
+            raise JsonLogicError(f"the rule needs more than {MAX_OPERATIONS} operations")
+
+
+def _bounded(value: Any) -> Any:
+    """A value an operator produced, refused when it outgrows the limits."""
+    if isinstance(value, list) and len(value) > MAX_ARRAY_ITEMS:
+        raise JsonLogicError(f"an array of more than {MAX_ARRAY_ITEMS} items")
+    if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+        raise JsonLogicError(f"a string of more than {MAX_STRING_LENGTH} characters")
+    return value
+
+
 def evaluate(rule: Any, data: Any = None) -> Any:
-    """Apply a JSON-Logic rule to data; raises `JsonLogicError` for unknown operators or runaway depth."""
-    return _evaluate(rule, {} if data is None else data, 0)
+    """Apply a JSON-Logic rule to data; raises `JsonLogicError` for unknown
+    operators or past a bound (depth, operations, array and string sizes)."""
+    return _evaluate(rule, {} if data is None else data, 0, _Budget())
 
 
-def _evaluate(rule: Any, data: Any, depth: int) -> Any:
+def _evaluate(rule: Any, data: Any, depth: int, budget: _Budget) -> Any:
     if depth > MAX_DEPTH:
         raise JsonLogicError(f"the rule is nested deeper than {MAX_DEPTH} levels")
+    budget.spend()
     if isinstance(rule, list):
-        return [_evaluate(item, data, depth + 1) for item in rule]
+        return [_evaluate(item, data, depth + 1, budget) for item in _bounded(rule)]
     if not _is_rule(rule):
         return rule
     (op, raw_args), = rule.items()
     args = raw_args if isinstance(raw_args, list) else [raw_args]
     if op in _LAZY:
-        return _evaluate_lazy(op, args, data, depth + 1)
+        return _bounded(_evaluate_lazy(op, args, data, depth + 1, budget))
     if op not in _DATA_OPS and op not in _SIMPLE:
         raise JsonLogicError(f"unknown operator {op!r}")
-    values = [_evaluate(arg, data, depth + 1) for arg in args]
+    values = [_evaluate(arg, data, depth + 1, budget) for arg in _bounded(args)]
     if op in _DATA_OPS:
-        return _DATA_OPS[op](data, values)
+        return _bounded(_DATA_OPS[op](data, values))
     if len(values) < _SIMPLE_ARITY.get(op, 0):
         values += [None] * (_SIMPLE_ARITY[op] - len(values))
-    return _SIMPLE[op](values)
+    if op in ("cat", "merge", "in"):
+        # Their cost grows with the sizes of their arguments, not the rule's.
+        for value in values:
+            _bounded(value)
+            if isinstance(value, list):
+                for item in value:
+                    _bounded(item)
+    return _bounded(_SIMPLE[op](values))
 
 
-def _evaluate_lazy(op: str, args: list[Any], data: Any, depth: int) -> Any:
+def _evaluate_lazy(op: str, args: list[Any], data: Any, depth: int, budget: _Budget) -> Any:
     if op in ("if", "?:"):
-        return _evaluate_if(args, data, depth)
+        return _evaluate_if(args, data, depth, budget)
     if op == "or":
         value: Any = False
         for arg in args:
-            value = _evaluate(arg, data, depth)
+            value = _evaluate(arg, data, depth, budget)
             if truthy(value):
                 return value
         return value
     if op == "and":
         value = True
         for arg in args:
-            value = _evaluate(arg, data, depth)
+            value = _evaluate(arg, data, depth, budget)
             if not truthy(value):
                 return value
         return value
-    return _evaluate_iteration(op, args, data, depth)
+    return _evaluate_iteration(op, args, data, depth, budget)
 
 
-def _evaluate_if(args: list[Any], data: Any, depth: int) -> Any:
+def _evaluate_if(args: list[Any], data: Any, depth: int, budget: _Budget) -> Any:
     # [cond1, then1, cond2, then2, ..., else]
     index = 0
     while index + 1 < len(args):
-        if truthy(_evaluate(args[index], data, depth)):
-            return _evaluate(args[index + 1], data, depth)
+        if truthy(_evaluate(args[index], data, depth, budget)):
+            return _evaluate(args[index + 1], data, depth, budget)
         index += 2
-    return _evaluate(args[index], data, depth) if index < len(args) else None
+    return _evaluate(args[index], data, depth, budget) if index < len(args) else None
 
 
-def _evaluate_iteration(op: str, args: list[Any], data: Any, depth: int) -> Any:
-    items = _evaluate(args[0], data, depth) if args else []
+def _evaluate_iteration(op: str, args: list[Any], data: Any, depth: int, budget: _Budget) -> Any:
+    items = _evaluate(args[0], data, depth, budget) if args else []
     if not isinstance(items, list):
         items = []
+    _bounded(items)
     body = args[1] if len(args) > 1 else None
     if op == "all":
-        return bool(items) and all(truthy(_evaluate(body, item, depth)) for item in items)
+        return bool(items) and all(truthy(_evaluate(body, item, depth, budget)) for item in items)
     if op == "some":
-        return any(truthy(_evaluate(body, item, depth)) for item in items)
+        return any(truthy(_evaluate(body, item, depth, budget)) for item in items)
     if op == "none":
-        return not any(truthy(_evaluate(body, item, depth)) for item in items)
+        return not any(truthy(_evaluate(body, item, depth, budget)) for item in items)
     if op == "map":
-        return [_evaluate(body, item, depth) for item in items]
+        return [_evaluate(body, item, depth, budget) for item in items]
     if op == "filter":
-        return [item for item in items if truthy(_evaluate(body, item, depth))]
+        return [item for item in items if truthy(_evaluate(body, item, depth, budget))]
     # reduce: [items, rule over {"current", "accumulator"}, initial]
-    accumulator = _evaluate(args[2], data, depth) if len(args) > 2 else None
+    accumulator = _evaluate(args[2], data, depth, budget) if len(args) > 2 else None
     for item in items:
-        accumulator = _evaluate(body, {"current": item, "accumulator": accumulator}, depth)
+        accumulator = _evaluate(body, {"current": item, "accumulator": accumulator}, depth, budget)
     return accumulator
 
 
 # --- static checks ------------------------------------------------------------------
 
 def validate_rule(rule: Any) -> list[str]:
-    """Problems with a rule without running it: unknown operators, too much nesting."""
+    """Problems with a rule without running it: unknown operators, too much
+    nesting, too many nodes, literal arrays that are too long."""
     problems: list[str] = []
     stack: list[tuple[Any, int]] = [(rule, 0)]
+    nodes = 0
     while stack:
         node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_RULE_NODES:
+            problems.append(f"the rule has more than {MAX_RULE_NODES} nodes")
+            break
         if depth > MAX_DEPTH:
             problems.append(f"the rule is nested deeper than {MAX_DEPTH} levels")
             break
         if isinstance(node, list):
+            if len(node) > MAX_ARRAY_ITEMS:
+                problems.append(f"the rule holds an array of more than {MAX_ARRAY_ITEMS} items")
+                break
             stack.extend((item, depth + 1) for item in node)
         elif _is_rule(node):
             (op, args), = node.items()
             if op not in OPERATORS:
                 problems.append(f"unknown operator {op!r}")
             stack.append((args, depth + 1))
+        elif isinstance(node, dict):
+            stack.extend((item, depth + 1) for item in node.values())
     return sorted(set(problems))

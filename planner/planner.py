@@ -16,7 +16,7 @@ provides, or into diagnostics that say why it cannot.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.capabilities.output import OUTPUT_FACET, OUTPUT_MAPPER_ID, output_node_contract
@@ -160,6 +160,25 @@ class _Selection:
             order = 2
         return order, capability_id
 
+    def why(self, capability_id: str, producers: list[type[Capability]]) -> str:
+        """Why this producer rather than the others (the plan's rationale)."""
+        others = [cls.capability_id for cls in producers if cls.capability_id != capability_id]
+        if capability_id in self.require:
+            return "required by selection.require"
+        if not others:
+            return "the only usable capability that produces it"
+        if capability_id in self.prefer:
+            return f"preferred by selection.prefer over {', '.join(others)}"
+        avoided = [o for o in others if o in self.avoid]
+        if avoided and len(avoided) == len(others):
+            return f"chosen over {', '.join(avoided)}, avoided by selection.avoid"
+        ids = [cls.capability_id for cls in producers]
+        ahead = ids[:ids.index(capability_id)]
+        if ahead:
+            # An earlier-ranked producer could not be planned (its own inputs).
+            return f"{', '.join(ahead)} could not be planned"
+        return f"first by id of {len(producers)} that produce it"
+
     def producers(self, facet: str) -> list[type[Capability]]:
         found = [cls for cls in self.usable.values() if facet in cls.output_facets]
         return sorted(found, key=lambda cls: self.rank(cls.capability_id))
@@ -199,11 +218,13 @@ class _Planner:
         if facet in visiting:
             self.cycle_seen = True
             return False
-        for cls in self.selection.producers(facet):
+        producers = self.selection.producers(facet)
+        for cls in producers:
             if cls.capability_id in state.chosen:
                 continue  # chosen already, yet this facet is not marked: it is mid-resolution
             trial = state.copy()
-            if self.add(cls, trial, visiting | {facet}, reason=f"produces {facet}"):
+            reason = f"produces {facet} ({self.selection.why(cls.capability_id, producers)})"
+            if self.add(cls, trial, visiting | {facet}, reason=reason):
                 state.adopt(trial)
                 return True
         return False
@@ -279,9 +300,23 @@ def build_plan(envelope: dict[str, Any], *, catalog: dict[str, Facet] | None = N
         return PlanResult(graph=None, diagnostics=planner.diagnostics, considered=considered)
 
     graph, limit_diagnostics = _assemble(planner, envelope, contract_facets)
-    if limit_diagnostics:
+    if limit_diagnostics or graph is None:
         return PlanResult(graph=None, diagnostics=limit_diagnostics, considered=considered)
+    warnings = plan_warnings(envelope, graph=graph, capability_ids=list(planner.all_classes))
+    graph = replace(graph, metadata={**graph.metadata, "warnings": warnings})
     return PlanResult(graph=graph, diagnostics=[], considered=considered)
+
+
+def plan_warnings(envelope: dict[str, Any], *, graph: PlanGraph | None,
+                  capability_ids: list[str]) -> list[dict[str, Any]]:
+    """Runtime-policy selectors that cannot fire on `graph` (or on any plan, when it is None)."""
+    from planner.envelope import selector_warnings
+
+    possible = {*_node_ids(sorted(c for c in capability_ids if c != OUTPUT_MAPPER_ID)).values(), OUTPUT_NODE_ID}
+    if graph is None:
+        return selector_warnings(envelope, possible_node_ids=possible)
+    return selector_warnings(envelope, possible_node_ids=possible, plan_node_ids={n.id for n in graph.nodes},
+                             plan_capability_ids={n.capability_id for n in graph.nodes})
 
 
 def _add_required_capabilities(planner: _Planner) -> None:
@@ -506,4 +541,11 @@ def preview_plan(envelope: dict[str, Any], *, catalog: dict[str, Facet] | None =
                  registry: Any = None) -> dict[str, Any]:
     """What `POST plan.preview` returns: the plan the planner would run, or why not."""
     result = build_plan(envelope, catalog=catalog, registry=registry)
-    return {"plan": result.graph.to_dict() if result.graph else None, "diagnostics": result.diagnostics}
+    if result.graph is not None:
+        return {"plan": result.graph.to_dict(), "diagnostics": list(result.graph.metadata["warnings"])}
+    if registry is None:
+        from planner.registry import get_registry
+
+        registry = get_registry()
+    warnings = plan_warnings(envelope, graph=None, capability_ids=registry.ids())
+    return {"plan": None, "diagnostics": [*result.diagnostics, *warnings]}

@@ -18,27 +18,33 @@ from typing import Any, Callable
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.filters import DateFieldListFilter
+from django.contrib.admin.utils import quote, unquote
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from flexagents.errors import FlexError, RunNotFound
-from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
+from flexagents.errors import FlexDisabled, FlexError, RunNotFound
 from flexagents.redaction import redact_text
+from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
 from hitl.models import HitlKind, HitlRequest, HitlStatus
+from hitl.presenters import facet_schemas, review_rows
 from runs import services as run_services
-from runs.models import NodeRun, Run, RunStatus
-from runs.pages import capability_choices, run_detail, runs_annotated
+from runs.filters import RUN_LIST_FILTERS, run_text_search
+from runs.models import Run, RunStatus
+from runs.pages import run_detail, runs_annotated
 from runs.selectors import run_get_for_user, runs_visible_to
 
 
 admin.site.site_header = "Flex Agents console"
 admin.site.site_title = "Flex Agents console"
 admin.site.index_title = "Runs, people in the loop, capabilities"
+# The console home lists every page; the left sidebar would repeat two links
+# and take 285 px from the run list (whose columns must fit at 1400 px).
+admin.site.enable_nav_sidebar = False
 
 
 # --- the services the buttons call ---------------------------------------------------
@@ -60,44 +66,50 @@ def _hitl_service(name: str) -> Callable[..., Any]:
 
 
 def error_message(exc: FlexError) -> str:
-    """A 409/422 as an admin message: the sentence, its code and the details
-    an operator needs (current status, expected plan version, latest response)."""
+    """A 409/422 as an admin message: the sentence, its code, the field (JSON
+    path) and message of each validation error, and the details an operator
+    needs (current status, plan versions, latest response)."""
     parts = [f"{exc.message} [{exc.code}]"]
-    for key in ("status", "expectedPlanVersion", "receivedPlanVersion", "latestResponseId"):
+    errors = exc.details.get("errors")
+    if isinstance(errors, list) and errors:
+        shown = []
+        for error in errors[:10]:
+            if isinstance(error, dict):
+                where = error.get("path") or error.get("field") or "/"
+                shown.append(f"{where}: {error.get('message', '')}".strip())
+            else:
+                shown.append(str(error))
+        more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
+        parts.append("— " + "; ".join(shown) + more + ".")
+    for key in ("status", "currentPlanVersion", "expectedPlanVersion", "receivedPlanVersion", "latestResponseId"):
         if key in exc.details:
             parts.append(f"{key}={exc.details[key]}")
     return " ".join(parts)
 
 
-# --- list filters -------------------------------------------------------------------
-
-class PendingRequestFilter(admin.SimpleListFilter):
-    title = "pending request"
-    parameter_name = "pending"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Has a pending request"), ("no", "No pending request")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        has = Exists(HitlRequest.objects.filter(run=OuterRef("pk"), status=HitlStatus.PENDING))
-        if self.value() == "yes":
-            return queryset.filter(has)
-        if self.value() == "no":
-            return queryset.exclude(has)
-        return queryset
+def form_error(form: forms.Form, what: str) -> FlexError:
+    """An invalid console form as a 422 whose errors name their fields."""
+    errors = [{"path": field if field != "__all__" else "/", "message": str(message)}
+              for field, messages_ in form.errors.items() for message in messages_]
+    return FlexError(f"The {what} form is incomplete.", code="validation_failed", status_code=422,
+                     details={"errors": errors})
 
 
-class CapabilityFilter(admin.SimpleListFilter):
-    title = "capability"
-    parameter_name = "capability"
+# The message of every console action refused while the flex feature flag is off.
+FLEX_DISABLED_MESSAGE = ("The flex API is disabled on this server (FLEX_ENABLED=0): runs cannot be resumed, "
+                         "answered or cancelled until it is turned back on. Nothing was changed.")
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(c, c) for c in capability_choices()]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        if self.value():
-            return queryset.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=self.value())))
-        return queryset
+def check_flex_enabled() -> None:
+    """The console refuses what the API refuses (`flex_disabled`), read per request."""
+    if not settings.FLEX_ENABLED:
+        raise FlexDisabled(FLEX_DISABLED_MESSAGE)
+
+
+def run_change_url(run_id: str) -> str:
+    """The admin URL of a run page; the admin quotes object ids in URLs
+    (`run_01a` → `run_5F01a`) and unquotes them in its views."""
+    return reverse("admin:runs_run_change", args=[quote(run_id)])
 
 
 # --- forms of the buttons -------------------------------------------------------------
@@ -117,7 +129,7 @@ class AnswerForm(forms.Form):
 
     ANSWERS = [("approve", "Approve"), ("reject", "Reject"), ("option", "Pick an option"), ("freeform", "Free text")]
     request_id = forms.CharField(max_length=40)
-    answer = forms.ChoiceField(choices=ANSWERS)
+    answer = forms.ChoiceField(choices=ANSWERS, error_messages={"required": "choose an answer"})
     option_id = forms.CharField(max_length=200, required=False)
     text = forms.CharField(max_length=8000, required=False)
     note = forms.CharField(max_length=4000, required=False)
@@ -149,10 +161,11 @@ def operator_display(request: HttpRequest) -> dict[str, str]:
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ("id", "status_badge", "objective_short", "plan_version", "pending_request", "creator",
-                    "created_at", "updated_at")
+                    "created", "updated")
     list_display_links = ("id",)
-    list_filter = ("status", PendingRequestFilter, CapabilityFilter, ("created_at", DateFieldListFilter))
-    search_fields = ("id", "objective", "thread_id", "brief_id")
+    # The run-list filters of the API and the history pages (runs.filters).
+    list_filter = RUN_LIST_FILTERS
+    search_fields = ("id", "objective", "thread_id", "brief_id")  # shows the box; the search is `q` below
     date_hierarchy = "created_at"
     list_select_related = ("created_by",)
     list_per_page = 50
@@ -163,6 +176,10 @@ class RunAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("runs/console.css",)}
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run],
+                           search_term: str) -> tuple[QuerySet[Run], bool]:
+        return run_text_search(queryset, search_term), False
 
     # -- who may do what ---------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
@@ -214,6 +231,14 @@ class RunAdmin(admin.ModelAdmin):
         return format_html('<span class="badge pending">{}</span> {}', run.pending_kind,
                            question if len(question) <= 60 else question[:59] + "…")
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, run: Run) -> str:
+        return _moment(run.created_at)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, run: Run) -> str:
+        return _moment(run.updated_at)
+
     @admin.display(description="creator", ordering="created_by__username")
     def creator(self, run: Run) -> str:
         return run.created_by.get_username() if run.created_by else "—"
@@ -231,7 +256,7 @@ class RunAdmin(admin.ModelAdmin):
 
     def _get_run(self, request: HttpRequest, object_id: str) -> Run:
         try:
-            return run_get_for_user(user=request.user, run_id=object_id)
+            return run_get_for_user(user=request.user, run_id=unquote(object_id))
         except RunNotFound:
             raise Http404("No such run.") from None
 
@@ -244,6 +269,7 @@ class RunAdmin(admin.ModelAdmin):
             raise PermissionDenied
         may_operate = user_may_operate_run(request.user, run)
         detail = run_detail(run)
+        flex_on = bool(settings.FLEX_ENABLED)
         context = {
             **self.admin_site.each_context(request),
             "title": f"Run {run.id}",
@@ -256,6 +282,7 @@ class RunAdmin(admin.ModelAdmin):
             "can_resume": may_operate and run.status == RunStatus.PAUSED,
             "can_cancel": may_operate and not run.is_terminal,
             "pending": detail.pending_request if may_operate else None,
+            "flex_enabled": flex_on,
             "history_url": reverse("run_pages:detail", args=[run.id]),
             "debug_url": f"/api/v1/flex/runs/{run.id}",
             "has_view_permission": True,
@@ -276,16 +303,17 @@ class RunAdmin(admin.ModelAdmin):
         if not user_may_operate_run(request.user, run):
             raise PermissionDenied
         try:
+            check_flex_enabled()
             messages.success(request, act(request, run))
         except FlexError as exc:
             messages.error(request, error_message(exc))
-        return HttpResponseRedirect(reverse("admin:runs_run_change", args=[run.id]))
+        return HttpResponseRedirect(run_change_url(run.id))
 
     def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         def act(request: HttpRequest, run: Run) -> str:
             form = ResumeForm(request.POST)
             if not form.is_valid():
-                raise FlexError("The resume form is incomplete.", code="validation_failed", status_code=422)
+                raise form_error(form, "resume")
             resumed = _hitl_service("run_resume")(
                 user=request.user, run_id=run.id, expected_plan_version=form.cleaned_data["expected_plan_version"],
                 responses=[], latest_response_id=None, operator=operator_display(request),
@@ -298,7 +326,7 @@ class RunAdmin(admin.ModelAdmin):
         def act(request: HttpRequest, run: Run) -> str:
             form = AnswerForm(request.POST)
             if not form.is_valid():
-                raise FlexError("The answer form is incomplete.", code="validation_failed", status_code=422)
+                raise form_error(form, "answer")
             data = form.cleaned_data
             kwargs = {"user": request.user, "run_id": run.id, "request_id": data["request_id"],
                       "responses": [form.response()], "latest_response_id": data.get("latest_response_id") or None}
@@ -322,6 +350,11 @@ class RunAdmin(admin.ModelAdmin):
     # -- bulk actions ------------------------------------------------------------------------
     @admin.action(description="Cancel selected runs", permissions=["operate"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        try:
+            check_flex_enabled()
+        except FlexError as exc:
+            messages.error(request, error_message(exc))
+            return
         done = 0
         for run_id in queryset.values_list("pk", flat=True):
             try:
@@ -334,28 +367,56 @@ class RunAdmin(admin.ModelAdmin):
             messages.success(request, f"Cancelled {done} run(s).")
 
     @admin.action(description="Approve the pending approval request of selected runs", permissions=["operate"])
-    def approve_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        pending = (HitlRequest.objects.filter(run__in=queryset.values("pk"), status=HitlStatus.PENDING,
-                                              kind=HitlKind.APPROVAL)
-                   .prefetch_related("responses").order_by("run_id", "created_at"))
+    def approve_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
+        """First a confirmation page showing each request with what it asks to
+        approve (its review, redacted); only the requests shown there, at the
+        response they had then (the stale rule), are approved on confirmation."""
+        try:
+            check_flex_enabled()
+        except FlexError as exc:
+            messages.error(request, error_message(exc))
+            return None
+        pending = list(HitlRequest.objects.filter(run__in=queryset.values("pk"), status=HitlStatus.PENDING,
+                                                  kind=HitlKind.APPROVAL)
+                       .select_related("run").prefetch_related("responses").order_by("run_id", "created_at"))
+        selected = list(queryset.values_list("pk", flat=True))
+        if request.POST.get("post") != "yes":
+            schemas = facet_schemas()
+            rows = []
+            for hitl_request in pending:
+                responses = list(hitl_request.responses.all())
+                rows.append({"request": hitl_request, "run_url": run_change_url(hitl_request.run_id),
+                             "question": redact_text(hitl_request.question),
+                             "latest_response_id": responses[-1].response_id if responses else "",
+                             "review": review_rows(hitl_request.review, schemas)})
+            context = {**self.admin_site.each_context(request), "title": "Approve these requests?",
+                       "opts": self.opts, "rows": rows, "selected": selected,
+                       "skipped": len(selected) - len({r["request"].run_id for r in rows}),
+                       "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+            request.current_app = self.admin_site.name
+            return TemplateResponse(request, "admin/runs/run/approve_confirmation.html", context)
+
+        shown = {key[len("latest_"):]: value for key, value in request.POST.items() if key.startswith("latest_")}
         done = 0
         for hitl_request in pending:
-            latest = list(hitl_request.responses.all())
+            if hitl_request.id not in shown:
+                continue  # not on the page the operator confirmed: never approved blind
             try:
                 _hitl_service("hitl_resume")(
                     user=request.user, run_id=hitl_request.run_id, request_id=hitl_request.id,
                     responses=[{"requestId": hitl_request.id, "responseType": "approval", "approved": True,
                                 "metadata": {"note": "Approved from the admin console (bulk action)"}}],
-                    latest_response_id=latest[-1].response_id if latest else None,
+                    latest_response_id=shown[hitl_request.id] or None,
                     operator=operator_display(request), note="bulk approve")
                 done += 1
             except FlexError as exc:
                 messages.error(request, f"{hitl_request.run_id}: {error_message(exc)}")
-        skipped = queryset.count() - done
+        skipped = len(selected) - done
         if done:
             messages.success(request, f"Approved {done} request(s).")
         if skipped > 0:
             messages.warning(request, f"{skipped} selected run(s) had no pending approval request to approve.")
+        return None
 
     # -- the HITL inbox ------------------------------------------------------------------------
     def inbox_view(self, request: HttpRequest) -> HttpResponse:
@@ -364,11 +425,22 @@ class RunAdmin(admin.ModelAdmin):
             raise PermissionDenied
         from hitl.admin import inbox_requests
 
-        rows = inbox_requests(user=request.user)
+        schemas = facet_schemas()
+        rows = [{"request": r, "run_url": run_change_url(r.run_id), "question": redact_text(r.question),
+                 "review": review_rows(r.review, schemas)}
+                for r in inbox_requests(user=request.user)]
         context = {**self.admin_site.each_context(request), "title": "HITL inbox: pending requests",
-                   "opts": self.opts, "rows": rows}
+                   "opts": self.opts, "rows": rows, "flex_enabled": bool(settings.FLEX_ENABLED)}
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/hitl/inbox.html", context)
+
+
+def _moment(at: Any) -> str:
+    """A compact UTC date and time on two lines (the run list fits 1400 px)."""
+    if at is None:
+        return "—"
+    return format_html('<time datetime="{}">{}<br>{}</time>', at.isoformat(), at.strftime("%Y-%m-%d"),
+                       at.strftime("%H:%M:%S"))
 
 
 def _version(resumed: Any, run: Run) -> Any:

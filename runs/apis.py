@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 from django.http import StreamingHttpResponse
 from django.urls import reverse
@@ -17,9 +18,9 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
+from flexagents import logging as flex_logging
 from flexagents.errors import ServerBusy, ValidationFailed
 from flexagents.params import int_param
 from planner.facets import get_catalog
@@ -28,7 +29,9 @@ from planner.registry import get_registry
 from runs import services
 from runs.events import event_frame
 from runs.selectors import run_events_after, run_get_for_user
-from runs.streaming import event_stream, hub
+from runs.streaming import Admission, hub, stream_frames
+from runs.tickets import TICKET_PARAM, StreamTicketAuthentication, stream_ticket_create
+from runs.throttles import RunDetailThrottle
 
 logger = logging.getLogger("runs.apis")
 
@@ -53,18 +56,39 @@ class SseApiView(FlexApiView):
     renderer_classes = [JSONRenderer, SSEEventRenderer]
 
 
-def sse_response(*, run_id: str, after_seq: int, user: Any, stop_on_wait: bool) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(
-        event_stream(run_id=run_id, after_seq=after_seq, user=user, stop_on_wait=stop_on_wait),
-        content_type="text/event-stream")
+class SseResponse(StreamingHttpResponse):
+    """An SSE response that gives its stream slot back when it is closed
+    without its body ever starting (Django closes the response of a client
+    that disconnected while the headers were sent, but never the generator)."""
+
+    def __init__(self, frames: Any, admission: Admission | None) -> None:
+        super().__init__(frames, content_type="text/event-stream")
+        self.admission = admission
+
+    def close(self) -> None:
+        hub.withdraw(self.admission)
+        super().close()
+
+
+def sse_response(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
+                 stop_on_wait: bool) -> StreamingHttpResponse:
+    response = SseResponse(stream_frames(admission=admission, run_id=run_id, after_seq=after_seq, user=user,
+                                         stop_on_wait=stop_on_wait), admission)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-def admit_stream(user: Any) -> None:
-    if not hub.admit(getattr(user, "pk", None)):
+def admit_stream(user: Any) -> Admission:
+    admission = hub.admit(getattr(user, "pk", None))
+    if admission is None:
         raise ServerBusy("Too many open event streams; retry later.", retry_after=5)
+    return admission
+
+
+def bind_run(run: Any) -> None:
+    """The rest of this request logs (and echoes) the new run's correlation id."""
+    flex_logging.bind(run_id=run.id, correlation_id=run.correlation_id)
 
 
 def stream_url(request: Request, run_id: str) -> str:
@@ -118,14 +142,16 @@ class RunStreamApi(SseApiView):
                    summary="Submit a TaskEnvelope and stream the run's events")
     def post(self, request: Request) -> StreamingHttpResponse:
         envelope = request.data
-        admit_stream(request.user)
+        admission = admit_stream(request.user)
         try:
-            run = services.run_create(user=request.user, envelope=envelope)
+            run = services.run_create(user=request.user, envelope=envelope,
+                                      correlation_id=getattr(request, "correlation_id", ""))
         except BaseException:
-            hub.leave(getattr(request.user, "pk", None))
+            hub.withdraw(admission)
             raise
+        bind_run(run)
         # From seq 0: the stream must not miss the run's first events.
-        return sse_response(run_id=run.id, after_seq=0, user=request.user, stop_on_wait=True)
+        return sse_response(admission=admission, run_id=run.id, after_seq=0, user=request.user, stop_on_wait=True)
 
 
 class RunListCreateApi(FlexApiView):
@@ -134,14 +160,16 @@ class RunListCreateApi(FlexApiView):
     @extend_schema(request=EnvelopeSerializer, responses={202: RunAcceptedSerializer},
                    summary="Submit a TaskEnvelope")
     def post(self, request: Request) -> Response:
-        run = services.run_create(user=request.user, envelope=request.data)
+        run = services.run_create(user=request.user, envelope=request.data,
+                                  correlation_id=getattr(request, "correlation_id", ""))
+        bind_run(run)
         return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
                          "streamUrl": stream_url(request, run.id)}, status=202)
 
     @extend_schema(summary="List the runs you may view, newest first", responses={200: RunListSerializer},
                    parameters=[OpenApiParameter(n, str, required=False) for n in
-                               ("status", "threadId", "briefId", "capabilityId", "createdAfter", "createdBefore",
-                                "q", "cursor", "limit")])
+                               ("status", "threadId", "briefId", "capabilityId", "pending", "createdAfter",
+                                "createdBefore", "q", "cursor", "limit")])
     def get(self, request: Request) -> Response:
         from runs.listing import run_list_response
 
@@ -163,10 +191,16 @@ def parse_last_event_id(value: str | None, run_id: str) -> int:
 
 
 class RunStreamGetApi(SseApiView):
-    """GET /api/v1/flex/runs/{runId}/stream — replay after Last-Event-ID, then follow."""
+    """GET /api/v1/flex/runs/{runId}/stream — replay after Last-Event-ID, then follow.
+    A browser's EventSource authenticates with `?ticket=` (runs.tickets)."""
+
+    authentication_classes = [StreamTicketAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
 
     @extend_schema(summary="Stream a run's events (SSE)",
-                   parameters=[OpenApiParameter("lastEventId", str, required=False)],
+                   parameters=[OpenApiParameter("lastEventId", str, required=False),
+                               OpenApiParameter("ticket", str, required=False,
+                                                description="A stream ticket (POST …/stream-ticket), for clients "
+                                                            "that cannot send Authorization (EventSource)")],
                    responses={(200, "text/event-stream"): OpenApiResponse(description="SSE frames")})
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
         run = run_get_for_user(user=request.user, run_id=run_id)
@@ -176,12 +210,34 @@ class RunStreamGetApi(SseApiView):
             raise ValidationFailed("Last-Event-ID is ahead of this run's events.",
                                    details={"errors": [{"path": "/lastEventId", "message": "unknown event id"}],
                                             "lastSeq": run.last_seq})
-        admit_stream(request.user)
-        return sse_response(run_id=run.id, after_seq=after, user=request.user, stop_on_wait=False)
+        admission = admit_stream(request.user)
+        return sse_response(admission=admission, run_id=run.id, after_seq=after, user=request.user,
+                            stop_on_wait=False)
+
+
+class StreamTicketSerializer(serializers.Serializer):
+    ticket = serializers.CharField()
+    expiresAt = serializers.DateTimeField()
+    streamUrl = serializers.URLField()
+
+
+class StreamTicketCreateApi(FlexApiView):
+    """POST /api/v1/flex/runs/{runId}/stream-ticket — a single-use, 60 s ticket
+    for the run's stream, bound to the caller."""
+
+    @extend_schema(request=None, responses={201: StreamTicketSerializer},
+                   summary="A short-lived, single-use ticket to open the run's stream with EventSource")
+    def post(self, request: Request, run_id: str) -> Response:
+        issued = stream_ticket_create(user=request.user, run_id=run_id)
+        url = f"{stream_url(request, issued.run_id)}?{urlencode({TICKET_PARAM: issued.ticket})}"
+        return Response(StreamTicketSerializer({"ticket": issued.ticket, "expiresAt": issued.expires_at,
+                                                "streamUrl": url}).data, status=201)
 
 
 class RunEventsApi(FlexApiView):
     """GET /api/v1/flex/runs/{runId}/events?after=&limit= — events as JSON."""
+
+    throttle_classes = [RunDetailThrottle]  # the same data as the debug view: one scope
 
     MAX_LIMIT = 1000
 
@@ -224,25 +280,10 @@ class PlanPreviewApi(FlexApiView):
         return Response(preview_plan(validate_envelope(request.data)))
 
 
-class DebugViewThrottle(UserRateThrottle):
-    """Per user (per IP for anonymous requests, which are refused first anyway).
-
-    The rate is read from settings on each request, not frozen at import, so
-    `FLEX_DEBUG_VIEW_RATE` and test overrides apply. Counts live in Django's
-    default cache: with no CACHES configured that is a per-process LocMem
-    cache, so each process counts on its own (docs/api.md, Limits).
-    """
-
-    scope = "debug_view"
-
-    def get_rate(self) -> str | None:
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
-
-
 class RunDebugApi(FlexApiView):
     """GET /api/v1/flex/runs/{runId} — everything about a run, redacted."""
 
-    throttle_classes = [DebugViewThrottle]
+    throttle_classes = [RunDetailThrottle]
 
     @extend_schema(summary="The debug view of a run (redacted; rate-limited per user)",
                    responses={200: OpenApiResponse(description="run, policies, planVersions, nodes, facetProvenance, "
@@ -320,21 +361,20 @@ class RunResumeApi(SseApiView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         wants_stream = "text/event-stream" in request.headers.get("Accept", "")
-        if wants_stream:
-            admit_stream(request.user)
+        admission = admit_stream(request.user) if wants_stream else None
         try:
             result = run_resume(user=request.user, run_id=data["runId"],
                                 expected_plan_version=data["expectedPlanVersion"], responses=data["responses"],
                                 latest_response_id=data.get("latestResponseId"), operator=data.get("operator"),
                                 note=data["note"])
         except BaseException:
-            if wants_stream:
-                hub.leave(getattr(request.user, "pk", None))
+            hub.withdraw(admission)
             raise
         run = result.run
         if wants_stream:
             # From just before the resume's own events: hitl_resolved, plan_updated, …
-            return sse_response(run_id=run.id, after_seq=result.first_seq - 1, user=request.user, stop_on_wait=True)
+            return sse_response(admission=admission, run_id=run.id, after_seq=result.first_seq - 1,
+                                user=request.user, stop_on_wait=True)
         return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
                          "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)},
                         status=202)

@@ -97,7 +97,8 @@ def _plan_version(pv: PlanVersion) -> dict[str, Any]:
         "nodeStatuses": pv.node_statuses,
         "nodes": [{"nodeId": n.get("id"), "capabilityId": n.get("capabilityId"), "kind": n.get("kind"),
                    "inputFacets": n.get("inputFacets", []), "outputFacets": n.get("outputFacets", []),
-                   "dependsOn": n.get("dependsOn", [])} for n in nodes if isinstance(n, dict)],
+                   "dependsOn": n.get("dependsOn", []), "rationale": n.get("rationale", "")}
+                  for n in nodes if isinstance(n, dict)],
         "schemaHash": pv.schema_hash,
     })
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
 from typing import Any, Iterable
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -20,7 +19,8 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from runs.models import Run, RunEvent
+from flexagents.dates import iso  # noqa: F401  (re-exported: runs.events.iso)
+from runs.models import RUN_TRANSITIONS, Run, RunEvent
 
 # Event types of API.md (the SSE catalogue).
 START = "start"
@@ -57,10 +57,6 @@ class PendingEvent:
 
 def event_id(run_id: str, seq: int) -> str:
     return f"{run_id}:{seq}"
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def redact_payload(type_: str, payload: Any) -> Any:
@@ -128,6 +124,8 @@ def append_events(
     now = timezone.now()
     updates = dict(run_updates or {})
     updates["updated_at"] = now
+    if "status" in updates:
+        statuses = allowed_sources(updates["status"], statuses)
     last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token,
                          statuses=list(statuses) if statuses is not None else None, updates=updates)
     if last_seq is None:
@@ -143,6 +141,16 @@ def append_events(
     RunEvent.objects.bulk_create(rows)
     publish_on_commit(rows)
     return rows
+
+
+def allowed_sources(to_status: str, statuses: Iterable[str] | None) -> list[str]:
+    """The statuses among `statuses` (None: any) from which the transition
+    table allows a move to `to_status` (staying put is not a move). Every
+    status change goes through `append_events`, so this is where the table is
+    enforced: a forbidden move matches no row and raises `Fenced`, changing
+    nothing."""
+    sources = RUN_TRANSITIONS.keys() if statuses is None else statuses
+    return [s for s in sources if s == to_status or to_status in RUN_TRANSITIONS.get(s, frozenset())]
 
 
 def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,

@@ -230,3 +230,25 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} {self.action}"
+
+
+class StreamTicket(models.Model):
+    """A short-lived, single-use permission to open one run's event stream
+    (API.md, "Stream tickets"): what a browser's `EventSource`, which cannot
+    send `Authorization`, puts in the URL instead of the long-lived token.
+
+    Only the SHA-256 of the ticket is stored: a ticket is 256 random bits, so
+    a plain hash is enough to make a leaked table useless, and lookups stay an
+    index hit. `used_at` is set by a conditional UPDATE, so of two requests
+    racing with one ticket exactly one gets the stream.
+    """
+
+    digest = models.CharField(max_length=64, unique=True)  # unique: the lookup key
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="stream_tickets")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flex_stream_tickets")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)  # indexed: expired rows are swept by age
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"ticket for {self.run_id} ({self.user_id})"

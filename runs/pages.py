@@ -12,28 +12,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
 from html import escape
 from typing import Any
 
+from django.conf import settings
+from django.contrib.admin.utils import quote
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import timezone
-from django.utils.dateparse import parse_date
 from django.utils.safestring import SafeString, mark_safe
 
 from flexagents.errors import RunNotFound
 from flexagents.redaction import FREE_TEXT_KEYS, redact
 from flexagents.roles import role_of, user_may_operate_run
 from hitl.models import HitlRequest, HitlResponse, HitlStatus
-from hitl.presenters import hitl_request_payload
+from hitl.presenters import hitl_request_payload, review_rows
 from runs.events import event_frame
+from runs.filters import capability_choices, form_filtered
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
 from runs.selectors import run_get_for_user, runs_visible_to
+from runs.throttles import page_throttled
 
 LOGIN_URL = "/accounts/login/"
 PAGE_SIZE = 50
@@ -52,40 +53,6 @@ def runs_annotated(qs: QuerySet[Run]) -> QuerySet[Run]:
             .annotate(pending_request_id=Subquery(pending.values("id")[:1]),
                       pending_kind=Subquery(pending.values("kind")[:1]),
                       pending_question=Subquery(pending.values("question")[:1])))
-
-
-def runs_filter(qs: QuerySet[Run], params: Any) -> QuerySet[Run]:
-    """The filters of the history list (the admin offers the same ones):
-    status, pending (yes/no), capability, created after/before (dates), q."""
-    status = params.get("status")
-    if status in RunStatus.values:
-        qs = qs.filter(status=status)
-    pending = params.get("pending")
-    if pending in ("yes", "no"):
-        has = Exists(HitlRequest.objects.filter(run=OuterRef("pk"), status=HitlStatus.PENDING))
-        qs = qs.filter(has) if pending == "yes" else qs.exclude(has)
-    capability = params.get("capability")
-    if capability:
-        qs = qs.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=capability)))
-    for name, lookup in (("created_after", "created_at__gte"), ("created_before", "created_at__lt")):
-        day = parse_date(params.get(name) or "") if params.get(name) else None
-        if day is not None:
-            moment = timezone.make_aware(datetime.combine(day, time.min))
-            if name == "created_before":
-                moment += timedelta(days=1)  # inclusive of that day
-            qs = qs.filter(**{lookup: moment})
-    q = (params.get("q") or "").strip()
-    if q:
-        from django.db.models import Q
-
-        qs = qs.filter(Q(pk=q) | Q(objective__icontains=q) | Q(thread_id=q) | Q(brief_id=q))
-    return qs
-
-
-def capability_choices() -> list[str]:
-    from planner.registry import get_registry
-
-    return sorted(get_registry().ids())
 
 
 # --- one run ------------------------------------------------------------------------
@@ -208,8 +175,8 @@ def run_detail(run: Run) -> RunDetail:
             "id": request.id, "kind": request.kind, "question": shown["question"], "options": shown["options"],
             "allow_free_form": request.allow_free_form, "urgency": request.urgency, "status": request.status,
             "resolution": request.resolution, "pending_node_id": request.pending_node_id,
-            "operator_prompt": shown["operatorPrompt"], "review": shown["review"],
-            "plan_version": request.plan_version,
+            "operator_prompt": shown["operatorPrompt"], "plan_version": request.plan_version,
+            "review": review_rows(request.review, schemas),
             "created_at": request.created_at, "resolved_at": request.resolved_at,
             "latest_response_id": responses[-1].response_id if responses else "",
             "responses": [{
@@ -292,18 +259,22 @@ def event_summary(frame: dict[str, Any]) -> str:
 
 @login_required(login_url=LOGIN_URL)
 def run_list_page(request: HttpRequest) -> HttpResponse:
-    qs = runs_filter(runs_annotated(runs_visible_to(user=request.user)), request.GET)
+    qs, errors = form_filtered(runs_annotated(runs_visible_to(user=request.user)), request.GET)
     page = Paginator(qs.order_by("-created_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
     params = request.GET.copy()
     params.pop("page", None)
     return render(request, "runs/run_list.html", {
-        "page": page, "runs": list(page.object_list), "filters": request.GET, "query": params.urlencode(),
+        "page": page, "runs": list(page.object_list), "filters": request.GET, "filter_errors": errors,
+        "query": params.urlencode(),
         "statuses": RunStatus.values, "capabilities": capability_choices(), "role": role_of(request.user),
     })
 
 
 @login_required(login_url=LOGIN_URL)
 def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
+    throttled = page_throttled(request)  # one scope with the debug view and events (runs/throttles.py)
+    if throttled is not None:
+        return throttled
     try:
         run = run_get_for_user(user=request.user, run_id=run_id)
     except RunNotFound:
@@ -314,6 +285,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "d": detail, "run": run, "role": role_of(request.user),
         "stream_url": reverse("runs:run-stream", kwargs={"run_id": run.id}),
         "debug_url": f"/api/v1/flex/runs/{run.id}",
-        "admin_url": reverse("admin:runs_run_change", args=[run.id]) if may_operate else "",
+        "admin_url": reverse("admin:runs_run_change", args=[quote(run.id)]) if may_operate else "",
         "live": not run.is_terminal,
+        "flex_enabled": bool(settings.FLEX_ENABLED),
     })

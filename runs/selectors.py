@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from flexagents.errors import RunNotFound
+from flexagents.logging import remember_run
 from flexagents.roles import user_may_view_all_runs, user_may_view_run
 from runs.models import Run, RunEvent
 
@@ -35,6 +36,8 @@ def run_get_for_user(*, user: Any, run_id: str, for_update: bool = False) -> Run
     run = qs.filter(pk=run_id).first()
     if run is None or not user_may_view_run(user, run):
         raise RunNotFound(details={"runId": run_id})
+    # Log lines of this request that name the run carry its correlation id.
+    remember_run(run.id, run.correlation_id)
     return run
 
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from flexagents import logging as flex_logging
 from flexagents.errors import Forbidden, InvalidRunState, RunAlreadyCompleted, ServerBusy
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
 from planner.envelope import validate_envelope
@@ -37,13 +38,32 @@ def audit_add(*, run: Run, action: str, actor: Any, plan_version: int | None = N
     entry = AuditEntry.objects.create(run=run, action=action, actor=actor if actor_id else None,
                                       actor_display=display_name or (getattr(actor, "username", "") or ""),
                                       plan_version=version, details=details or {})
-    logger.info("audit", extra={"run_id": run.id, "operator_id": actor_id, "plan_version": version,
+    logger.info("audit", extra={"run_id": run.id, "correlation_id": run.correlation_id or None,
+                                "operator_id": actor_id, "plan_version": version,
                                 "action": action, "details": details or {}})
     return entry
 
 
-def run_create(*, user: Any, envelope: Any) -> Run:
+def _refuse_past_queue_caps(user: Any) -> None:
+    """Backpressure: 503 `server_busy` with Retry-After past the queued-run
+    caps, per user (`FLEX_MAX_QUEUED_RUNS_PER_USER`) and for the whole
+    deployment (`FLEX_MAX_QUEUED_RUNS`), so one client's burst cannot bury
+    everyone else's runs. Checked before the insert; concurrent submissions
+    may overshoot by a few."""
+    queued = Run.objects.filter(status=RunStatus.QUEUED)
+    if queued.filter(created_by=user).count() >= settings.FLEX_MAX_QUEUED_RUNS_PER_USER:
+        raise ServerBusy("You have too many runs waiting to start; retry later.", retry_after=5,
+                         details={"limit": settings.FLEX_MAX_QUEUED_RUNS_PER_USER, "scope": "user"})
+    if queued.count() >= settings.FLEX_MAX_QUEUED_RUNS:
+        raise ServerBusy("Too many runs are queued; retry later.", retry_after=10,
+                         details={"limit": settings.FLEX_MAX_QUEUED_RUNS, "scope": "server"})
+
+
+def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     """Validate an envelope and queue a run for it, owned by `user`.
+
+    Its correlation id is `metadata.correlationId`, else `correlation_id`
+    (the request's `X-Correlation-ID`), else a new one.
 
     Nothing is written unless the envelope is valid. The run is committed
     before this returns (durable before acknowledged); workers are told after
@@ -52,14 +72,15 @@ def run_create(*, user: Any, envelope: Any) -> Run:
     if not user_may_submit(user):
         raise Forbidden("Your role may not submit runs.")
     normalized = validate_envelope(envelope)
-    if Run.objects.filter(status=RunStatus.QUEUED).count() >= settings.FLEX_MAX_QUEUED_RUNS:
-        raise ServerBusy("Too many runs are queued; retry later.", retry_after=10)
+    _refuse_past_queue_caps(user)
     metadata = normalized.get("metadata", {})
     with transaction.atomic():
         run = Run.objects.create(
             objective=normalized["objective"], envelope=normalized, created_by=user,
             thread_id=str(metadata.get("threadId") or "")[:200], brief_id=str(metadata.get("briefId") or "")[:200],
-            correlation_id=str(metadata.get("correlationId") or "")[:200],
+            correlation_id=(str(metadata.get("correlationId") or "")[:200]
+                            or flex_logging.clean_correlation_id(correlation_id)
+                            or flex_logging.new_correlation_id()),
             # The envelope's inputs are the first facet values of the snapshot.
             facets=dict(normalized.get("inputs", {})),
             provenance={name: {"nodeId": None, "capabilityId": None, "planVersion": 0, "source": "envelope"}

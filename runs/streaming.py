@@ -23,6 +23,8 @@ import asyncio
 import json
 import logging
 import threading
+import time
+import weakref
 from collections import Counter
 from typing import Any, AsyncIterator
 
@@ -105,37 +107,103 @@ class RunListener(Listener):
         self.polled_seq = -1
 
 
+class Admission:
+    """A stream slot granted by `StreamHub.admit` whose generator has not
+    started yet. It becomes a live listener when the generator starts, and is
+    given back when the response is closed or dropped unstarted (a client that
+    disconnected while the view ran or before the body began), or at the
+    latest ADMIT_GRACE_SECONDS after it was granted."""
+
+    __slots__ = ("user_id", "deadline", "done", "__weakref__")
+
+    def __init__(self, user_id: Any, deadline: float) -> None:
+        self.user_id = user_id
+        self.deadline = deadline
+        self.done = False
+
+
+# A granted slot whose stream has not started after this long was lost: its
+# request was cancelled while the view ran, and the dropped response sits in
+# a reference cycle that only the garbage collector frees (weakref.finalize
+# then gives the slot back). A real stream starts within milliseconds of its
+# view returning; one that starts later is still counted, from its start.
+ADMIT_GRACE_SECONDS = 5.0
+
+
 class StreamHub:
-    """Per-process bookkeeping of open streams and their notification sources."""
+    """Per-process bookkeeping of open streams and their notification sources.
+
+    Admission counts live listeners (streams whose generator runs) plus slots
+    granted moments ago whose generator has not started yet — never requests.
+    Django's ASGI handler cancels a request whose client went away without
+    ever starting (or closing) the response's async generator, so a count
+    that only a generator's `finally` decrements leaks a slot per early
+    disconnect."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._per_user: Counter[Any] = Counter()
-        self._total = 0
+        self._live: Counter[Any] = Counter()
+        self._pending: dict[int, Admission] = {}
         self._tasks: dict[int, list[asyncio.Task]] = {}
         self.redis_reconnects = 0
 
     # -- admission (bounded resources) --
-    def admit(self, user_id: Any) -> bool:
+    def _prune(self, now: float) -> None:
+        for key, admission in list(self._pending.items()):
+            if admission.deadline <= now:
+                admission.done = True
+                del self._pending[key]
+
+    def _counts(self, user_id: Any) -> tuple[int, int]:
+        """(streams of this user, streams in total): live plus pending."""
+        pending_user = sum(1 for a in self._pending.values() if a.user_id == user_id)
+        total = sum(self._live.values()) + len(self._pending)
+        return self._live[user_id] + pending_user, total
+
+    def admit(self, user_id: Any) -> Admission | None:
+        now = time.monotonic()
         with self._lock:
-            if self._total >= settings.FLEX_SSE_MAX_STREAMS:
-                return False
-            if self._per_user[user_id] >= settings.FLEX_SSE_MAX_STREAMS_PER_USER:
-                return False
-            self._per_user[user_id] += 1
-            self._total += 1
-            return True
+            self._prune(now)
+            mine, total = self._counts(user_id)
+            if total >= settings.FLEX_SSE_MAX_STREAMS or mine >= settings.FLEX_SSE_MAX_STREAMS_PER_USER:
+                return None
+            admission = Admission(user_id, now + ADMIT_GRACE_SECONDS)
+            self._pending[id(admission)] = admission
+            return admission
+
+    def withdraw(self, admission: Admission | None) -> None:
+        """Give back a slot whose stream never started (idempotent)."""
+        if admission is None:
+            return
+        with self._lock:
+            if not admission.done:
+                admission.done = True
+                self._pending.pop(id(admission), None)
+
+    def start(self, admission: Admission | None, user_id: Any) -> None:
+        """The stream's generator runs: its slot is now a live listener."""
+        with self._lock:
+            if admission is not None and not admission.done:
+                admission.done = True
+                self._pending.pop(id(admission), None)
+            self._live[user_id] += 1
 
     def leave(self, user_id: Any) -> None:
         with self._lock:
-            self._per_user[user_id] -= 1
-            if self._per_user[user_id] <= 0:
-                del self._per_user[user_id]
-            self._total -= 1
+            self._live[user_id] -= 1
+            if self._live[user_id] <= 0:
+                del self._live[user_id]
+
+    def streams_of(self, user_id: Any) -> int:
+        with self._lock:
+            self._prune(time.monotonic())
+            return self._counts(user_id)[0]
 
     @property
     def open_streams(self) -> int:
-        return self._total
+        with self._lock:
+            self._prune(time.monotonic())
+            return sum(self._live.values()) + len(self._pending)
 
     # -- delivery --
     def deliver(self, run_id: str, seq: int, type_: str, data: str) -> None:
@@ -391,14 +459,27 @@ def _release_request_thread() -> None:
         logger.debug("could not shut down the request executor", exc_info=True)
 
 
-async def event_stream(*, run_id: str, after_seq: int, user: Any, stop_on_wait: bool = False) -> AsyncIterator[str]:
+def stream_frames(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
+                  stop_on_wait: bool = False) -> AsyncIterator[str]:
+    """The frames of a stream admitted with `admission`. If the generator is
+    dropped without ever starting (the request was cancelled), the slot goes
+    back at once."""
+    frames = event_stream(admission=admission, run_id=run_id, after_seq=after_seq, user=user,
+                          stop_on_wait=stop_on_wait)
+    weakref.finalize(frames, hub.withdraw, admission)
+    return frames
+
+
+async def event_stream(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
+                       stop_on_wait: bool = False) -> AsyncIterator[str]:
     """Frames after `after_seq`, then live ones, until the run is terminal
     (or, with `stop_on_wait`, waits for a person or is paused).
 
-    Admission (`hub.admit`) must have succeeded; this generator releases it.
+    Its slot (`hub.admit`) counts as a live listener from the generator's
+    first step to its `finally`.
     """
-    _release_request_thread()
     user_id = getattr(user, "pk", None)
+    _release_request_thread()
     listener = RunListener(run_id, after_seq, user_id)
     listener.assign_loop()
     lm = get_listener_manager()
@@ -408,6 +489,7 @@ async def event_stream(*, run_id: str, after_seq: int, user: Any, stop_on_wait: 
     keepalive = settings.FLEX_SSE_KEEPALIVE_SECONDS
     recheck_every = max(int(5.0 / max(keepalive, 0.01)), 1)
     idle_ticks = 0
+    hub.start(admission, user_id)
     try:
         yield ": stream open\n\n"
         need_read = True

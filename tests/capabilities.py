@@ -44,6 +44,21 @@ class BrokenReview(Capability):
         raise CapabilityError("the review service refused the request", code="review_refused", retryable=False)
 
 
+class UnreachableOnceReview(Capability):
+    """Its service is unreachable on the first attempt (a retryable error)."""
+
+    capability_id = "test.UnreachableOnceReview"
+    display_name = "Reviewer whose service is down once"
+    kind = "validation"
+    input_facets = ("copyVariants",)
+    output_facets = ("qa_report",)
+
+    def run(self, bundle: ContextBundle) -> dict[str, Any]:
+        if bundle.attempt == 1:
+            raise CapabilityError("the review service is unavailable", code="review_unavailable", retryable=True)
+        return {"qa_report": review(bundle.facets["copyVariants"])}
+
+
 def review_envelope(base: dict[str, Any], capability_id: str) -> dict[str, Any]:
     """An envelope whose qa_report must come from `capability_id`."""
     base["outputContract"] = {"mode": "facets", "facets": ["qa_report"]}

@@ -77,7 +77,8 @@ def execute(node: dict, bundle: ContextBundle) -> Outcome:
                        duration_ms=duration)
     errors = validate_instance(node.get("contract", {}), result)
     if errors:
-        return Outcome(INVALID, errors=errors, duration_ms=duration)
+        # Kept for a person to review if the retries run out (never committed).
+        return Outcome(INVALID, output=result, errors=errors, duration_ms=duration)
     # Keep only the facets the node declares: a capability cannot write
     # facets it does not own.
     output = {name: result[name] for name in node.get("outputFacets", []) if name in result}

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from flexagents.logging import log_context
 from planner.contracts import validate_instance
 from planner.planner import build_plan
 from runs import events as ev
@@ -116,6 +118,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             write()
         for node_id, changes in step.node_updates.items():
             NodeRun.objects.filter(pk=ctx.nodes[node_id].pk).update(**changes)
+    log_node_events(ctx, step)
     # Committed: bring memory up to date.
     for node_id, changes in step.node_updates.items():
         node = ctx.nodes[node_id]
@@ -125,6 +128,34 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             setattr(node, key, value)
     for key, value in run_updates.items():
         setattr(run, key, value)
+
+
+NODE_LOG_EVENTS = {ev.NODE_START: logging.INFO, ev.NODE_COMPLETE: logging.INFO, ev.NODE_ERROR: logging.WARNING,
+                   ev.VALIDATION_ERROR: logging.WARNING}
+
+
+def log_node_events(ctx: RunContext, step: Step) -> None:
+    """One structured line per committed node start, completion and error
+    (an invalid output is an error too): run, node, capability, attempt and
+    the node's status after the step. The correlation id comes from the
+    claim's log context (see `advance`)."""
+    for event in step.events:
+        level = NODE_LOG_EVENTS.get(event.type)
+        if level is None or not event.node_id:
+            continue
+        node = ctx.nodes.get(event.node_id)
+        status = step.node_updates.get(event.node_id, {}).get("status") or (node.status if node else None)
+        extra = {"run_id": ctx.run.id, "correlation_id": ctx.run.correlation_id or None,
+                 "node_id": event.node_id, "capability_id": node.capability_id if node else None,
+                 "attempt": event.payload.get("attempt"), "status": status, "plan_version": ctx.run.plan_version}
+        if event.type == ev.NODE_COMPLETE:
+            extra["duration_ms"] = event.payload.get("durationMs")
+        elif event.type == ev.NODE_ERROR:
+            extra.update(error_code=(event.payload.get("error") or {}).get("code"),
+                         will_retry=event.payload.get("willRetry"))
+        elif event.type == ev.VALIDATION_ERROR:
+            extra["error_code"] = "validation_failed"
+        logger.log(level, event.type, extra=extra)
 
 
 # --- steps -------------------------------------------------------------------
@@ -187,17 +218,27 @@ def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(ctx: RunContext) -> None:
-    """First step of a new run: plan it and start its first node."""
+    """First steps of a new run: queued -> planning (`start`), then plan it
+    and start its first node (planning -> running), or fail it.
+
+    A worker that dies while planning leaves the run `planning` with an
+    expiring lease; the sweep's takeover plans it again (the planner is a
+    pure function: nothing of the first attempt was committed)."""
     run = ctx.run
+    if run.status == RunStatus.QUEUED:
+        step = Step()
+        step.status = RunStatus.PLANNING
+        step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.PLANNING,
+                              "correlationId": run.correlation_id or None})
+        commit(ctx, step, expect=(RunStatus.QUEUED,))
     result = build_plan(run.envelope)
     step = Step()
-    step.event(ev.START, {"runId": run.id, "threadId": run.thread_id or None, "status": RunStatus.RUNNING})
     step.event(ev.PLAN_REQUESTED, {"attempt": 1, "capabilities": result.considered})
     if result.graph is None:
         step.event(ev.PLAN_REJECTED, {"attempt": 1, "diagnostics": result.diagnostics})
         fail(step, code="plan_rejected", message="No plan can satisfy the output contract.",
              extra={"diagnostics": result.diagnostics})
-        commit(ctx, step, expect=(RunStatus.QUEUED,))
+        commit(ctx, step, expect=(RunStatus.PLANNING,))
         return
     graph = result.graph.to_dict()
     ctx.graph = graph
@@ -221,7 +262,8 @@ def plan(ctx: RunContext) -> None:
     step.event(ev.PLAN_GENERATED, {
         "version": 1,
         "nodes": [{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
-                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"]} for n in graph["nodes"]],
+                   "inputFacets": n["inputFacets"], "outputFacets": n["outputFacets"],
+                   "rationale": n.get("rationale", "")} for n in graph["nodes"]],
         "edges": graph.get("edges", []),
         "metadata": graph.get("metadata", {}),
     })
@@ -234,7 +276,7 @@ def plan(ctx: RunContext) -> None:
         ready = scheduling.ready_nodes(ctx.states())
         if ready:
             start_node(ctx, step, ready[0])
-    commit(ctx, step, expect=(RunStatus.QUEUED,))
+    commit(ctx, step, expect=(RunStatus.PLANNING,))
 
 
 def resume_started(ctx: RunContext) -> None:
@@ -358,19 +400,27 @@ def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     if decision.retry:
         start_node(ctx, step, node.node_id)
         return
-    if policies.on_validation_fail(ctx, step, node, outcome.errors):
-        return  # escalated to a person or otherwise handled by policy
-    step.update_node(node.node_id, status=NodeStatus.FAILED, completed_at=timezone.now(),
-                     error={"code": "validation_failed", "message": "Output failed its contract on every attempt."})
-    fail(step, code="validation_failed", message=f"Node {node.node_id} produced invalid output "
-                                                  f"{node.attempts} times.",
-         extra={"nodeId": node.node_id, "errors": outcome.errors})
+    invalid = outcome.output or {}
+    if policies.on_validation_fail(ctx, step, node, outcome.errors, output=invalid):
+        return  # an onValidationFail policy decided (hitl, pause, replan, fail)
+    # Seed 8.3: retries exhausted, no policy decided: a person reviews the
+    # invalid output instead of the run failing.
+    policies.escalate_invalid_output(ctx, step, node, outcome.errors, output=invalid)
 
 
 def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
-    decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable)
+    decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable,
+                                 backoff_base=settings.FLEX_RETRY_BACKOFF_SECONDS)
     step.event(ev.NODE_ERROR, {"nodeId": node.node_id, "capabilityId": node.capability_id, "attempt": node.attempts,
                                "error": outcome.error, "willRetry": decision.retry}, node.node_id)
+    if decision.retry and decision.delay > 0:
+        # Back off in the queue, holding no worker: the node is pending again
+        # and the run is claimable from `available_at` (its next claim starts
+        # the node, counting the attempt).
+        step.update_node(node.node_id, status=NodeStatus.PENDING)
+        step.status = RunStatus.QUEUED
+        step.run_updates["available_at"] = timezone.now() + timedelta(seconds=decision.delay)
+        return
     if decision.retry:
         start_node(ctx, step, node.node_id)
         return
@@ -396,8 +446,14 @@ def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[
     """Drive a claimed run until it completes, waits, or the worker must stop.
     Returns the run's status as this worker last saw it."""
     ctx = load(claim)
+    with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id):
+        return _advance(ctx, claim, heartbeat=heartbeat, stop=stop)
+
+
+def _advance(ctx: RunContext, claim: Claim, *, heartbeat: Heartbeat | None,
+             stop: Callable[[], bool] | None) -> str:
     try:
-        if ctx.run.status == RunStatus.QUEUED and not ctx.run.plan_version:
+        if ctx.run.status in (RunStatus.QUEUED, RunStatus.PLANNING) and not ctx.run.plan_version:
             plan(ctx)
         elif ctx.run.status == RunStatus.QUEUED:
             resume_started(ctx)

@@ -55,10 +55,46 @@ def on_node_complete(ctx: "RunContext", step: "Step", node: "NodeRun") -> bool:
     return _fire_matching(ctx, step, ON_NODE_COMPLETE, node=node, output=output, errors=[])
 
 
-def on_validation_fail(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]]) -> bool:
+def on_validation_fail(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]],
+                       *, output: dict[str, Any] | None = None) -> bool:
     """A node's output failed its contract on every allowed attempt. Without a
-    matching halting policy the loop fails the node and the run."""
-    return _fire_matching(ctx, step, ON_VALIDATION_FAIL, node=node, output={}, errors=errors)
+    matching halting policy the loop escalates to a person
+    (`escalate_invalid_output`). `output` is the last invalid output: what a
+    `hitl` policy's request shows for review."""
+    return _fire_matching(ctx, step, ON_VALIDATION_FAIL, node=node, output=output or {}, errors=errors)
+
+
+def escalate_invalid_output(ctx: "RunContext", step: "Step", node: "NodeRun", errors: list[dict[str, Any]],
+                            *, output: dict[str, Any]) -> None:
+    """The default when validation retries are exhausted (seed 8.3 FR4): an
+    approval request with the invalid output as `review` and the errors in
+    `contractSummary.validationErrors`. Approve runs the node once more,
+    reject fails the node and the run (docs/hitl.md)."""
+    attempts = node.attempts
+    question = (f"Node {node.node_id} ({node.capability_id}) produced output that fails its contract "
+                f"{attempts} time{'s' if attempts != 1 else ''}. Run it once more?")
+    summary = {**_contract_summary(ctx, node.node_id), "policyId": None, "trigger": ON_VALIDATION_FAIL,
+               "attempts": attempts, "validationErrors": errors}
+    request = hitl_services.hitl_request_build(
+        run=ctx.run, kind=HitlKind.APPROVAL, question=question,
+        options=[{"id": "approve", "label": "Approve", "description": "Run the node once more."},
+                 {"id": "reject", "label": "Reject", "description": "Fail the node and the run."}],
+        allow_free_form=False, urgency="normal", pending_node_id=node.node_id,
+        operator_prompt="The output under review is the node's last attempt; it is never accepted as it is.",
+        contract_summary=summary, plan_version=ctx.run.plan_version, source="validation_retries_exhausted",
+        review=_reviewable(ctx, node.node_id, output))
+    step.writes.append(lambda: request.save(force_insert=True))
+    step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
+    step.status = RunStatus.AWAITING_HITL
+    step.event(ev.HITL_REQUEST, hitl_services.hitl_request_payload(request, responses=[]), node.node_id)
+
+
+def _reviewable(ctx: "RunContext", node_id: str, output: dict[str, Any]) -> dict[str, Any]:
+    """The node's output facets of an (invalid) output, for a person to review."""
+    if not isinstance(output, dict):
+        return {}
+    facets = ctx.graph_node(node_id).get("outputFacets") or []
+    return {name: output[name] for name in facets if name in output} or dict(output)
 
 
 def clarifications_for(ctx: "RunContext", node_id: str) -> list[dict[str, Any]]:
@@ -166,7 +202,8 @@ def _fire(ctx: "RunContext", step: "Step", policy: dict[str, Any], trigger: str,
                             "event": action["event"], "payload": action.get("payload") or {}}, node_id)
         return False
     if kind == "hitl":
-        _raise_approval(ctx, step, policy, trigger, node, errors, review=output)
+        review = _reviewable(ctx, node_id, output or {}) if trigger == ON_VALIDATION_FAIL and node else output
+        _raise_approval(ctx, step, policy, trigger, node, errors, review=review)
         return True
     if kind == "pause":
         if trigger == ON_VALIDATION_FAIL and node is not None:

@@ -7,11 +7,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The longest wait between two attempts of a node.
+MAX_BACKOFF_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class RetryDecision:
     retry: bool
     reason: str
+    # Seconds to wait before the next attempt (0: at once, in the same step).
+    delay: float = 0.0
+
+
+def backoff(*, attempts: int, base: float) -> float:
+    """Exponential: base, 2 x base, 4 x base, ... capped at MAX_BACKOFF_SECONDS."""
+    if base <= 0:
+        return 0.0
+    return min(base * (2 ** max(attempts - 1, 0)), MAX_BACKOFF_SECONDS)
 
 
 def after_invalid_output(*, attempts: int, max_retries: int) -> RetryDecision:
@@ -21,11 +33,13 @@ def after_invalid_output(*, attempts: int, max_retries: int) -> RetryDecision:
     return RetryDecision(False, "validation_retries_exhausted")
 
 
-def after_error(*, attempts: int, max_retries: int, retryable: bool) -> RetryDecision:
+def after_error(*, attempts: int, max_retries: int, retryable: bool, backoff_base: float = 0.0) -> RetryDecision:
+    """A capability error: retried after a back-off (a rate limit or an
+    outage needs time; invalid output is retried at once instead)."""
     if not retryable:
         return RetryDecision(False, "permanent_error")
     if attempts <= max_retries:
-        return RetryDecision(True, "retryable_error")
+        return RetryDecision(True, "retryable_error", delay=backoff(attempts=attempts, base=backoff_base))
     return RetryDecision(False, "retries_exhausted")
 
 

@@ -8,6 +8,7 @@
   var state = document.getElementById("live-state");
   var statusBadge = document.getElementById("run-status");
   var planVersion = document.getElementById("plan-version");
+  var updated = document.getElementById("run-updated");
   var lastId = list.dataset.lastEventId || "";
   var seen = {};
   Array.prototype.forEach.call(list.querySelectorAll("li[data-id]"), function (li) { seen[li.dataset.id] = true; });
@@ -35,6 +36,18 @@
       case "log": return String(p.message || "");
       default: return "";
     }
+  }
+
+  // "Updated" follows the run: each event is a change of the run, at its
+  // timestamp (ISO 8601 UTC, the page renders UTC "YYYY-MM-DD HH:MM:SS").
+  function showUpdated(timestamp) {
+    if (!updated || !timestamp) { return; }
+    var at = new Date(timestamp);
+    if (isNaN(at.getTime())) { return; }
+    var previous = new Date(updated.getAttribute("datetime") || 0);
+    if (!isNaN(previous.getTime()) && at < previous) { return; }
+    updated.setAttribute("datetime", at.toISOString());
+    updated.textContent = at.toISOString().slice(0, 19).replace("T", " ");
   }
 
   function setStatus(status) {
@@ -91,6 +104,59 @@
     ol.appendChild(li);
   }
 
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) { node.className = className; }
+    if (text !== undefined) { node.textContent = text; }
+    return node;
+  }
+
+  // A request raised while the page is open: the same box the server renders
+  // (runs/_dialogue.html, runs/_review.html), built from the redacted frame.
+  function addRequest(p) {
+    var dialogue = document.getElementById("dialogue");
+    if (!dialogue || !p.requestId || requestBox(p.requestId)) { return; }
+    var none = dialogue.querySelector(":scope > p.muted");
+    if (none) { dialogue.removeChild(none); }
+    var box = el("div", "hitl-request hitl-pending");
+    box.dataset.requestId = p.requestId;
+    var head = el("div", "hitl-head");
+    head.appendChild(el("span", "badge kind", p.kind));
+    head.appendChild(document.createTextNode(" "));
+    head.appendChild(el("span", "badge urgency-" + (p.urgency || "normal"), p.urgency || "normal"));
+    head.appendChild(document.createTextNode(" "));
+    head.appendChild(el("span", "badge status-pending", "pending"));
+    head.appendChild(document.createTextNode(" "));
+    head.appendChild(el("span", "muted", p.requestId + " \u00b7 node " + (p.pendingNodeId || "\u2014") +
+      " \u00b7 plan v" + p.planVersion));
+    box.appendChild(head);
+    box.appendChild(el("p", "question", p.question || ""));
+    if (p.operatorPrompt) { box.appendChild(el("p", "muted", p.operatorPrompt)); }
+    var review = p.review || {};
+    var facets = Object.keys(review);
+    if (facets.length) {
+      var wrap = el("div", "review");
+      wrap.dataset.reviewOf = p.requestId;
+      wrap.appendChild(el("div", "review-head", "Under review"));
+      facets.forEach(function (name) {
+        var facet = el("div", "review-facet");
+        facet.dataset.facet = name;
+        var label = el("div", "review-facet-name");
+        label.appendChild(el("code", "", name));
+        facet.appendChild(label);
+        var value = review[name];
+        facet.appendChild(typeof value === "string" ? el("blockquote", "review-text", value)
+          : el("pre", "json", JSON.stringify(value, null, 2)));
+        wrap.appendChild(facet);
+      });
+      box.appendChild(wrap);
+    }
+    var ol = el("ol", "responses");
+    ol.appendChild(el("li", "muted", "No responses yet."));
+    box.appendChild(ol);
+    dialogue.appendChild(box);
+  }
+
   function resolveRequest(p) {
     var box = requestBox(p.requestId);
     if (!box) { return; }
@@ -119,11 +185,14 @@
     list.appendChild(li);
     list.scrollTop = list.scrollHeight;
     if (planVersion && f.planVersion) { planVersion.textContent = f.planVersion; }
+    showUpdated(f.timestamp);
     var p = f.payload || {};
     if (f.type === "node_start") { colourNode(p.nodeId, "running"); setStatus("running"); }
     else if (f.type === "node_complete") { colourNode(p.nodeId, "completed"); }
     else if (f.type === "node_error" && !p.willRetry) { colourNode(p.nodeId, "failed"); }
-    else if (f.type === "hitl_request") { colourNode(f.nodeId || p.pendingNodeId, "awaiting_hitl"); setStatus("awaiting_hitl"); }
+    else if (f.type === "hitl_request") {
+      colourNode(f.nodeId || p.pendingNodeId, "awaiting_hitl"); setStatus("awaiting_hitl"); addRequest(p);
+    }
     else if (f.type === "hitl_update") { addResponse(p.requestId, p.response); }
     else if (f.type === "hitl_resolved") { resolveRequest(p); }
     else if (f.type === "plan_updated") { (p.nodes || []).forEach(function (n) { colourNode(n.id, n.status); }); }

@@ -51,6 +51,8 @@ def server(transactional_db: None, request: Any) -> Iterator[str]:
         "FLEX_SSE_KEEPALIVE_SECONDS": "2",
         "LOG_LEVEL": "WARNING",
     })
+    # `@pytest.mark.parametrize("server", [{"FLEX_ENABLED": "0"}], indirect=True)` sets more.
+    env.update(getattr(request, "param", None) or {})
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL
     group = ProcGroup(env)

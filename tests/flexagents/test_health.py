@@ -36,3 +36,11 @@ def test_it_answers_503_when_the_database_is_down(monkeypatch: pytest.MonkeyPatc
     assert body["database"] == "down"
     assert body["code"] == "server_busy"
     assert response["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete", "patch"])
+def test_another_method_is_a_json_405_not_a_csrf_refusal(method: str) -> None:
+    response = getattr(Client(enforce_csrf_checks=True), method)("/api/health")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+    assert response["Allow"] == "GET"

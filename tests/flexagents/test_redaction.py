@@ -130,3 +130,13 @@ def test_it_redacts_what_lies_too_deep_to_walk() -> None:
     for _ in range(256):
         result = result[0]
     assert result == REDACTED
+
+
+def test_a_query_string_has_every_sensitive_parameter_masked_even_percent_encoded() -> None:
+    from flexagents.redaction import redact_query_string
+
+    masked = redact_query_string("status=a&api_key=s1&token=s2&ticket=s3&api%5Fkey=s4&note=password%3Ds5&status=b")
+    assert "s1" not in masked and "s2" not in masked and "s3" not in masked and "s4" not in masked
+    assert "s5" not in masked
+    assert masked.startswith("status=a&api_key=[redacted]&token=[redacted]&ticket=[redacted]")
+    assert masked.endswith("&status=b")

@@ -77,7 +77,7 @@ def test_it_pages_with_next(api_for, operator, two_waiting):
     assert first["runs"][0]["runId"] != second["runs"][0]["runId"]
 
 
-@pytest.mark.parametrize("params", [{"kind": "other"}, {"urgency": "urgent"}, {"limit": "0"}, {"offset": "x"}])
+@pytest.mark.parametrize("params", [{"kind": "other"}, {"urgency": "urgent"}, {"limit": "0"}, {"cursor": "x"}])
 def test_bad_filters_are_422(api_for, operator, params):
     response = api_for(operator).get("/api/hitl/pending", params)
 

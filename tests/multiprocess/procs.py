@@ -144,8 +144,9 @@ class ProcGroup:
 
     def daphne(self, *, port: int | None = None, env: dict[str, str] | None = None) -> tuple[Proc, int]:
         port = port or free_port()
-        proc = self.start("daphne", [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                                     "flexagents.asgi:application"], env)
+        # The Procfile's web command (docs/deployment.md).
+        proc = self.start("daphne", [sys.executable, "-m", "flexagents.serve", "-b", "127.0.0.1", "-p", str(port)],
+                          env)
         wait_for_port(port, proc=proc)
         return proc, port
 

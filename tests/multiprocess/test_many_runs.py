@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 def test_many_runs_over_four_workers_each_complete_exactly_once(procs, token, tmp_path):
     total = 200
-    web, port = procs.daphne()
+    # One user queues all 200 at once: above the default backpressure caps.
+    web, port = procs.daphne(env={"FLEX_MAX_QUEUED_RUNS_PER_USER": "1000", "FLEX_MAX_QUEUED_RUNS": "1000"})
     for _ in range(4):
         procs.worker()
     log = tmp_path / "calls.jsonl"

@@ -1,10 +1,12 @@
 """planner.jsonlogic: the evaluator behind runtime policy conditions."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
+from planner import jsonlogic
 from planner.jsonlogic import MAX_DEPTH, JsonLogicError, evaluate, truthy, validate_rule
 
 DATA = {"a": 1, "b": {"c": "x", "d": [10, 20, 30]}, "empty": "", "none": None, "list": [1, 2, 3, 4]}
@@ -136,3 +138,48 @@ def test_validate_rule_reports_runaway_nesting() -> None:
     for _ in range(MAX_DEPTH + 5):
         rule = {"!": [rule]}
     assert validate_rule(rule) == [f"the rule is nested deeper than {MAX_DEPTH} levels"]
+
+
+# --- budgets -------------------------------------------------------------------------
+
+def nested_some(levels: int, items: int) -> dict:
+    rule: dict = {"==": [1, 2]}
+    for _ in range(levels):
+        rule = {"some": [list(range(items)), rule]}
+    return rule
+
+
+def test_it_stops_an_evaluation_past_the_operation_budget_quickly() -> None:
+    rule = nested_some(4, 30)  # 810,000 inner evaluations unbounded
+    assert jsonlogic.validate_rule(rule) == []
+    started = time.monotonic()
+    with pytest.raises(jsonlogic.JsonLogicError, match="operations"):
+        jsonlogic.evaluate(rule)
+    assert time.monotonic() - started < 1
+
+
+def test_it_stops_a_doubling_reduce_at_the_array_limit() -> None:
+    doubling = {"reduce": [list(range(40)), {"merge": [{"var": "accumulator"}, {"var": "accumulator"}]}, [1]]}
+    with pytest.raises(jsonlogic.JsonLogicError, match="array of more than"):
+        jsonlogic.evaluate(doubling)
+
+
+def test_it_stops_a_doubling_cat_at_the_string_limit() -> None:
+    doubling = {"reduce": [list(range(40)), {"cat": [{"var": "accumulator"}, {"var": "accumulator"}]}, "ab"]}
+    with pytest.raises(jsonlogic.JsonLogicError, match="string of more than"):
+        jsonlogic.evaluate(doubling)
+
+
+def test_it_refuses_to_iterate_over_an_oversized_array_from_the_data() -> None:
+    with pytest.raises(jsonlogic.JsonLogicError, match="array of more than"):
+        jsonlogic.evaluate({"some": [{"var": "items"}, {"==": [{"var": ""}, -1]}]}, {"items": list(range(5000))})
+
+
+@pytest.mark.parametrize(("rule", "problem"), [
+    (nested_some(2, 1500), "array of more than 1000 items"),
+    ({"and": [{"==": [i, i]} for i in range(800)]}, "more than 2000 nodes"),
+    (nested_some(40, 1), "nested deeper than 32 levels"),
+])
+def test_an_oversized_rule_is_refused_before_it_runs(rule: dict, problem: str) -> None:
+    [message] = jsonlogic.validate_rule(rule)
+    assert problem in message

@@ -3,9 +3,12 @@ lists, the read-only run page, the Resume / Answer / Cancel buttons and bulk
 actions calling the API's services, permissions, CSRF and query counts."""
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.contrib.messages import get_messages
 from django.db import connection
 from django.test import Client
@@ -17,6 +20,7 @@ from hitl.models import HitlRequest, HitlStatus
 from runs.models import AuditEntry, Run, RunEvent, RunStatus
 from runs.services import run_create
 from tests.conftest import load_envelope
+from tests.runs.review import REVIEWED_TEXT, SENSITIVE_CALL_TO_ACTION, sensitive_call_to_action  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -24,11 +28,12 @@ PAUSE_ON_START = {"id": "hold", "trigger": {"kind": "onStart"}, "action": {"type
 
 
 def change_url(run: Run) -> str:
-    return reverse("admin:runs_run_change", args=[run.id])
+    # The admin quotes ids in its URLs, as its list links do (`run_01a` → `run_5F01a`).
+    return reverse("admin:runs_run_change", args=[quote(run.id)])
 
 
 def action_url(run: Run, name: str) -> str:
-    return reverse(f"admin:runs_run_{name}", args=[run.id])
+    return reverse(f"admin:runs_run_{name}", args=[quote(run.id)])
 
 
 def browser(user: Any, *, csrf: bool = False) -> Client:
@@ -275,11 +280,21 @@ def test_every_action_needs_a_csrf_token(operator: Any, clarify_run: Run, paused
     assert ok.status_code == 302
 
 
-def test_bulk_cancel_and_bulk_approve_call_the_services(operator: Any, clarify_run: Run, approval_run: Run,
-                                                        drain: Any) -> None:
+def test_bulk_approve_first_shows_each_request_with_its_review_then_approves_on_confirmation(
+        operator: Any, clarify_run: Run, approval_run: Run, drain: Any) -> None:
     client = browser(operator)
     changelist = reverse("admin:runs_run_changelist")
-    response = client.post(changelist, {"action": "approve_runs", "_selected_action": [approval_run.id, clarify_run.id]})
+    confirm = client.post(changelist, {"action": "approve_runs", "_selected_action": [approval_run.id, clarify_run.id]})
+    assert confirm.status_code == 200
+    body = confirm.content.decode()
+    assert "Approve the output of copywriter" in body and REVIEWED_TEXT in body
+    assert "1 selected run(s) have no pending approval request" in body
+    approval_run.refresh_from_db()
+    assert approval_run.status == RunStatus.AWAITING_HITL  # nothing happens before the confirmation
+
+    request = pending_of(approval_run)
+    response = client.post(changelist, {"action": "approve_runs", "post": "yes", f"latest_{request.id}": "",
+                                        "_selected_action": [approval_run.id, clarify_run.id]})
     assert response.status_code == 302
     drain()
     approval_run.refresh_from_db()
@@ -290,6 +305,16 @@ def test_bulk_cancel_and_bulk_approve_call_the_services(operator: Any, clarify_r
     clarify_run.refresh_from_db()
     assert clarify_run.status == RunStatus.CANCELLED
     assert AuditEntry.objects.filter(run=clarify_run, action="run_cancelled").count() == 1
+
+
+def test_bulk_approve_never_approves_a_request_the_confirmation_page_did_not_show(
+        operator: Any, approval_run: Run) -> None:
+    response = browser(operator).post(reverse("admin:runs_run_changelist"), {
+        "action": "approve_runs", "post": "yes", "_selected_action": [approval_run.id]})
+    assert response.status_code == 302
+    approval_run.refresh_from_db()
+    assert approval_run.status == RunStatus.AWAITING_HITL
+    assert pending_of(approval_run).responses.count() == 0
 
 
 # --- who sees what ----------------------------------------------------------------------
@@ -373,3 +398,165 @@ def test_capabilities_and_facets_are_browsable_read_only(support: Any) -> None:
     index = client.get(reverse("admin:index")).content.decode()
     assert reverse("admin:flex_capabilities") in index and reverse("admin:runs_run_inbox") in index
     assert client.post(reverse("admin:flex_facets")).status_code == 405
+
+
+# --- ids in URLs: the admin quotes them ---------------------------------------------------
+
+def test_the_run_list_links_to_a_run_page_whose_buttons_work(operator: Any, clarify_run: Run) -> None:
+    client = browser(operator)
+    listing = client.get(reverse("admin:runs_run_changelist")).content.decode()
+    quoted = quote(clarify_run.id)
+    assert quoted != clarify_run.id  # `_` is quoted: the bug only shows with real ids
+    link = re.search(r'href="([^"]*/%s/change/[^"]*)"' % re.escape(quoted), listing)
+    assert link, "the list links to the run"
+    page = client.get(html.unescape(link.group(1)))
+    assert page.status_code == 200 and clarify_run.id in page.content.decode()
+    cancel = re.search(r'<form method="post" action="([^"]+)" id="cancel">', page.content.decode())
+    assert cancel and quoted in cancel.group(1)
+    done = client.post(cancel.group(1), {"reason": "from the list"}, follow=True)
+    assert done.status_code == 200
+    assert done.redirect_chain[-1][0] == change_url(clarify_run)
+    assert any("cancelled" in m for m in messages_of(done))
+    clarify_run.refresh_from_db()
+    assert clarify_run.status == RunStatus.CANCELLED
+
+
+def test_the_hitl_request_list_links_to_the_request_and_the_request_to_its_run(operator: Any,
+                                                                               approval_run: Run) -> None:
+    client = browser(operator)
+    request = pending_of(approval_run)
+    listing = client.get(reverse("admin:hitl_hitlrequest_changelist")).content.decode()
+    link = re.search(r'href="([^"]*/%s/change/[^"]*)"' % re.escape(quote(request.id)), listing)
+    assert link
+    detail = client.get(html.unescape(link.group(1)))
+    assert detail.status_code == 200
+    body = detail.content.decode()
+    assert REVIEWED_TEXT in body  # what the request asks to approve
+    run_link = re.search(r'<a href="([^"]+)" class="run-link">', body)
+    assert run_link and client.get(run_link.group(1)).status_code == 200
+
+
+def test_the_inbox_links_to_the_run_page_and_shows_what_is_under_review(operator: Any, approval_run: Run) -> None:
+    client = browser(operator)
+    inbox = client.get(reverse("admin:runs_run_inbox")).content.decode()
+    assert REVIEWED_TEXT in inbox
+    link = re.search(r'<a href="([^"]+)#answer" class="inbox-run-link">', inbox)
+    assert link and client.get(link.group(1)).status_code == 200
+
+
+# --- the approval shows what it asks to approve -------------------------------------------
+
+def test_the_approval_page_shows_the_review_redacted_and_preselects_no_answer(
+        sensitive_call_to_action: None, operator: Any, submit: Any, client_user: Any) -> None:
+    run = submit(client_user, "approval-required")
+    body = browser(operator).get(change_url(run)).content.decode()
+    form = html.unescape(body[body.index('id="answer"'):body.index("</form>", body.index('id="answer"'))])
+    assert REVIEWED_TEXT in form  # the copy, in the form that asks about it
+    assert '"callToAction": "[redacted]"' in form
+    assert SENSITIVE_CALL_TO_ACTION not in body  # x-sensitive: nowhere on the page
+    assert "checked" not in form
+    # The stored review keeps the real value.
+    assert pending_of(run).review["copyVariants"][0]["callToAction"] == SENSITIVE_CALL_TO_ACTION
+
+
+def test_the_inbox_and_bulk_confirmation_redact_the_review(sensitive_call_to_action: None, operator: Any,
+                                                           submit: Any, client_user: Any) -> None:
+    run = submit(client_user, "approval-required")
+    client = browser(operator)
+    inbox = client.get(reverse("admin:runs_run_inbox")).content.decode()
+    confirm = client.post(reverse("admin:runs_run_changelist"),
+                          {"action": "approve_runs", "_selected_action": [run.id]}).content.decode()
+    request = client.get(reverse("admin:hitl_hitlrequest_change", args=[quote(pending_of(run).id)])).content.decode()
+    for body in (inbox, confirm, request):
+        body = html.unescape(body)
+        assert REVIEWED_TEXT in body and '"callToAction": "[redacted]"' in body
+        assert SENSITIVE_CALL_TO_ACTION not in body
+
+
+def test_an_approval_sent_without_a_choice_is_refused_naming_the_field(operator: Any, approval_run: Run) -> None:
+    request = pending_of(approval_run)
+    response = browser(operator).post(action_url(approval_run, "answer"), {
+        "request_id": request.id, "latest_response_id": "", "mode": "resume"})
+    assert response.status_code == 302
+    assert messages_of(response) == ["The answer form is incomplete. [validation_failed] — answer: choose an answer."]
+    approval_run.refresh_from_db()
+    assert approval_run.status == RunStatus.AWAITING_HITL
+
+
+def test_an_error_banner_names_the_field_that_failed(operator: Any, clarify_run: Run) -> None:
+    request = pending_of(clarify_run)
+    response = browser(operator).post(action_url(clarify_run, "answer"), {
+        "request_id": request.id, "answer": "freeform", "text": "  ", "latest_response_id": "", "mode": "resume"})
+    [message] = messages_of(response)
+    assert "[validation_failed]" in message
+    assert "/responses/0/freeformText: a freeform response needs text" in message
+
+
+# --- the console home per role -------------------------------------------------------------
+
+def test_the_console_home_promises_actions_only_to_roles_that_have_them(operator: Any, support: Any) -> None:
+    operator_home = browser(operator).get(reverse("admin:index")).content.decode()
+    support_home = browser(support).get(reverse("admin:index")).content.decode()
+    assert "resume, answer, cancel" in operator_home
+    assert "resume, answer, cancel" not in support_home
+    assert "read-only for your role" in support_home
+
+
+# --- FLEX_ENABLED=0: the console refuses what the API refuses --------------------------------
+
+def test_with_flex_disabled_every_console_action_is_refused_with_a_clear_message(
+        settings: Any, operator: Any, clarify_run: Run, approval_run: Run, paused_run: Run) -> None:
+    settings.FLEX_ENABLED = False
+    client = browser(operator)
+    page = client.get(change_url(approval_run)).content.decode()
+    assert 'id="flex-disabled"' in page and "FLEX_ENABLED=0" in page
+    assert re.search(r'id="answer-submit" disabled', page)
+    request = pending_of(approval_run)
+    refused = [
+        client.post(action_url(approval_run, "answer"), {"request_id": request.id, "answer": "approve",
+                                                         "latest_response_id": "", "mode": "resume"}),
+        client.post(action_url(clarify_run, "cancel"), {"reason": "x"}),
+        client.post(action_url(paused_run, "resume"), {"expected_plan_version": paused_run.plan_version}),
+        client.post(reverse("admin:runs_run_changelist"), {"action": "approve_runs", "post": "yes",
+                                                           f"latest_{request.id}": "",
+                                                           "_selected_action": [approval_run.id]}),
+        client.post(reverse("admin:runs_run_changelist"), {"action": "cancel_runs",
+                                                           "_selected_action": [clarify_run.id]}),
+    ]
+    for response in refused:
+        assert response.status_code == 302
+        message = messages_of(response)[-1]  # the newest (unread ones stay in the cookie)
+        assert "FLEX_ENABLED=0" in message and "[flex_disabled]" in message and "Nothing was changed" in message
+    for run, status in ((approval_run, RunStatus.AWAITING_HITL), (clarify_run, RunStatus.AWAITING_HITL),
+                        (paused_run, RunStatus.PAUSED)):
+        run.refresh_from_db()
+        assert run.status == status
+    assert not AuditEntry.objects.filter(action__in=["run_cancelled", "hitl_resumed", "run_resumed"]).exists()
+    assert 'id="flex-disabled"' in client.get(reverse("admin:index")).content.decode()
+
+
+# --- secrets in responses stay out of every console and history page ---------------------------
+
+def test_secrets_in_responses_appear_on_no_console_or_history_page(operator: Any, approval_run: Run) -> None:
+    from hitl.services import hitl_respond
+
+    request = pending_of(approval_run)
+    hitl_respond(user=operator, run_id=approval_run.id, request_id=request.id, responses=[
+        {"responseType": "freeform", "freeformText": "use password=hunter2 for the CRM",
+         "metadata": {"apiKey": "sk-live-778899", "note": "token=abc123xyz"}}])
+    client = browser(operator)
+    pages = {
+        "run page": client.get(change_url(approval_run)),
+        "inbox": client.get(reverse("admin:runs_run_inbox")),
+        "request list": client.get(reverse("admin:hitl_hitlrequest_changelist")),
+        "request page": client.get(reverse("admin:hitl_hitlrequest_change", args=[quote(request.id)])),
+        "bulk confirmation": client.post(reverse("admin:runs_run_changelist"),
+                                         {"action": "approve_runs", "_selected_action": [approval_run.id]}),
+        "history page": client.get(reverse("run_pages:detail", args=[approval_run.id])),
+    }
+    for name, response in pages.items():
+        body = response.content.decode()
+        assert response.status_code == 200, name
+        for secret in ("hunter2", "sk-live-778899", "abc123xyz"):
+            assert secret not in body, (name, secret)
+    assert "[redacted]" in pages["request page"].content.decode()

@@ -48,3 +48,14 @@ def test_an_expression_in_the_updates_takes_the_orm_path_and_numbers_the_same(ru
     run.refresh_from_db()
     assert run.lease_token == 8 and run.last_seq == 3
     assert list(RunEvent.objects.filter(run=run).values_list("seq", flat=True)) == [1, 2, 3]
+
+
+def test_a_status_change_the_transition_table_forbids_changes_nothing(client_user):
+    waiting = Run.objects.create(objective="o", envelope={}, created_by=client_user, status="awaiting_hitl")
+
+    with pytest.raises(Fenced):
+        write(waiting, 1, statuses=["awaiting_hitl"], run_updates={"status": "paused"})
+
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.last_seq) == ("awaiting_hitl", 0)
+    assert not RunEvent.objects.filter(run=waiting).exists()

@@ -3,6 +3,7 @@ the run page with its plan graph, dialogue, output and live-timeline hooks;
 who sees what; bounded query counts."""
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from hitl.services import hitl_resume
 from runs.models import Run, RunStatus
 from runs.services import run_create
 from tests.conftest import load_envelope
+from tests.runs.review import REVIEWED_TEXT, SENSITIVE_CALL_TO_ACTION, sensitive_call_to_action  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -179,3 +181,33 @@ def test_the_run_page_query_count_does_not_grow_with_the_run(support: Any, clien
     assert big.last_seq > small.last_seq
     with django_assert_max_num_queries(budget):
         assert client.get(page_url(big)).status_code == 200
+
+
+# --- what a request asks a person to approve ------------------------------------------------
+
+def test_the_dialogue_shows_what_an_approval_asks_to_approve_redacted(sensitive_call_to_action: None, support: Any,
+                                                                      client_user: Any, submit: Any) -> None:
+    run = submit(client_user, "approval-required")
+    body = html.unescape(browser(support).get(page_url(run)).content.decode())
+    dialogue = body[body.index('id="dialogue"'):body.index("<h2>Output</h2>")]
+    assert "Approve the output of copywriter" in dialogue
+    assert REVIEWED_TEXT in dialogue and '"callToAction": "[redacted]"' in dialogue
+    assert SENSITIVE_CALL_TO_ACTION not in body
+    assert "No output yet" in body  # the run's output; the copy under review is in the dialogue
+
+
+def test_the_updated_time_is_a_timestamp_the_live_script_can_move(support: Any, client_user: Any,
+                                                                  submit: Any) -> None:
+    run = submit(client_user, "clarify-audience")
+    body = browser(support).get(page_url(run)).content.decode()
+    assert f'<time id="run-updated" datetime="{run.updated_at.isoformat()}">' in body
+
+
+def test_with_flex_disabled_the_run_page_says_actions_are_off(settings: Any, operator: Any, client_user: Any,
+                                                              submit: Any) -> None:
+    run = submit(client_user, "clarify-audience")
+    assert 'id="flex-disabled"' not in browser(operator).get(page_url(run)).content.decode()
+    settings.FLEX_ENABLED = False
+    body = browser(operator).get(page_url(run)).content.decode()
+    assert 'id="flex-disabled"' in body and "FLEX_ENABLED=0" in body
+    assert "act in the admin console" not in body

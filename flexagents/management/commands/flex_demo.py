@@ -1,14 +1,22 @@
 """`manage.py flex_demo`: the demo users of `make run`, and how to use them.
 
-Creates (or resets) one user per role with a fresh random password and
-prints the credentials and an operator API token. Meant for a developer's
-own machine: the server `make run` starts listens on 127.0.0.1 only.
+Creates one user per role and prints the credentials and an operator API
+token. Passwords are chosen once, at random, and kept in
+`demo-credentials.json` beside the SQLite database (`db/`, ignored by git;
+readable by its owner only), so they stay the same on every `make run`;
+`--reset` chooses new ones. A password someone changed since (in the admin,
+say) is left alone and not shown. Meant for a developer's own machine: the
+server `make run` starts listens on 127.0.0.1 only.
 """
 from __future__ import annotations
 
+import json
+import os
 import secrets
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
@@ -16,28 +24,75 @@ from rest_framework.authtoken.models import Token
 DEMO_USERS = (("operator", "operator"), ("support", "support"), ("client", "client"), ("admin", "admin"))
 
 
+def credentials_file() -> Path:
+    """Beside the SQLite database (a fresh database, fresh file), else in `db/`."""
+    configured = getattr(settings, "FLEX_DEMO_CREDENTIALS_FILE", None)
+    if configured:
+        return Path(configured)
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3" and str(database["NAME"]) != ":memory:":
+        return Path(database["NAME"]).resolve().parent / "demo-credentials.json"
+    return Path(settings.BASE_DIR) / "db" / "demo-credentials.json"
+
+
+def _load(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) \
+        else {}
+
+
+def _save(path: Path, passwords: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Created with owner-only permissions before anything is written to it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(passwords, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
 class Command(BaseCommand):
     help = "Create the demo users (operator, support, client, admin) and print their credentials."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--port", default="8000")
+        parser.add_argument("--reset", action="store_true", help="Choose new passwords for the demo users.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from django.contrib.auth import get_user_model
 
+        path = credentials_file()
+        stored = {} if options["reset"] else _load(path)
+        kept: dict[str, str] = {}
         lines = []
         for username, role in DEMO_USERS:
-            password = secrets.token_urlsafe(9)
-            call_command("flex_user", username, role=role, password=password, stdout=_Null())
+            user = get_user_model().objects.filter(username=username).first()
+            password: str | None = stored.get(username)
+            if user is not None and user.has_usable_password() and password is not None \
+                    and not user.check_password(password):
+                password = None  # changed by someone since: leave it, do not show it
+                call_command("flex_user", username, role=role, stdout=_Null())
+            else:
+                if password is None or user is None or not user.check_password(password):
+                    password = password or secrets.token_urlsafe(9)
+                    call_command("flex_user", username, role=role, password=password, stdout=_Null())
+                else:
+                    call_command("flex_user", username, role=role, stdout=_Null())  # role and groups only
+                kept[username] = password
             user = get_user_model().objects.get(username=username)
             token, _ = Token.objects.get_or_create(user=user)
             lines.append((username, role, password, token.key))
+        if kept != stored:
+            _save(path, {**stored, **kept})
         base = f"http://127.0.0.1:{options['port']}"
         out = self.stdout
         out.write("")
-        out.write("Flex Agents demo users (passwords are new on every `make run`):")
+        out.write(f"Flex Agents demo users (passwords kept in {path}; `manage.py flex_demo --reset` changes them):")
         for username, role, password, token in lines:
-            out.write(f"  {role:<9} user {username:<9} password {password:<14} token {token}")
+            shown = password if password is not None else "(changed since; not shown)"
+            out.write(f"  {role:<9} user {username:<9} password {shown:<14} token {token}")
         operator_token = lines[0][3]
         out.write("")
         out.write(f"  Admin console:  {base}/admin/   (log in as operator)")

@@ -76,7 +76,7 @@ def test_on_node_complete_fires_for_every_selected_node(api_for, client_user, dr
 
 @pytest.mark.parametrize("selector, fires", [
     ({"nodeId": "copywriter"}, True), ({"capabilityId": "copywriter.SocialpostDrafting"}, True), ({"kind": "execution"}, True),
-    ({"nodeId": "copywriter", "kind": "validation"}, False), ({"capabilityId": "nobody.Nothing"}, False),
+    ({"nodeId": "copywriter", "kind": "validation"}, False), ({"capabilityId": "qa.ContentReview"}, False),  # registered, not in this plan
 ])
 def test_selectors_match_on_every_given_key(api_for, client_user, drain, selector, fires):
     run = run_with(api_for, client_user, drain, with_policies(policy({"type": "emit", "event": "x"},
@@ -195,10 +195,21 @@ def invalid_review(*policies, capability="test.NeverValidReview"):
     return body
 
 
-def test_without_a_policy_exhausted_validation_fails_the_run(api_for, client_user, drain):
+def test_without_a_policy_exhausted_validation_asks_a_person(api_for, client_user, drain):
     run = run_with(api_for, client_user, drain, invalid_review())
 
-    assert run.status == "failed" and triggered(run.id) == []
+    assert run.status == "awaiting_hitl" and triggered(run.id) == []
+    request = pending_request(run.id)
+    assert request.kind == "approval" and request.source == "validation_retries_exhausted"
+    assert request.review == {"qa_report": {"score": -1}}
+
+
+def test_a_fail_policy_on_validation_fail_still_fails_the_run(api_for, client_user, drain):
+    run = run_with(api_for, client_user, drain,
+                   invalid_review(policy({"type": "fail", "message": "no person needed"}, kind="onValidationFail")))
+
+    assert run.status == "failed" and run.error["code"] == "policy_failed"
+    assert not HitlRequest.objects.filter(run=run).exists()
 
 
 def test_on_validation_fail_escalates_to_an_approval(api_for, client_user, drain):
@@ -238,10 +249,12 @@ def test_rejecting_a_validation_escalation_fails_the_run_and_the_node(api_for, c
 def test_replan_on_validation_fail_retries_the_node_once_under_a_new_version(api_for, client_user, drain):
     run = run_with(api_for, client_user, drain, invalid_review(policy({"type": "replan"}, kind="onValidationFail")))
 
-    assert run.status == "failed" and run.plan_version == 2
+    # Replanned once; invalid again, the policy does not fire twice and the default applies: a person decides.
+    assert run.status == "awaiting_hitl" and run.plan_version == 2
     assert PlanVersion.objects.get(run=run, version=2).reason == "replan"
     assert NodeRun.objects.get(run=run, node_id="test").attempts == 3
     assert len(triggered(run.id)) == 1
+    assert pending_request(run.id).source == "validation_retries_exhausted"
 
 
 def test_pause_on_validation_fail_reruns_the_node_on_resume(api_for, client_user, operator, drain):
