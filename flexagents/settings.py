@@ -58,7 +58,6 @@ INSTALLED_APPS = [
     "planner",
     "hitl",
     "runs",
-    "ops",
 ]
 
 MIDDLEWARE = [
@@ -252,7 +251,7 @@ FLEX_CAPABILITIES = [
 FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
 FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
 
-# --- Operations (ops app) ------------------------------------------------------
+# --- Operations (runs/ops.py, runs/metrics.py) ---------------------------------
 # A worker writes its heartbeat row at most this often; /api/ready wants one
 # newer than FLEX_WORKER_STALE_SECONDS (or a live run lease).
 FLEX_WORKER_HEARTBEAT_SECONDS = env_float("FLEX_WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.01)

@@ -5,7 +5,6 @@ from drf_spectacular.views import SpectacularAPIView
 
 from flexagents import views
 from flexagents.docs_views import SwaggerView
-from ops import views as ops_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -14,8 +13,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(next_page="/runs/"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/accounts/login/"), name="logout"),
     path("api/health", views.health, name="health"),
-    path("api/ready", ops_views.ReadyApi.as_view(), name="ready"),
-    path("metrics", ops_views.MetricsApi.as_view(), name="metrics"),
+    path("", include("runs.ops_urls")),  # /api/ready, /metrics
     path("api/v1/flex/", include("runs.urls")),
     path("api/hitl/", include("hitl.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),

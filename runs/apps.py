@@ -4,3 +4,18 @@ from django.apps import AppConfig
 class RunsConfig(AppConfig):
     name = "runs"
     verbose_name = "Runs"
+
+    def ready(self) -> None:
+        # Define every metric in this process (multi-process files included),
+        # so unlabelled counters scrape as 0 before their first increment.
+        import atexit
+        import os
+
+        from prometheus_client import multiprocess
+
+        from runs import metrics  # noqa: F401
+
+        # A live-summed gauge (open SSE streams) must forget a process that
+        # exits; a crashed process is forgotten when the directory is emptied
+        # at the next deployment start (docs/deployment.md).
+        atexit.register(multiprocess.mark_process_dead, os.getpid())

@@ -21,8 +21,8 @@ import weakref
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from ops.heartbeats import worker_beat
 from runs.engine import lease, loop
+from runs.ops import worker_beat
 
 logger = logging.getLogger("runs.engine.worker")
 

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-logger = logging.getLogger("ops.metrics")
+logger = logging.getLogger("runs.metrics")
 
 # Seconds: node steps are milliseconds to minutes; runs and human answers up to days.
 _NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
@@ -53,8 +53,8 @@ class DatabaseFactsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         from hitl.models import HitlRequest, HitlStatus
-        from ops.heartbeats import fresh_workers
         from runs.models import Run, RunStatus
+        from runs.ops import fresh_workers
 
         yield GaugeMetricFamily("flex_hitl_pending", "HITL requests waiting for a person.",
                                 value=HitlRequest.objects.filter(status=HitlStatus.PENDING).count())

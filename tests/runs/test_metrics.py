@@ -5,7 +5,7 @@ import pytest
 from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops import metrics
+from runs import metrics
 from tests.conftest import load_envelope
 from tests.hitl.helpers import APPROVE, pending_request, resume, submit
 

@@ -10,7 +10,7 @@ from django.db.models import Q
 
 from runs.models import TERMINAL_STATUSES, NodeRun, Run, RunEvent
 
-logger = logging.getLogger("ops.retention")
+logger = logging.getLogger("runs.retention")
 
 # Rows deleted per statement: each statement is its own short transaction, so
 # no lock is held long enough to stall workers, streams or the API.

@@ -1,4 +1,4 @@
-"""The operations tests start real processes like tests/multiprocess does."""
+"""Some runs tests (readiness, metrics, retention) start real processes like tests/multiprocess does."""
 from tests.multiprocess.conftest import (  # noqa: F401 — fixtures and the report hook
     catalog_path,
     child_env,
