@@ -208,7 +208,8 @@ def _bump_run_orm(*, run_id: str, count: int, lease_token: int | None, statuses:
 
 def publish_on_commit(rows: list[RunEvent]) -> None:
     """The one place that hands events to live streams, after commit only."""
-    from runs import notify
+    from runs import metrics, notify
 
     frames = [(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows]
     transaction.on_commit(lambda: notify.publish_frames(frames))
+    transaction.on_commit(lambda: metrics.events_committed(rows))  # counters of what was committed

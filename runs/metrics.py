@@ -9,13 +9,22 @@ Gauges that are facts of the database are not counted in memory: a custom
 collector reads them at scrape time (`DatabaseFactsCollector`), so they are
 right whichever process changed the data, and after a restart.
 
-Counters and histograms are defined here, one place, with their labels.
-Which of them are incremented, and where, is listed in docs/runbook.md.
+Counters and histograms are defined here, one place, with their labels,
+and each is changed by one small named function below (`run_finished`,
+`node_finished`, …). Most are fed by `events_committed`: every state change
+is a `RunEvent` written by `runs.events.append_events`, so counting the
+events of a transaction after it commits counts exactly what happened (a
+fenced or rolled-back step counts nothing), in whichever process committed
+it (worker or web). Two facts are not events: a lease takeover
+(`runs.engine.lease.claim_next`) and an open SSE stream
+(`runs.streaming.StreamHub`). `flex_llm_tokens_total` is defined for the
+language-model capabilities, which will call `llm_tokens_used`.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -47,6 +56,113 @@ LLM_TOKENS = Counter("flex_llm_tokens", "Language-model tokens used.", ["model",
 # Computed from the database at scrape time (DatabaseFactsCollector).
 DATABASE_GAUGES = ("flex_hitl_pending", "flex_queue_depth", "flex_agents_active", "flex_workers_fresh")
 
+
+# --- the increments (one function per fact) -----------------------------------
+
+def run_finished(*, status: str, seconds: float | None) -> None:
+    """A run reached a terminal status (completed, failed, cancelled)."""
+    RUNS.labels(status=status).inc()
+    if seconds is not None:
+        RUN_DURATION.observe(max(seconds, 0.0))
+
+
+def node_finished(*, capability_id: str, seconds: float) -> None:
+    """One node execution completed (its result committed)."""
+    NODE_DURATION.labels(capability_id=capability_id).observe(max(seconds, 0.0))
+
+
+def validation_retry(*, capability_id: str) -> None:
+    """A node's output failed validation and the node runs again."""
+    VALIDATION_RETRIES.labels(capability_id=capability_id).inc()
+
+
+def policy_triggered(*, action: str) -> None:
+    POLICY_TRIGGERS.labels(action=action).inc()
+
+
+def plan_result(*, result: str) -> None:
+    """The planner's outcome: `generated`, `rejected` or `replanned`."""
+    PLANNER_PLANS.labels(result=result).inc()
+
+
+def hitl_answered(*, seconds: float | None) -> None:
+    """A HITL request was resolved by a person (not removed)."""
+    if seconds is not None:
+        HITL_RESPONSE.observe(max(seconds, 0.0))
+
+
+def lease_takeover() -> None:
+    """A worker claimed a run whose previous worker's lease expired."""
+    LEASE_TAKEOVERS.inc()
+
+
+def sse_stream_opened() -> None:
+    SSE_OPEN_STREAMS.inc()
+
+
+def sse_stream_closed() -> None:
+    SSE_OPEN_STREAMS.dec()
+
+
+def llm_tokens_used(*, model: str, kind: str, tokens: int) -> None:
+    """For language-model capabilities (none exist yet): `kind` is prompt or completion."""
+    LLM_TOKENS.labels(model=model, kind=kind).inc(tokens)
+
+
+def events_committed(rows: Iterable[Any]) -> None:
+    """Count the facts among one transaction's committed events (runs.events).
+
+    A `validation_error` is a retry when the same step starts the same node
+    again (`node_start`): that is how the engine retries (runs.engine.loop).
+    Never raises: metrics must not break the write path.
+    """
+    try:
+        _count(list(rows))
+    except Exception:  # noqa: BLE001 — see docstring
+        logger.warning("metrics: counting committed events failed", exc_info=True)
+
+
+def _count(rows: list[Any]) -> None:
+    from runs import events as ev
+
+    restarted = {row.node_id: row.payload.get("capabilityId", "") for row in rows if row.type == ev.NODE_START}
+    for row in rows:
+        payload = row.payload or {}
+        if row.type == ev.COMPLETE:
+            run_finished(status=str(payload.get("status")), seconds=_run_seconds(row))
+        elif row.type == ev.NODE_COMPLETE:
+            node_finished(capability_id=str(payload.get("capabilityId", "")),
+                          seconds=float(payload.get("durationMs") or 0) / 1000)
+        elif row.type == ev.VALIDATION_ERROR and payload.get("scope") == "node" and row.node_id in restarted:
+            validation_retry(capability_id=restarted[row.node_id])
+        elif row.type == ev.POLICY_TRIGGERED:
+            action = payload.get("action")
+            policy_triggered(action=str(action.get("type") if isinstance(action, dict) else action))
+        elif row.type == ev.PLAN_GENERATED:
+            plan_result(result="generated")
+        elif row.type == ev.PLAN_REJECTED:
+            plan_result(result="rejected")
+        elif row.type == ev.PLAN_UPDATED and payload.get("reason") == "replan":
+            plan_result(result="replanned")
+        elif row.type == ev.HITL_RESOLVED and payload.get("resolution") not in (None, "removed"):
+            hitl_answered(seconds=_hitl_seconds(payload.get("requestId"), row.created_at))
+
+
+def _run_seconds(row: Any) -> float | None:
+    from runs.models import Run
+
+    created = Run.objects.filter(pk=row.run_id).values_list("created_at", flat=True).first()
+    return (row.created_at - created).total_seconds() if created else None
+
+
+def _hitl_seconds(request_id: Any, resolved_at: Any) -> float | None:
+    from hitl.models import HitlRequest
+
+    created = HitlRequest.objects.filter(pk=request_id).values_list("created_at", flat=True).first()
+    return (resolved_at - created).total_seconds() if created else None
+
+
+# --- scrape time -----------------------------------------------------------------
 
 class DatabaseFactsCollector(Collector):
     """Gauges read from the database on each scrape."""
