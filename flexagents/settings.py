@@ -272,11 +272,17 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # --- Logging -------------------------------------------------------------------
+# structlog renders every line (flexagents/logging.py): JSON, or plain lines
+# for a person at a terminal (`make run` sets DEBUG=1).
+FLEX_LOG_FORMAT = env_str("FLEX_LOG_FORMAT", "console" if DEBUG and not TESTING else "json")
+if FLEX_LOG_FORMAT not in ("json", "console"):
+    raise ImproperlyConfigured(f"FLEX_LOG_FORMAT must be json or console, not {FLEX_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "flexagents.logging.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "formatters": {"json": {"()": "flexagents.logging.JsonFormatter"},
+                   "console": {"()": "flexagents.logging.ConsoleFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": FLEX_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING" if TESTING else "INFO")},
     "loggers": {
         "django.request": {"level": "ERROR"},

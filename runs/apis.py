@@ -49,6 +49,11 @@ class FlexApiView(APIView):
 
     serializer_class = JsonObjectSerializer  # for drf-spectacular only
 
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        # The rest of the request logs who asked (the middleware's reset ends it).
+        flex_logging.bind(user=getattr(request.user, "username", None))
+
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(response, Response) and response.status_code >= 400:
             request.accepted_renderer = JSONRenderer()

@@ -433,7 +433,7 @@ def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outco
 # --- driver --------------------------------------------------------------------
 
 def load(claim: Claim) -> RunContext:
-    run = Run.objects.get(pk=claim.run_id)
+    run = Run.objects.select_related("created_by").get(pk=claim.run_id)
     ctx = RunContext(claim=claim, run=run)
     if run.plan_version:
         version = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
@@ -446,7 +446,8 @@ def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[
     """Drive a claimed run until it completes, waits, or the worker must stop.
     Returns the run's status as this worker last saw it."""
     ctx = load(claim)
-    with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id):
+    with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id,
+                     user=getattr(ctx.run.created_by, "username", None)):
         return _advance(ctx, claim, heartbeat=heartbeat, stop=stop)
 
 
