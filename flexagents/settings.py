@@ -64,6 +64,8 @@ MIDDLEWARE = [
     # First: preflights are answered here, and every response under /api/
     # (errors rewritten below, SSE streams) leaves through it.
     "corsheaders.middleware.CorsMiddleware",
+    # A span per request when OpenTelemetry is configured; removes itself when not.
+    "flexagents.tracing.TracingMiddleware",
     "flexagents.access.RequestLogMiddleware",
     "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",

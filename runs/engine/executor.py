@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from flexagents import tracing
 from flexagents.logging import log_context
 from planner.contracts import validate_instance
 from planner.registry import get_registry
@@ -60,7 +61,7 @@ def execute(node: dict, bundle: ContextBundle) -> Outcome:
     """Call the node's capability and validate what it returns. Every line
     logged meanwhile (the capability's own included) names the node."""
     with log_context(node_id=bundle.node_id, capability_id=node.get("capabilityId"),
-                     plan_version=bundle.plan_version, attempt=bundle.attempt):
+                     plan_version=bundle.plan_version, attempt=bundle.attempt), tracing.span("flex.node"):
         return _execute(node, bundle)
 
 

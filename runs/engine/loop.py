@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from flexagents import tracing
 from flexagents.logging import log_context
 from planner.contracts import validate_instance
 from planner.planner import build_plan
@@ -88,6 +89,7 @@ class Halt(Exception):
     """The worker must stop working on this run (lost lease, cancelled, waiting)."""
 
 
+@tracing.traced("flex.run.step")  # a span per committed step when OpenTelemetry is configured
 def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,)) -> None:
     """Write a step in one transaction, fenced by lease token and status."""
     run = ctx.run
