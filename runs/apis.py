@@ -398,9 +398,10 @@ _FAILED_SENTENCES = {
 }
 
 
-class ProbeApi(APIView):
+class ProbeApi(FlexApiView):
     """No authentication: probes and scrapers call it, and whatever `Accept`
-    they send, they get the one format the endpoint has (never a 406)."""
+    they send, they get the one format the endpoint has (never a 406); its
+    errors (a 405) are JSON like every API error."""
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]

@@ -103,3 +103,11 @@ def test_it_answers_a_client_that_only_takes_json_with_the_text_format():
     response = Client().get("/metrics", HTTP_ACCEPT="application/json")
     assert response.status_code == 200
     assert b"flex_queue_depth" in response.content
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete"])
+def test_it_refuses_other_methods_with_a_json_error(method):
+    response = getattr(Client(), method)("/metrics")
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "method_not_allowed"
