@@ -19,6 +19,7 @@ migrate: setup
 
 # Serve API, admin, history pages, SSE and worker threads on SQLite.
 run: migrate
+	rm -rf db/prometheus  # metrics of earlier runs (PROMETHEUS_MULTIPROC_DIR default)
 	DEBUG=1 $(PY) manage.py flex_demo --port $(PORT)
 	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
 

@@ -27,6 +27,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
+from flexagents import logging as flex_logging
 from flexagents.errors import error_body
 from flexagents.redaction import redact_query_string
 
@@ -98,12 +99,22 @@ class InputGuardMiddleware(_Middleware):
 
 def _log(request: HttpRequest, response: HttpResponseBase, started: float) -> None:
     query = request.META.get("QUERY_STRING", "")
+    # The request's log context has ended here: bind again what it bound
+    # (ApiErrorMiddleware kept it) and name the run of the URL, if any.
+    match = getattr(request, "resolver_match", None)
+    about = {"run_id": match.kwargs.get("run_id")} if match is not None and match.kwargs.get("run_id") else {}
+    with flex_logging.log_context(**getattr(request, "log_fields", {})):
+        _log_line(request, response, started, query, about)
+
+
+def _log_line(request: HttpRequest, response: HttpResponseBase, started: float, query: str,
+              about: dict[str, Any]) -> None:
     logger.info("%s %s%s %s", request.method, request.path, f"?{redact_query_string(query)}" if query else "",
                 response.status_code,
                 extra={"method": request.method, "path": request.path,
                        "query": redact_query_string(query) if query else "",
                        "status": response.status_code,
-                       "durationMs": round((time.monotonic() - started) * 1000, 1)})
+                       "durationMs": round((time.monotonic() - started) * 1000, 1), **about})
 
 
 class RequestLogMiddleware(_Middleware):

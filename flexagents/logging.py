@@ -1,17 +1,28 @@
-"""One JSON object per log line, redacted.
+"""Structured log lines through structlog, redacted.
 
-Fields: `timestamp` (ISO 8601, UTC), `level`, `logger`, `message`, then the
-bound log context (`correlation_id`, `run_id`: see `log_context`) and every
-`extra` passed to the log call (run_id, operator_id, plan_version, action…),
-then `exc`/`stack` when present. Everything goes through
-`flexagents.redaction`: extras by key and by text, message and traceback by
-text, because a log line is the easiest place for a token to leak.
+Call sites use the standard library (`logging.getLogger(__name__).info(msg,
+extra={...})`) or structlog (`structlog.get_logger().info("event", k=v)`);
+both reach the one handler, whose formatter is a structlog
+`ProcessorFormatter` running the same processors:
+
+1. `add_fields`: `timestamp` (ISO 8601, UTC), `level`, `logger`, `message`,
+   then the bound log context (`correlation_id`, `run_id`, `user`,
+   `node_id`, `capability_id`, `plan_version`: see `log_context`) and every
+   `extra` or keyword of the call (they win over the context);
+2. `add_exception`: `exc` / `stack` when present;
+3. `redact_fields`: everything through `flexagents.redaction` (fields by key
+   and by text, message and traceback by text), because a log line is the
+   easiest place for a token to leak;
+4. a renderer: one JSON object per line (`JsonFormatter`, the default), or
+   plain console lines (`ConsoleFormatter`, `make run` with DEBUG=1;
+   `FLEX_LOG_FORMAT` chooses).
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import sys
 import threading
 import uuid
 from collections import OrderedDict
@@ -20,6 +31,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
+
+import structlog
+from structlog.stdlib import ProcessorFormatter
 
 from flexagents.redaction import redact, redact_text
 
@@ -92,6 +106,11 @@ def log_context(**fields: Any) -> Iterator[None]:
         reset(token)
 
 
+def current_fields() -> dict[str, Any]:
+    """A copy of the log context bound now."""
+    return dict(_context.get())
+
+
 def current_correlation_id() -> str | None:
     return _context.get().get("correlation_id")
 
@@ -120,7 +139,8 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     correlation id filled in when the line names a run."""
     fields = dict(getattr(record, _CONTEXT_ATTR, None) or {})
     extras = {key: _extra_value(value) for key, value in vars(record).items()
-              if key not in _RECORD_ATTRS and key not in _BASE_FIELDS and key != _CONTEXT_ATTR}
+              if key not in _RECORD_ATTRS and key not in _BASE_FIELDS and key != _CONTEXT_ATTR
+              and not key.startswith("_")}
     fields.update(extras)
     run_id = fields.get("run_id")
     if not run_id:
@@ -149,24 +169,121 @@ def _extra_value(value: Any) -> Any:
     return value
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": redact_text(record.getMessage()),
-        }
-        extras = record_fields(record)
-        if extras:
-            entry.update(redact(extras, text=True))
-        if record.exc_info:
-            entry["exc"] = redact_text(self.formatException(record.exc_info))
-        elif record.exc_text:
-            entry["exc"] = redact_text(record.exc_text)
-        if record.stack_info:
-            entry["stack"] = redact_text(self.formatStack(record.stack_info))
+# --- processors (structlog) ----------------------------------------------------------------
+
+# Keys of structlog's own event dict that are not fields of the line.
+_EVENT_META = frozenset({"event", "_record", "_from_structlog", "exc_info", "stack_info", "positional_args"})
+
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def add_fields(_logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The line's fields in their order: timestamp, level, logger, message,
+    then context and extras (from a stdlib record) or keywords (structlog)."""
+    record: logging.LogRecord | None = event_dict.get("_record")
+    entry: dict[str, Any] = {
+        "timestamp": _timestamp(record.created) if record is not None else _timestamp(datetime.now(UTC).timestamp()),
+        "level": record.levelname if record is not None else method.upper(),
+        "logger": record.name if record is not None else "",
+        "message": str(event_dict.get("event", "")),
+    }
+    fields = record_fields(record) if record is not None else {}
+    fields.update({k: v for k, v in event_dict.items() if k not in _EVENT_META})
+    entry.update(fields)
+    for key in ("exc_info", "stack_info"):
+        if event_dict.get(key):
+            entry[key] = event_dict[key]
+    if record is not None and not entry.get("exc_info") and record.exc_text:
+        entry["exc"] = record.exc_text
+    return entry
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+def add_exception(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """`exc_info` / `stack_info` become the text fields `exc` / `stack`."""
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        event_dict["exc"] = _TRACEBACKS.formatException(exc_info)
+    stack_info = event_dict.pop("stack_info", None)
+    if stack_info:
+        event_dict["stack"] = _TRACEBACKS.formatStack(stack_info) if isinstance(stack_info, str) else str(stack_info)
+    return event_dict
+
+
+_TEXT_FIELDS = ("message", "exc", "stack")
+_PLAIN_FIELDS = ("timestamp", "level", "logger")
+
+
+def redact_fields(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The redaction processor: the one redactor (`flexagents.redaction`) over
+    every field; free text (message, traceback) by text."""
+    entry = {key: event_dict[key] for key in _PLAIN_FIELDS if key in event_dict}
+    for key in _TEXT_FIELDS:
+        if key in event_dict:
+            entry[key] = redact_text(str(event_dict[key]))
+    rest = {k: v for k, v in event_dict.items() if k not in _TEXT_FIELDS and k not in _PLAIN_FIELDS}
+    if rest:
+        entry.update(redact(rest, text=True))
+    # The traceback reads best last.
+    for key in ("exc", "stack"):
+        if key in entry:
+            entry[key] = entry.pop(key)
+    return entry
+
+
+SHARED_PROCESSORS: tuple[Any, ...] = (add_fields, add_exception, redact_fields)
+
+
+class JsonFormatter(ProcessorFormatter):
+    """One JSON object per line (production, and whenever DEBUG is off)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # default=str: redact() already turned unknown types into text; this
-        # only guards against a formatter crash losing the line.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # only guards against a renderer crash losing the line.
+        super().__init__(*args, processors=[*SHARED_PROCESSORS,
+                                            structlog.processors.JSONRenderer(ensure_ascii=False, default=str)],
+                         **kwargs)
+
+
+def _for_console(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # ConsoleRenderer prints `exception` as a block after the line.
+    if "exc" in event_dict:
+        event_dict["exception"] = event_dict.pop("exc")
+    return event_dict
+
+
+class ConsoleFormatter(ProcessorFormatter):
+    """Plain lines for a person at a terminal (`make run`): time, level,
+    message, logger and the fields as key=value; redacted the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, processors=[
+            *SHARED_PROCESSORS, _for_console,
+            # Tracebacks arrive as redacted text (`exception`); the plain
+            # formatter guards against one that shows local variables.
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), event_key="message",
+                                          exception_formatter=structlog.dev.plain_traceback)],
+            **kwargs)
+
+
+def configure_structlog() -> None:
+    """structlog's own loggers (`structlog.get_logger()`) hand their event
+    to the standard library, so both kinds of call reach the same handler
+    and formatter (settings.LOGGING)."""
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+configure_structlog()

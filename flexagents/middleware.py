@@ -76,6 +76,9 @@ def _bind_correlation(request: HttpRequest) -> Any:
 
 
 def _echo_correlation(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    # What the request bound (correlation id, user, a new run), for the access
+    # log line written after this middleware has let go of the context.
+    request.log_fields = flex_logging.current_fields()  # type: ignore[attr-defined]
     # A view may rebind it (a run created with `metadata.correlationId`); a
     # value unfit for a header (client data) is not echoed.
     response["X-Correlation-ID"] = (flex_logging.clean_correlation_id(flex_logging.current_correlation_id())

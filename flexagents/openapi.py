@@ -365,6 +365,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                      _HITL_409, {409: ["stale_plan_version", "missing_snapshot"],
                                                  422: ["hitl_response_required"]},
                                      ok=(200, "HitlResumeResult")),
+    # Probes and scrapers (runs/apis.py): no authentication, their own errors only.
+    ("/api/ready", "get"): Op("ready", {503: ["not_ready"]}),
+    ("/metrics", "get"): Op("metrics", {401: ["not_authenticated"]}),
     ("/api/hitl/remove", "post"): Op("hitlRemove", _AUTH, _FLEX, _BODY, _RUN_404, {404: ["hitl_request_not_found"]},
                                      _HITL_409, ok=(200, "HitlRemoveResult")),
 }

@@ -5,6 +5,7 @@ which raises `ImproperlyConfigured` on bad values instead of guessing.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -63,6 +64,8 @@ MIDDLEWARE = [
     # First: preflights are answered here, and every response under /api/
     # (errors rewritten below, SSE streams) leaves through it.
     "corsheaders.middleware.CorsMiddleware",
+    # A span per request when OpenTelemetry is configured; removes itself when not.
+    "flexagents.tracing.TracingMiddleware",
     "flexagents.access.RequestLogMiddleware",
     "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -250,12 +253,38 @@ FLEX_CAPABILITIES = [
 FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
 FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
 
+# --- Operations (runs/ops.py, runs/metrics.py) ---------------------------------
+# A worker writes its heartbeat row at most this often; /api/ready wants one
+# newer than FLEX_WORKER_STALE_SECONDS (or a live run lease).
+FLEX_WORKER_HEARTBEAT_SECONDS = env_float("FLEX_WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.01)
+FLEX_WORKER_STALE_SECONDS = env_float("FLEX_WORKER_STALE_SECONDS", 30.0, minimum=0.1)
+# /metrics asks for `Authorization: Bearer <token>` when this is set.
+FLEX_METRICS_TOKEN = env_str("FLEX_METRICS_TOKEN") or ""
+# prometheus-client's multi-process mode reads PROMETHEUS_MULTIPROC_DIR when it
+# is first imported, so it is settled here, before any app loads. Every process
+# of a deployment must share it (docs/deployment.md); `make run` empties the
+# default one at start; a test session gets its own, which its child processes inherit.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if TESTING:
+        import tempfile as _tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _tempfile.mkdtemp(prefix="flex-metrics-")
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(BASE_DIR / "db" / "prometheus")
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
 # --- Logging -------------------------------------------------------------------
+# structlog renders every line (flexagents/logging.py): JSON, or plain lines
+# for a person at a terminal (`make run` sets DEBUG=1).
+FLEX_LOG_FORMAT = env_str("FLEX_LOG_FORMAT", "console" if DEBUG and not TESTING else "json")
+if FLEX_LOG_FORMAT not in ("json", "console"):
+    raise ImproperlyConfigured(f"FLEX_LOG_FORMAT must be json or console, not {FLEX_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "flexagents.logging.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "formatters": {"json": {"()": "flexagents.logging.JsonFormatter"},
+                   "console": {"()": "flexagents.logging.ConsoleFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": FLEX_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING" if TESTING else "INFO")},
     "loggers": {
         "django.request": {"level": "ERROR"},

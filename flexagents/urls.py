@@ -13,6 +13,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(next_page="/runs/"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/accounts/login/"), name="logout"),
     path("api/health", views.health, name="health"),
+    path("", include("runs.ops_urls")),  # /api/ready, /metrics
     path("api/v1/flex/", include("runs.urls")),
     path("api/hitl/", include("runs.hitl_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),

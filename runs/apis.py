@@ -4,30 +4,34 @@ Views are thin: parse, call one service or selector, serialize.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from typing import Any
 from urllib.parse import urlencode
 
-from django.http import StreamingHttpResponse
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django_eventstream.renderers import SSEEventRenderer
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.renderers import JSONRenderer
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from flexagents import logging as flex_logging
-from flexagents.errors import ServerBusy, ValidationFailed
+from flexagents.errors import ServerBusy, ValidationFailed, error_body
 from flexagents.fields import StrictCharField, StrictIntegerField
 from flexagents.params import int_param
 from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
-from runs import services
+from runs import metrics, ops, services
 from runs.debug import run_debug_view
 from runs.events import event_frame, event_id
 from runs.listing import run_list_response, run_summary
@@ -47,6 +51,11 @@ class FlexApiView(APIView):
     """Errors are JSON even when the client asked for an event stream."""
 
     serializer_class = JsonObjectSerializer  # for drf-spectacular only
+
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        # The rest of the request logs who asked (the middleware's reset ends it).
+        flex_logging.bind(user=getattr(request.user, "username", None))
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(response, Response) and response.status_code >= 400:
@@ -373,3 +382,91 @@ class RunResumeApi(SseApiView):
         return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
                          "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)},
                         status=202)
+
+
+# --- Operations: readiness and metrics (API.md, "Operations") ---------------
+
+_FAILED_SENTENCES = {
+    "database": "the database does not answer",
+    "redis": "Redis (REDIS_URL) does not answer",
+    "workers": "no worker heartbeat is fresh",
+}
+
+
+class ProbeApi(FlexApiView):
+    """No authentication: probes and scrapers call it, and whatever `Accept`
+    they send, they get the one format the endpoint has (never a 406); its
+    errors (a 405) are JSON like every API error."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)
+
+
+class ReadyApi(ProbeApi):
+
+    @extend_schema(
+        operation_id="ready",
+        summary="Readiness: database, Redis (when configured) and a fresh worker heartbeat",
+        description="200 when the database answers, Redis answers (when `REDIS_URL` is set) and at least one "
+                    "worker showed life within `FLEX_WORKER_STALE_SECONDS`. Otherwise 503 `not_ready` with "
+                    "`details.failed` (names of the failed checks) and `details.checks`. `/api/health` stays "
+                    "the liveness check.",
+        auth=[],
+        responses={
+            200: inline_serializer("Ready", {"status": serializers.CharField(), "checks": serializers.DictField()}),
+            503: OpenApiResponse(description="Not ready: `{code: not_ready, message, details: {failed, checks}}`"),
+        },
+    )
+    def get(self, request: Request) -> HttpResponse:
+        checks, failed = ops.readiness()
+        if not failed:
+            return JsonResponse({"status": "ready", "checks": checks}, headers={"Cache-Control": "no-cache"})
+        message = "Not ready: " + "; ".join(_FAILED_SENTENCES[name] for name in failed) + "."
+        return JsonResponse(error_body("not_ready", message, {"failed": failed, "checks": checks}), status=503,
+                            headers={"Retry-After": "5", "Cache-Control": "no-cache"})
+
+
+class PrometheusTextRenderer(BaseRenderer):
+    """Lets content negotiation accept scrapers that ask for text only (the
+    view builds its body itself)."""
+
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return data if isinstance(data, bytes) else str(data).encode()
+
+
+class MetricsApi(ProbeApi):
+    """Prometheus scrape endpoint; `FLEX_METRICS_TOKEN` (Bearer) when set."""
+    renderer_classes = [PrometheusTextRenderer]
+
+    @extend_schema(
+        operation_id="metrics",
+        summary="Prometheus metrics of every process of the deployment",
+        description="Prometheus text format (multi-process: web and worker processes aggregated through "
+                    "`PROMETHEUS_MULTIPROC_DIR`). Gauges that are facts of the database (`flex_hitl_pending`, "
+                    "`flex_queue_depth`, `flex_agents_active`, `flex_workers_fresh`) are computed at scrape "
+                    "time. When `FLEX_METRICS_TOKEN` is set, send `Authorization: Bearer <token>` (else 401 "
+                    "`not_authenticated`).",
+        auth=[],
+        responses={(200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="text/plain; version=0.0.4"),
+                   (401, "application/json"): OpenApiResponse(
+                       description="`not_authenticated` (FLEX_METRICS_TOKEN is set)")},
+    )
+    def get(self, request: Request) -> HttpResponse:
+        expected = settings.FLEX_METRICS_TOKEN
+        if expected:
+            sent = request.META.get("HTTP_AUTHORIZATION", "")
+            scheme, _, token = sent.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+                response = JsonResponse(error_body("not_authenticated", "Send Authorization: Bearer "
+                                                   "<FLEX_METRICS_TOKEN> to read the metrics."), status=401)
+                response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+                return response
+        body, content_type = metrics.render()
+        return HttpResponse(body, content_type=content_type)

@@ -14,3 +14,17 @@ class RunsConfig(AppConfig):
         from runs.engine import worker
 
         startup.on_server_start(worker.start_embedded_workers_if_configured)
+
+        # Define every metric in this process (multi-process files included),
+        # so unlabelled counters scrape as 0 before their first increment.
+        import atexit
+        import os
+
+        from prometheus_client import multiprocess
+
+        from runs import metrics  # noqa: F401
+
+        # A live-summed gauge (open SSE streams) must forget a process that
+        # exits; a crashed process is forgotten when the directory is emptied
+        # at the next deployment start (docs/deployment.md).
+        atexit.register(multiprocess.mark_process_dead, os.getpid())

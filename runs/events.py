@@ -331,3 +331,4 @@ def publish_on_commit(rows: list[RunEvent]) -> None:
     """The one place that hands events to live streams, after commit only."""
     frames = [(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows]
     transaction.on_commit(lambda: notify.publish_frames(frames))
+    transaction.on_commit(lambda: notify.events_committed(rows))  # the metrics count what was committed

@@ -26,12 +26,26 @@ Frame = tuple[str, int, str, str]  # run_id, seq, type, data-json
 # themselves when imported; this module imports neither.
 _frame_sinks: list[Callable[[list[Frame]], None]] = []
 _work_wakers: list[Callable[[], None]] = []
+_commit_listeners: list[Callable[[list[Any]], None]] = []
 
 
 def register_frame_sink(sink: Callable[[list[Frame]], None]) -> None:
     """`sink(frames)` receives every batch of committed frames published here."""
     if sink not in _frame_sinks:
         _frame_sinks.append(sink)
+
+
+def register_commit_listener(listener: Callable[[list[Any]], None]) -> None:
+    """`listener(rows)` receives the RunEvent rows of every committed
+    transaction of this process (the metrics count them)."""
+    if listener not in _commit_listeners:
+        _commit_listeners.append(listener)
+
+
+def events_committed(rows: list[Any]) -> None:
+    """Called after commit with the transaction's event rows."""
+    for listener in list(_commit_listeners):
+        listener(rows)
 
 
 def register_work_waker(waker: Callable[[], None]) -> None:

@@ -37,7 +37,7 @@ from django_eventstream.storage import EventDoesNotExist, StorageBase
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, get_listener_manager
 
-from runs import notify
+from runs import metrics, notify
 from runs.events import COMPLETE, HITL_REQUEST, POLICY_TRIGGERED, dumps, event_frame
 from runs.models import TERMINAL_STATUSES, Run, RunEvent
 
@@ -188,12 +188,14 @@ class StreamHub:
                 admission.done = True
                 self._pending.pop(id(admission), None)
             self._live[user_id] += 1
+        metrics.sse_stream_opened()  # flex_sse_open_streams, summed over live processes
 
     def leave(self, user_id: Any) -> None:
         with self._lock:
             self._live[user_id] -= 1
             if self._live[user_id] <= 0:
                 del self._live[user_id]
+        metrics.sse_stream_closed()
 
     def streams_of(self, user_id: Any) -> int:
         with self._lock:

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from flexagents import tracing
+from flexagents.logging import log_context
 from planner.contracts import validate_instance
 from planner.registry import get_registry
 from planner.types import CapabilityError, ClarificationNeeded, ContextBundle
@@ -57,7 +59,14 @@ def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: d
 
 
 def execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
-    """Call the node's capability and validate what it returns."""
+    """Call the node's capability and validate what it returns. Every line
+    logged meanwhile (the capability's own included) names the node."""
+    with log_context(node_id=bundle.node_id, capability_id=node.get("capabilityId"),
+                     plan_version=bundle.plan_version, attempt=bundle.attempt), tracing.span("flex.node"):
+        return _execute(node, bundle)
+
+
+def _execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
     started = time.perf_counter()
     try:
         capability = get_registry().get(node["capabilityId"])

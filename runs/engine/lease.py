@@ -26,6 +26,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from runs import metrics
 from runs.models import Run, RunStatus
 
 logger = logging.getLogger("runs.engine.lease")
@@ -78,8 +79,11 @@ def claim_next(*, worker_id: str, run_id: str | None = None, sweep: bool = True)
             return None
     # A run still owned by someone whose lease ran out lost its worker (a
     # crash attempt); one handed back on purpose has no owner.
-    return Claim(run_id=row["id"], token=row["lease_token"] + 1, worker_id=worker_id,
-                 takeover=row["status"] != RunStatus.QUEUED and bool(row["lease_owner"]))
+    claim = Claim(run_id=row["id"], token=row["lease_token"] + 1, worker_id=worker_id,
+                  takeover=row["status"] != RunStatus.QUEUED and bool(row["lease_owner"]))
+    if claim.takeover:
+        metrics.lease_takeover()
+    return claim
 
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.PLANNING, RunStatus.RUNNING)

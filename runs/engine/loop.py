@@ -26,6 +26,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from flexagents import tracing
 from flexagents.logging import log_context
 from hitl.services import FollowUp, hitl_follow_up_pending_pause
 from planner.contracts import compile_facets, validate_instance
@@ -41,6 +42,7 @@ from runs.transitions import Fenced, nodes_update, run_transition
 logger = logging.getLogger("runs.engine.loop")
 
 
+@tracing.traced("flex.run.step")  # a span per committed step when OpenTelemetry is configured
 def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,)) -> None:
     """Write a step in one transaction, fenced by lease token and status."""
     run = ctx.run
@@ -373,7 +375,7 @@ def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outco
 # --- driver --------------------------------------------------------------------
 
 def load(claim: Claim) -> RunContext:
-    run = Run.objects.get(pk=claim.run_id)
+    run = Run.objects.select_related("created_by").get(pk=claim.run_id)
     ctx = RunContext(claim=claim, run=run)
     if run.plan_version:
         version = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
@@ -386,7 +388,8 @@ def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[
     """Drive a claimed run until it completes, waits, or the worker must stop.
     Returns the run's status as this worker last saw it."""
     ctx = load(claim)
-    with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id):
+    with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id,
+                     user=getattr(ctx.run.created_by, "username", None)):
         return _advance(ctx, claim, heartbeat=heartbeat, stop=stop)
 
 

@@ -23,6 +23,7 @@ from django.db import close_old_connections, connection
 
 from runs import notify
 from runs.engine import lease, loop
+from runs.ops import worker_beat
 
 logger = logging.getLogger("runs.engine.worker")
 
@@ -104,6 +105,7 @@ class Worker:
         logger.info("worker started", extra={"worker": self.worker_id})
         try:
             while not self.stopping:
+                worker_beat(self.worker_id)  # throttled; /api/ready reads it
                 try:
                     worked = self.run_once(heartbeat)
                 except Exception:  # noqa: BLE001 — a bug in one run must not kill the worker

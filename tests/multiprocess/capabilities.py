@@ -17,6 +17,7 @@ envelope's `metadata`:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ class Sleeper(Capability):
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         _log_call(bundle)
+        # What a careless capability does: log what it was given (secrets included).
+        logging.getLogger("tests.mp.sleeper").warning("sleeper given %s", (bundle.metadata or {}).get("note", ""),
+                                                      extra={"metadata": bundle.metadata})
         time.sleep(float((bundle.metadata or {}).get("sleepSeconds", 0)))
         return {"qa_report": {"score": 1, "findings": [
             {"severity": "info", "message": f"slept in pid {os.getpid()}, attempt {bundle.attempt}"}]}}

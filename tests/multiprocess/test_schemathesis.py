@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,13 @@ def test_schemathesis_finds_nothing_the_schema_does_not_say(procs, django_user_m
     tokens = {"client": token_for(django_user_model, "st-client", "client"),
               "operator": token_for(django_user_model, "st-operator", "operator")}
     # Something to find: a run the client owns.
+    # A worker is alive (its heartbeat), so /api/ready answers 200 and not its 503.
+    from django.utils import timezone
+
+    from runs.models import WorkerHeartbeat
+
+    WorkerHeartbeat.objects.create(worker_id="st-worker", started_at=timezone.now(),
+                                   last_seen_at=timezone.now() + timedelta(hours=1))
     created = httpx.post(f"http://127.0.0.1:{port}/api/v1/flex/runs", json=load_envelope("linkedin-variants"),
                          headers={"Authorization": f"Bearer {tokens['client']}"}, timeout=30)
     assert created.status_code == 202, created.text

@@ -101,6 +101,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/ready": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Readiness: database, Redis (when configured) and a fresh worker heartbeat
+         * @description 200 when the database answers, Redis answers (when `REDIS_URL` is set) and at least one worker showed life within `FLEX_WORKER_STALE_SECONDS`. Otherwise 503 `not_ready` with `details.failed` (names of the failed checks) and `details.checks`. `/api/health` stays the liveness check.
+         */
+        get: operations["ready"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/flex/capabilities": {
         parameters: {
             query?: never;
@@ -328,10 +348,36 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics of every process of the deployment
+         * @description Prometheus text format (multi-process: web and worker processes aggregated through `PROMETHEUS_MULTIPROC_DIR`). Gauges that are facts of the database (`flex_hitl_pending`, `flex_queue_depth`, `flex_agents_active`, `flex_workers_fresh`) are computed at scrape time. When `FLEX_METRICS_TOKEN` is set, send `Authorization: Bearer <token>` (else 401 `not_authenticated`).
+         */
+        get: operations["metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        Ready: {
+            status: string;
+            checks: {
+                [key: string]: unknown;
+            };
+        };
         /** @description Unknown keys are a 422, not silently dropped. */
         RemoveInputRequest: {
             runId?: string;
@@ -1405,6 +1451,39 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
                         code?: "validation_failed" | "hitl_response_required";
+                    };
+                };
+            };
+        };
+    };
+    ready: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Ready"];
+                };
+            };
+            /** @description Service unavailable: `not_ready` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_ready";
                     };
                 };
             };
@@ -2669,6 +2748,38 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
                         code?: "validation_failed";
+                    };
+                };
+            };
+        };
+    };
+    metrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description text/plain; version=0.0.4 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
                     };
                 };
             };

@@ -1,0 +1,3 @@
+from flexagents.cli.app import main
+
+main()
