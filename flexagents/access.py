@@ -20,28 +20,22 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
 from flexagents import logging as flex_logging
 from flexagents.errors import error_body
+from flexagents.middleware import HybridMiddleware
 from flexagents.redaction import redact_query_string
 
 logger = logging.getLogger("flexagents.access")
 
 
-class _Middleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(self.get_response):
-            markcoroutinefunction(self)
+_Middleware = HybridMiddleware
 
 
 def _too_large(request: HttpRequest) -> HttpResponseBase:

@@ -86,7 +86,10 @@ def _echo_correlation(request: HttpRequest, response: HttpResponseBase) -> HttpR
     return response
 
 
-class ApiErrorMiddleware:
+class HybridMiddleware:
+    """A middleware that serves sync and async stacks alike: it becomes a
+    coroutine function when what it wraps is one."""
+
     sync_capable = True
     async_capable = True
 
@@ -94,6 +97,9 @@ class ApiErrorMiddleware:
         self.get_response = get_response
         if iscoroutinefunction(self.get_response):
             markcoroutinefunction(self)
+
+
+class ApiErrorMiddleware(HybridMiddleware):
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if iscoroutinefunction(self):
