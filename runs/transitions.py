@@ -18,19 +18,31 @@ remove — changes a run and appends its events:
 
 `nodes_update` writes node rows, conditional on `NODE_TRANSITIONS`.
 
+`step_commit` is the engine's hot path: the same three things for one step
+(the fenced run UPDATE, the node rows, the events) as ONE statement on
+PostgreSQL — a data-modifying CTE whose node updates and event insert join
+the run update's RETURNING row, so a stale token or status writes nothing —
+and one transaction of raw statements on SQLite. Snapshot columns given in
+`merges` are written as a delta: only the new keys travel (`jsonb ||` on
+PostgreSQL, `json_set` on SQLite), so a step's cost does not grow with the
+run's accumulated state.
+
 The ORM refuses status writes anywhere else (`runs.models.StatusGuardedQuerySet`):
 only code running inside `status_writer()` may change a status field, and
 only this module enters it.
 """
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Field, Q
+from django.db.models import F, Field, Q, Value
+from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
 from runs.events import PendingEvent, publish_on_commit
@@ -74,11 +86,14 @@ def run_transition(
     plan_version: int,
     lease_token: int | None = None,
     updates: Mapping[str, Any] | None = None,
+    merges: Mapping[str, Mapping[str, Any]] | None = None,
     events: Iterable[PendingEvent] = (),
 ) -> list[RunEvent]:
     """Move a run from one of `expect` (None: any status) to `to` (None: the
     status stays), apply `updates` to its row and append `events` written at
     `plan_version`, in the caller's transaction. Returns the written events.
+    `merges` (JSON column -> keys) sets only those keys of a JSON object
+    column, leaving its other keys as they are.
 
     Raises `TransitionNotAllowed` when the table forbids a move from one of
     `expect` to `to`, `Fenced` when the row is not in one of `expect` or no
@@ -90,6 +105,24 @@ def run_transition(
     pending = list(events)
     now = timezone.now()
     values = dict(updates or {})
+    _check_run_move(run_id, to, expected, values, now)
+    with status_writer():
+        last_seq = _bump_run(run_id=run_id, count=len(pending), lease_token=lease_token, statuses=expected,
+                             updates=values, merges=merges or {})
+    if last_seq is None:
+        raise Fenced(run_id)
+    if not pending:
+        return []
+    rows = _event_rows(run_id, last_seq, pending, plan_version, now)
+    RunEvent.objects.bulk_create(rows)
+    publish_on_commit(rows)
+    return rows
+
+
+def _check_run_move(run_id: str, to: str | None, expected: list[str] | None, values: dict[str, Any],
+                    now: Any) -> None:
+    """The transition-table check of a run move; adds status, completed_at and
+    updated_at to `values`."""
     if "status" in values:
         raise TypeError("run_transition sets the status from `to`, not from `updates`")
     if to is not None:
@@ -102,22 +135,245 @@ def run_transition(
         if to in TERMINAL_STATUSES:
             values.setdefault("completed_at", now)
     values["updated_at"] = now
-    with status_writer():
-        last_seq = _bump_run(run_id=run_id, count=len(pending), lease_token=lease_token, statuses=expected,
-                             updates=values)
-    if last_seq is None:
-        raise Fenced(run_id)
-    if not pending:
-        return []
+
+
+def _event_rows(run_id: str, last_seq: int, pending: Sequence[PendingEvent], plan_version: int,
+                now: Any) -> list[RunEvent]:
     first = last_seq - len(pending) + 1
-    rows = [
+    return [
         RunEvent(run_id=run_id, seq=first + i, type=e.type, node_id=e.node_id, plan_version=plan_version,
                  payload=e.payload, created_at=now)
         for i, e in enumerate(pending)
     ]
-    RunEvent.objects.bulk_create(rows)
-    publish_on_commit(rows)
+
+
+def step_commit(
+    *,
+    run_id: str,
+    to: str | None,
+    expect: Iterable[str],
+    plan_version: int,
+    lease_token: int,
+    updates: Mapping[str, Any],
+    merges: Mapping[str, Mapping[str, Any]] | None = None,
+    nodes: Mapping[int, Mapping[str, Any]] | None = None,
+    events: Sequence[PendingEvent] = (),
+) -> list[RunEvent]:
+    """`run_transition` + `nodes_update` of one engine step, as one statement
+    on PostgreSQL (one transaction of raw statements on SQLite), in the
+    caller's transaction. Same checks, same guarantees:
+
+    - the run and node moves are checked against the transition tables first
+      (`TransitionNotAllowed`, nothing written);
+    - the run row is updated only with `lease_token` and a status in
+      `expect`, and `last_seq` grows by the number of events; the node
+      updates and the event insert happen only if that update did (they
+      join its RETURNING row), so a stale token writes nothing (`Fenced`);
+    - a node whose status is not one the move is allowed from is not
+      updated: `TransitionNotAllowed`, and the caller's transaction rolls back.
+
+    Events are numbered from the returned `last_seq` (gap-free under the
+    row lock) and published after commit. Extend by passing more events;
+    other inserts that must share the transaction run in it after this call.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("step_commit must run inside transaction.atomic()")
+    expected = [str(status) for status in expect]
+    now = timezone.now()
+    values = dict(updates)
+    _check_run_move(run_id, to, expected, values, now)
+    node_changes = [(pk, _node_sources(pk, changes), changes) for pk, changes in (nodes or {}).items()]
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with status_writer():
+            last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
+                                        updates=values, merges=merges or {}, nodes=node_changes, events=events,
+                                        plan_version=plan_version, now=now)
+        if last_seq is None:
+            raise Fenced(run_id)
+        rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+    else:
+        with status_writer():
+            last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token, statuses=expected,
+                                 updates=values, merges=merges or {})
+            if last_seq is None:
+                raise Fenced(run_id)
+            rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+            _write_sqlite(connection, nodes=node_changes, rows=rows)
+    if rows:
+        publish_on_commit(rows)
     return rows
+
+
+def _node_sources(pk: int, changes: Mapping[str, Any]) -> list[str] | None:
+    """The statuses a node may be in for `changes` (None: any)."""
+    to = changes.get("status")
+    if to is None:
+        return None
+    sources = _allowed_sources(str(to))
+    if not sources:
+        raise TransitionNotAllowed(f"node {pk} -> {to}")
+    return sources
+
+
+@lru_cache(maxsize=None)
+def _allowed_sources_cached(to: str) -> tuple[str, ...]:
+    return tuple(str(s) for s in NODE_TRANSITIONS if node_transition_allowed(s, to))
+
+
+def _allowed_sources(to: str) -> list[str]:
+    return list(_allowed_sources_cached(to))
+
+
+# --- SQL of the hot path ---------------------------------------------------------
+
+_SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+@lru_cache(maxsize=None)
+def _column(model: type, name: str) -> tuple[Field, str]:  # type: ignore[type-arg]
+    model_field = model._meta.get_field(name)  # type: ignore[attr-defined]
+    assert isinstance(model_field, Field)  # concrete columns only
+    return model_field, str(model_field.column)
+
+
+def _increment(value: Any) -> int | None:
+    """`F("x") + n` on the field itself -> n; None for anything else."""
+    if (isinstance(value, CombinedExpression) and value.connector == "+" and isinstance(value.lhs, F)
+            and isinstance(value.rhs, Value) and isinstance(value.rhs.value, int)):
+        return int(value.rhs.value)
+    return None
+
+
+def _assignments(connection: Any, model: type, values: Mapping[str, Any], table: str = ""
+                 ) -> tuple[list[str], list[Any]]:
+    """`col = %s` (or `col = col + %s` for `F(col) + n`) and their parameters."""
+    qn = connection.ops.quote_name
+    sets: list[str] = []
+    params: list[Any] = []
+    for name, value in values.items():
+        model_field, column = _column(model, name)
+        if hasattr(value, "resolve_expression"):
+            step = _increment(value)
+            if step is None or value.lhs.name != name:
+                raise TypeError(f"{name}: only F('{name}') + n is supported here")
+            sets.append(f"{qn(column)} = {table}{qn(column)} + %s")
+            params.append(step)
+            continue
+        sets.append(f"{qn(column)} = %s")
+        params.append(model_field.get_db_prep_save(value, connection))
+    return sets, params
+
+
+def _merge_assignments(connection: Any, run_id: str, merges: Mapping[str, Mapping[str, Any]]
+                       ) -> tuple[list[str], list[Any]]:
+    """Set only the given keys of JSON object columns of the run."""
+    qn = connection.ops.quote_name
+    sets: list[str] = []
+    params: list[Any] = []
+    for name, delta in merges.items():
+        if not delta:
+            continue
+        model_field, column = _column(Run, name)
+        col = qn(column)
+        if connection.vendor == "postgresql":
+            sets.append(f"{col} = COALESCE({col}, '{{}}'::jsonb) || %s::jsonb")
+            params.append(model_field.get_db_prep_save(dict(delta), connection))
+            continue
+        if not all(_SIMPLE_KEY.match(key) for key in delta):
+            # A key a JSON path cannot name: merge in Python (SQLite has one
+            # writer at a time, and the run's row is ours in this transaction).
+            current = Run.objects.filter(pk=run_id).values_list(name, flat=True).first() or {}
+            sets.append(f"{col} = %s")
+            params.append(model_field.get_db_prep_save({**current, **delta}, connection))
+            continue
+        pairs = ", ".join(["%s, json(%s)"] * len(delta))
+        sets.append(f"{col} = json_set(COALESCE({col}, '{{}}'), {pairs})")
+        for key, value in delta.items():
+            params.append(f'$."{key}"')
+            params.append(model_field.get_db_prep_save(value, connection))
+    return sets, params
+
+
+def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses: list[str],
+                     updates: dict[str, Any], merges: Mapping[str, Mapping[str, Any]],
+                     nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]], events: Sequence[PendingEvent],
+                     plan_version: int, now: Any) -> int | None:
+    """The step as one data-modifying CTE; returns the new `last_seq` (None:
+    fenced). Raises `TransitionNotAllowed` when a node row was not in a
+    status its move is allowed from."""
+    qn = connection.ops.quote_name
+    run_table, node_table, event_table = (qn(m._meta.db_table) for m in (Run, NodeRun, RunEvent))
+    sets, params = _assignments(connection, Run, updates)
+    merge_sets, merge_params = _merge_assignments(connection, run_id, merges)
+    sets += merge_sets
+    params += merge_params
+    sets.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
+    params.append(len(events))
+    params += [run_id, lease_token, *statuses]
+    parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s AND {qn('lease_token')} = %s "
+             f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) RETURNING {qn('last_seq')})"]
+    counts = []
+    for i, (pk, sources, changes) in enumerate(nodes):
+        node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.")
+        where = f"{node_table}.{qn('id')} = %s"
+        node_params.append(pk)
+        if sources is not None:
+            where += f" AND {node_table}.{qn('status')} IN ({', '.join(['%s'] * len(sources))})"
+            node_params += sources
+        parts.append(f"n{i} AS (UPDATE {node_table} SET {', '.join(node_sets)} FROM r WHERE {where} RETURNING 1)")
+        params += node_params
+        counts.append(f"(SELECT count(*) FROM n{i})")
+    if events:
+        payload_field, _ = _column(RunEvent, "payload")
+        created = _column(RunEvent, "created_at")[0].get_db_prep_save(now, connection)
+        rows = ", ".join(["(%s::int, %s, %s, %s::jsonb)"] * len(events))
+        columns = ", ".join(qn(c) for c in ("run_id", "seq", "type", "node_id", "plan_version", "payload",
+                                            "created_at"))
+        parts.append(f"e AS (INSERT INTO {event_table} ({columns}) SELECT %s, r.{qn('last_seq')} - %s + v.i, v.t, "
+                     f"v.n, %s, v.p, %s FROM r, (VALUES {rows}) AS v (i, t, n, p) RETURNING 1)")
+        params += [run_id, len(events), plan_version, created]
+        for i, event in enumerate(events, start=1):
+            params += [i, event.type, event.node_id, payload_field.get_db_prep_save(event.payload, connection)]
+        counts.append("(SELECT count(*) FROM e)")
+    sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r){''.join(', ' + c for c in counts)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    for i, (pk, _, changes) in enumerate(nodes):
+        if row[1 + i] != 1:
+            raise TransitionNotAllowed(f"node {pk} -> {changes.get('status')}")
+    return int(row[0])
+
+
+def _write_sqlite(connection: Any, *, nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
+                  rows: list[RunEvent]) -> None:
+    """The rest of a step on SQLite, after the fenced run UPDATE: the events
+    (one executemany) and the node rows, raw statements in the transaction."""
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        if rows:
+            payload_field, _ = _column(RunEvent, "payload")
+            created = _column(RunEvent, "created_at")[0].get_db_prep_save(rows[0].created_at, connection)
+            columns = ("run_id", "seq", "type", "node_id", "plan_version", "payload", "created_at")
+            cursor.executemany(
+                f"INSERT INTO {qn(RunEvent._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
+                f"VALUES ({', '.join(['%s'] * len(columns))})",
+                [(r.run_id, r.seq, r.type, r.node_id, r.plan_version,
+                  payload_field.get_db_prep_save(r.payload, connection), created) for r in rows])
+        table = qn(NodeRun._meta.db_table)
+        for pk, sources, changes in nodes:
+            sets, params = _assignments(connection, NodeRun, changes)
+            where = f"{qn('id')} = %s"
+            params.append(pk)
+            if sources is not None:
+                where += f" AND {qn('status')} IN ({', '.join(['%s'] * len(sources))})"
+                params += sources
+            cursor.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {where}", params)
+            if cursor.rowcount != 1:
+                raise TransitionNotAllowed(f"node {pk} -> {changes.get('status')}")
 
 
 def nodes_update(changes: Mapping[int, Mapping[str, Any]]) -> None:
@@ -136,7 +392,7 @@ def nodes_update(changes: Mapping[int, Mapping[str, Any]]) -> None:
 
 
 def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
-              updates: dict[str, Any]) -> int | None:
+              updates: dict[str, Any], merges: Mapping[str, Mapping[str, Any]]) -> int | None:
     """The fenced UPDATE of the run row; returns the new `last_seq`, or None
     when the fence matched nothing.
 
@@ -151,15 +407,12 @@ def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: lis
     if (connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35)) or any(
             hasattr(value, "resolve_expression") for value in updates.values()):
         return _bump_run_orm(run_id=run_id, count=count, lease_token=lease_token, statuses=statuses,
-                             updates=updates)
+                             updates=updates, merges=merges)
     qn = connection.ops.quote_name
-    assignments: list[str] = []
-    params: list[Any] = []
-    for name, value in updates.items():
-        model_field = Run._meta.get_field(name)
-        assert isinstance(model_field, Field)  # concrete columns only
-        assignments.append(f"{qn(model_field.column)} = %s")
-        params.append(model_field.get_db_prep_save(value, connection))
+    assignments, params = _assignments(connection, Run, updates)
+    merge_sets, merge_params = _merge_assignments(connection, run_id, merges)
+    assignments += merge_sets
+    params += merge_params
     assignments.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(count)
     where = [f"{qn('id')} = %s"]
@@ -179,9 +432,14 @@ def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: lis
 
 
 def _bump_run_orm(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
-                  updates: dict[str, Any]) -> int | None:
+                  updates: dict[str, Any], merges: Mapping[str, Mapping[str, Any]]) -> int | None:
     """The same with two statements, for SQLite older than 3.35 (no RETURNING)
-    and for updates that are expressions."""
+    and for updates that are expressions (merges read the row first: the
+    UPDATE below waits for nobody on SQLite, whose writers are serialised)."""
+    if any(merges.values()):
+        current = Run.objects.filter(pk=run_id).values(*merges).first() or {}
+        updates = {**updates, **{name: {**(current.get(name) or {}), **delta}
+                                 for name, delta in merges.items() if delta}}
     condition = Q(pk=run_id)
     if lease_token is not None:
         condition &= Q(lease_token=lease_token)

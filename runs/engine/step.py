@@ -56,6 +56,9 @@ class Step:
     events: list[PendingEvent] = field(default_factory=list)
     node_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_updates: dict[str, Any] = field(default_factory=dict)
+    # Keys to set in the run's JSON snapshot columns (facets, provenance):
+    # written as a delta, never as the whole accumulated value.
+    run_merges: dict[str, dict[str, Any]] = field(default_factory=dict)
     status: str | None = None
     # Extra writes that must share the transaction (plan version, HITL request).
     writes: list[Callable[[], None]] = field(default_factory=list)
