@@ -22,10 +22,11 @@ remove — changes a run and appends its events:
 (the fenced run UPDATE, the node rows, the events) as ONE statement on
 PostgreSQL — a data-modifying CTE whose node updates and event insert join
 the run update's RETURNING row, so a stale token or status writes nothing —
-and one transaction of raw statements on SQLite. Snapshot columns given in
-`merges` are written as a delta: only the new keys travel (`jsonb ||` on
-PostgreSQL, `json_set` on SQLite), so a step's cost does not grow with the
-run's accumulated state.
+and one transaction of raw statements on SQLite. The facet values a node
+produced are upserted as `RunFacet` rows (one per facet, with provenance):
+a step writes its own output, never the run's accumulated snapshot, so its
+cost does not grow with the run. `facets_write` does the same for steps
+that take the general path.
 
 The ORM refuses status writes anywhere else (`runs.models.StatusGuardedQuerySet`):
 only code running inside `status_writer()` may change a status field, and
@@ -33,12 +34,11 @@ only this module enters it.
 """
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
 from django.db.models import F, Field, Q, Value
@@ -47,7 +47,17 @@ from django.utils import timezone
 
 from runs.events import PendingEvent, publish_on_commit
 from runs.models import (NODE_TRANSITIONS, RUN_TRANSITIONS, STATUS_WRITER, TERMINAL_STATUSES, NodeRun, Run,
-                         RunEvent)
+                         RunEvent, RunFacet)
+
+
+class FacetWrite(NamedTuple):
+    """A facet value a node produced, with its provenance (a `RunFacet` row)."""
+
+    name: str
+    value: Any
+    node_id: str
+    capability_id: str
+    plan_version: int
 
 
 class Fenced(Exception):
@@ -86,14 +96,11 @@ def run_transition(
     plan_version: int,
     lease_token: int | None = None,
     updates: Mapping[str, Any] | None = None,
-    merges: Mapping[str, Mapping[str, Any]] | None = None,
     events: Iterable[PendingEvent] = (),
 ) -> list[RunEvent]:
     """Move a run from one of `expect` (None: any status) to `to` (None: the
     status stays), apply `updates` to its row and append `events` written at
     `plan_version`, in the caller's transaction. Returns the written events.
-    `merges` (JSON column -> keys) sets only those keys of a JSON object
-    column, leaving its other keys as they are.
 
     Raises `TransitionNotAllowed` when the table forbids a move from one of
     `expect` to `to`, `Fenced` when the row is not in one of `expect` or no
@@ -108,7 +115,7 @@ def run_transition(
     _check_run_move(run_id, to, expected, values, now)
     with status_writer():
         last_seq = _bump_run(run_id=run_id, count=len(pending), lease_token=lease_token, statuses=expected,
-                             updates=values, merges=merges or {})
+                             updates=values)
     if last_seq is None:
         raise Fenced(run_id)
     if not pending:
@@ -155,8 +162,8 @@ def step_commit(
     plan_version: int,
     lease_token: int,
     updates: Mapping[str, Any],
-    merges: Mapping[str, Mapping[str, Any]] | None = None,
     nodes: Mapping[int, Mapping[str, Any]] | None = None,
+    facets: Sequence[FacetWrite] = (),
     events: Sequence[PendingEvent] = (),
 ) -> list[RunEvent]:
     """`run_transition` + `nodes_update` of one engine step, as one statement
@@ -187,7 +194,7 @@ def step_commit(
     if connection.vendor == "postgresql":
         with status_writer():
             last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
-                                        updates=values, merges=merges or {}, nodes=node_changes, events=events,
+                                        updates=values, nodes=node_changes, facets=facets, events=events,
                                         plan_version=plan_version, now=now)
         if last_seq is None:
             raise Fenced(run_id)
@@ -195,11 +202,12 @@ def step_commit(
     else:
         with status_writer():
             last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token, statuses=expected,
-                                 updates=values, merges=merges or {})
+                                 updates=values)
             if last_seq is None:
                 raise Fenced(run_id)
             rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
             _write_sqlite(connection, nodes=node_changes, rows=rows)
+            facets_write(run_id, facets)
     if rows:
         publish_on_commit(rows)
     return rows
@@ -226,9 +234,6 @@ def _allowed_sources(to: str) -> list[str]:
 
 
 # --- SQL of the hot path ---------------------------------------------------------
-
-_SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
-
 
 @lru_cache(maxsize=None)
 def _column(model: type, name: str) -> tuple[Field, str]:  # type: ignore[type-arg]
@@ -265,49 +270,16 @@ def _assignments(connection: Any, model: type, values: Mapping[str, Any], table:
     return sets, params
 
 
-def _merge_assignments(connection: Any, run_id: str, merges: Mapping[str, Mapping[str, Any]]
-                       ) -> tuple[list[str], list[Any]]:
-    """Set only the given keys of JSON object columns of the run."""
-    qn = connection.ops.quote_name
-    sets: list[str] = []
-    params: list[Any] = []
-    for name, delta in merges.items():
-        if not delta:
-            continue
-        model_field, column = _column(Run, name)
-        col = qn(column)
-        if connection.vendor == "postgresql":
-            sets.append(f"{col} = COALESCE({col}, '{{}}'::jsonb) || %s::jsonb")
-            params.append(model_field.get_db_prep_save(dict(delta), connection))
-            continue
-        if not all(_SIMPLE_KEY.match(key) for key in delta):
-            # A key a JSON path cannot name: merge in Python (SQLite has one
-            # writer at a time, and the run's row is ours in this transaction).
-            current = Run.objects.filter(pk=run_id).values_list(name, flat=True).first() or {}
-            sets.append(f"{col} = %s")
-            params.append(model_field.get_db_prep_save({**current, **delta}, connection))
-            continue
-        pairs = ", ".join(["%s, json(%s)"] * len(delta))
-        sets.append(f"{col} = json_set(COALESCE({col}, '{{}}'), {pairs})")
-        for key, value in delta.items():
-            params.append(f'$."{key}"')
-            params.append(model_field.get_db_prep_save(value, connection))
-    return sets, params
-
-
 def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses: list[str],
-                     updates: dict[str, Any], merges: Mapping[str, Mapping[str, Any]],
-                     nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]], events: Sequence[PendingEvent],
-                     plan_version: int, now: Any) -> int | None:
+                     updates: dict[str, Any], nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
+                     facets: Sequence[FacetWrite], events: Sequence[PendingEvent], plan_version: int,
+                     now: Any) -> int | None:
     """The step as one data-modifying CTE; returns the new `last_seq` (None:
     fenced). Raises `TransitionNotAllowed` when a node row was not in a
     status its move is allowed from."""
     qn = connection.ops.quote_name
     run_table, node_table, event_table = (qn(m._meta.db_table) for m in (Run, NodeRun, RunEvent))
     sets, params = _assignments(connection, Run, updates)
-    merge_sets, merge_params = _merge_assignments(connection, run_id, merges)
-    sets += merge_sets
-    params += merge_params
     sets.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(len(events))
     params += [run_id, lease_token, *statuses]
@@ -336,6 +308,13 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
         for i, event in enumerate(events, start=1):
             params += [i, event.type, event.node_id, payload_field.get_db_prep_save(event.payload, connection)]
         counts.append("(SELECT count(*) FROM e)")
+    if facets:
+        rows = ", ".join(["(%s, %s::jsonb, %s, %s, %s::int)"] * len(facets))
+        parts.append(f"f AS ({_FACET_INSERT} SELECT %s, v.k, v.val, v.nid, v.cap, v.pv FROM r, (VALUES {rows}) AS "
+                     f"v (k, val, nid, cap, pv) {_FACET_UPSERT} RETURNING 1)")
+        params.append(run_id)
+        params += _facet_params(connection, facets)
+        counts.append("(SELECT count(*) FROM f)")
     sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r){''.join(', ' + c for c in counts)}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -346,6 +325,34 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
         if row[1 + i] != 1:
             raise TransitionNotAllowed(f"node {pk} -> {changes.get('status')}")
     return int(row[0])
+
+
+_FACET_INSERT = ('INSERT INTO "runs_runfacet" ("run_id", "name", "value", "node_id", "capability_id", '
+                 '"plan_version")')
+_FACET_UPSERT = ('ON CONFLICT ("run_id", "name") DO UPDATE SET "value" = excluded."value", '
+                 '"node_id" = excluded."node_id", "capability_id" = excluded."capability_id", '
+                 '"plan_version" = excluded."plan_version"')
+
+
+def _facet_params(connection: Any, facets: Sequence[FacetWrite]) -> list[Any]:
+    value_field, _ = _column(RunFacet, "value")
+    params: list[Any] = []
+    for facet in facets:
+        params += [facet.name, value_field.get_db_prep_save(facet.value, connection), facet.node_id,
+                   facet.capability_id, facet.plan_version]
+    return params
+
+
+def facets_write(run_id: str, facets: Sequence[FacetWrite]) -> None:
+    """Upsert facet values a node produced (one row per facet, with its
+    provenance), in the caller's transaction, after the run's fenced update."""
+    if not facets:
+        return
+    connection = transaction.get_connection()
+    params = _facet_params(connection, facets)
+    with connection.cursor() as cursor:
+        cursor.executemany(f"{_FACET_INSERT} VALUES (%s, %s, %s, %s, %s, %s) {_FACET_UPSERT}",
+                           [[run_id, *params[i:i + 5]] for i in range(0, len(params), 5)])
 
 
 def _write_sqlite(connection: Any, *, nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
@@ -392,7 +399,7 @@ def nodes_update(changes: Mapping[int, Mapping[str, Any]]) -> None:
 
 
 def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
-              updates: dict[str, Any], merges: Mapping[str, Mapping[str, Any]]) -> int | None:
+              updates: dict[str, Any]) -> int | None:
     """The fenced UPDATE of the run row; returns the new `last_seq`, or None
     when the fence matched nothing.
 
@@ -407,12 +414,9 @@ def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: lis
     if (connection.vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35)) or any(
             hasattr(value, "resolve_expression") for value in updates.values()):
         return _bump_run_orm(run_id=run_id, count=count, lease_token=lease_token, statuses=statuses,
-                             updates=updates, merges=merges)
+                             updates=updates)
     qn = connection.ops.quote_name
     assignments, params = _assignments(connection, Run, updates)
-    merge_sets, merge_params = _merge_assignments(connection, run_id, merges)
-    assignments += merge_sets
-    params += merge_params
     assignments.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(count)
     where = [f"{qn('id')} = %s"]
@@ -432,14 +436,9 @@ def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: lis
 
 
 def _bump_run_orm(*, run_id: str, count: int, lease_token: int | None, statuses: list[str] | None,
-                  updates: dict[str, Any], merges: Mapping[str, Mapping[str, Any]]) -> int | None:
+                  updates: dict[str, Any]) -> int | None:
     """The same with two statements, for SQLite older than 3.35 (no RETURNING)
-    and for updates that are expressions (merges read the row first: the
-    UPDATE below waits for nobody on SQLite, whose writers are serialised)."""
-    if any(merges.values()):
-        current = Run.objects.filter(pk=run_id).values(*merges).first() or {}
-        updates = {**updates, **{name: {**(current.get(name) or {}), **delta}
-                                 for name, delta in merges.items() if delta}}
+    and for updates that are expressions."""
     condition = Q(pk=run_id)
     if lease_token is not None:
         condition &= Q(lease_token=lease_token)

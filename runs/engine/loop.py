@@ -37,7 +37,7 @@ from runs.engine.lease import Claim, Heartbeat, lease_duration
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
-from runs.transitions import Fenced, nodes_update, run_transition, step_commit
+from runs.transitions import FacetWrite, Fenced, facets_write, nodes_update, run_transition, step_commit
 
 logger = logging.getLogger("runs.engine.loop")
 
@@ -68,8 +68,8 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             # Writes of their own (plan version and node rows, HITL request)
             # come after the fenced run update and before the node updates.
             run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
-                           lease_token=ctx.claim.token, updates=run_updates, merges=step.run_merges,
-                           events=step.events)
+                           lease_token=ctx.claim.token, updates=run_updates, events=step.events)
+            facets_write(run.id, step.facets)
             for write in step.writes:
                 write()
             # After the writes: the plan's node rows get their pks there.
@@ -77,7 +77,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
         else:
             # The hot path: one statement on PostgreSQL.
             step_commit(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
-                        lease_token=ctx.claim.token, updates=run_updates, merges=step.run_merges,
+                        lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
                         nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
                         events=step.events)
     if step.status is not None:
@@ -320,14 +320,13 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     now = timezone.now()
     step.update_node(node.node_id, status=NodeStatus.COMPLETED, output=output, completed_at=now,
                      duration_ms=outcome.duration_ms, error=None, commits=F("commits") + 1)
-    # Only this node's facets are written (a delta merged into the run's
-    # snapshot); memory keeps the whole snapshot.
+    # Only this node's facets are written (a row each, with provenance);
+    # memory keeps the whole snapshot.
     new_facets = {name: value for name, value in output.items() if name != "output"}  # `output` is no facet
     new_provenance = {name: {"nodeId": node.node_id, "capabilityId": node.capability_id,
                              "planVersion": ctx.run.plan_version} for name in new_facets}
-    if new_facets:
-        step.run_merges.setdefault("facets", {}).update(new_facets)
-        step.run_merges.setdefault("provenance", {}).update(new_provenance)
+    step.facets += [FacetWrite(name, value, node.node_id, node.capability_id, ctx.run.plan_version)
+                    for name, value in new_facets.items()]
     ctx.run.facets = {**ctx.run.facets, **new_facets}
     ctx.run.provenance = {**ctx.run.provenance, **new_provenance}
     step.event(ev.event_node_complete(node_id=node.node_id, capability_id=node.capability_id,
@@ -385,6 +384,8 @@ def load(claim: Claim) -> RunContext:
     run = Run.objects.select_related("created_by").get(pk=claim.run_id)
     ctx = RunContext(claim=claim, run=run)
     if run.plan_version:
+        # The worker's copy of the snapshot: the inputs and what nodes produced.
+        run.facets, run.provenance = run.facet_snapshot()
         version = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
         ctx.graph = version.graph
         ctx.nodes = {n.node_id: n for n in NodeRun.objects.filter(run_id=run.id)}
