@@ -61,8 +61,8 @@ def count_commits() -> dict[str, int]:
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         counts["statements"] += 1
         counts["bytes"] += len(sql.encode()) + _size(params)
-        if not connection.in_atomic_block and sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
-            counts["commits"] += 1  # autocommit: the statement is its own transaction
+        if not connection.in_atomic_block and sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE", "WITH R"):
+            counts["commits"] += 1  # autocommit: the statement (the step's `WITH r AS (UPDATE …`) commits itself
         return execute(sql, params, many, context)
 
     connection.execute_wrappers.append(wrapper)

@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from django.db import transaction
+from django.db import DataError, transaction
 from django.db.models import F, Field, Q, Value
 from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
@@ -166,25 +166,27 @@ def step_commit(
     facets: Sequence[FacetWrite] = (),
     events: Sequence[PendingEvent] = (),
 ) -> list[RunEvent]:
-    """`run_transition` + `nodes_update` of one engine step, as one statement
-    on PostgreSQL (one transaction of raw statements on SQLite), in the
-    caller's transaction. Same checks, same guarantees:
+    """`run_transition` + `nodes_update` of one engine step, as ONE statement
+    on PostgreSQL — one round trip: outside a transaction the statement is
+    its own (no BEGIN, one COMMIT), inside the caller's it joins it — and one
+    transaction of raw statements on SQLite. Same checks, same guarantees:
 
     - the run and node moves are checked against the transition tables first
       (`TransitionNotAllowed`, nothing written);
     - the run row is updated only with `lease_token` and a status in
       `expect`, and `last_seq` grows by the number of events; the node
-      updates and the event insert happen only if that update did (they
-      join its RETURNING row), so a stale token writes nothing (`Fenced`);
-    - a node whose status is not one the move is allowed from is not
-      updated: `TransitionNotAllowed`, and the caller's transaction rolls back.
+      updates, the facet rows and the event insert happen only if that
+      update did (they join its RETURNING row), so a stale token writes
+      nothing (`Fenced`);
+    - a node whose row is not in a status its move is allowed from fails the
+      whole step (`TransitionNotAllowed`; on PostgreSQL the statement itself
+      raises, so nothing of it is committed).
 
     Events are numbered from the returned `last_seq` (gap-free under the
-    row lock) and published after commit. Extend by passing more events;
-    other inserts that must share the transaction run in it after this call.
+    row lock) and published after commit. Extend it by passing more events
+    or adding a part to the statement (an outbox row joins `r` like the
+    events do); writes of other shapes take `run_transition` in a transaction.
     """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("step_commit must run inside transaction.atomic()")
     expected = [str(status) for status in expect]
     now = timezone.now()
     values = dict(updates)
@@ -192,15 +194,22 @@ def step_commit(
     node_changes = [(pk, _node_sources(pk, changes), changes) for pk, changes in (nodes or {}).items()]
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
-        with status_writer():
-            last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
-                                        updates=values, nodes=node_changes, facets=facets, events=events,
-                                        plan_version=plan_version, now=now)
+        # Alone, the statement is atomic by itself; in the caller's
+        # transaction, a savepoint keeps a refused node from aborting it.
+        try:
+            with (transaction.atomic() if connection.in_atomic_block else nullcontext()), status_writer():
+                last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
+                                            updates=values, nodes=node_changes, facets=facets, events=events,
+                                            plan_version=plan_version, now=now)
+        except DataError as exc:
+            if _NODE_REFUSED in str(exc):
+                raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
+            raise
         if last_seq is None:
             raise Fenced(run_id)
         rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
     else:
-        with status_writer():
+        with transaction.atomic(), status_writer():
             last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token, statuses=expected,
                                  updates=values)
             if last_seq is None:
@@ -209,7 +218,7 @@ def step_commit(
             _write_sqlite(connection, nodes=node_changes, rows=rows)
             facets_write(run_id, facets)
     if rows:
-        publish_on_commit(rows)
+        publish_on_commit(rows)  # at once when the statement was its own transaction
     return rows
 
 
@@ -285,7 +294,6 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
     params += [run_id, lease_token, *statuses]
     parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s AND {qn('lease_token')} = %s "
              f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) RETURNING {qn('last_seq')})"]
-    counts = []
     for i, (pk, sources, changes) in enumerate(nodes):
         node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.")
         where = f"{node_table}.{qn('id')} = %s"
@@ -295,7 +303,6 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
             node_params += sources
         parts.append(f"n{i} AS (UPDATE {node_table} SET {', '.join(node_sets)} FROM r WHERE {where} RETURNING 1)")
         params += node_params
-        counts.append(f"(SELECT count(*) FROM n{i})")
     if events:
         payload_field, _ = _column(RunEvent, "payload")
         created = _column(RunEvent, "created_at")[0].get_db_prep_save(now, connection)
@@ -307,25 +314,27 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
         params += [run_id, len(events), plan_version, created]
         for i, event in enumerate(events, start=1):
             params += [i, event.type, event.node_id, payload_field.get_db_prep_save(event.payload, connection)]
-        counts.append("(SELECT count(*) FROM e)")
     if facets:
         rows = ", ".join(["(%s, %s::jsonb, %s, %s, %s::int)"] * len(facets))
         parts.append(f"f AS ({_FACET_INSERT} SELECT %s, v.k, v.val, v.nid, v.cap, v.pv FROM r, (VALUES {rows}) AS "
                      f"v (k, val, nid, cap, pv) {_FACET_UPSERT} RETURNING 1)")
         params.append(run_id)
         params += _facet_params(connection, facets)
-        counts.append("(SELECT count(*) FROM f)")
-    sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r){''.join(', ' + c for c in counts)}"
+    # A node row the run update reached but its own update did not (not in a
+    # status its move starts from) fails the statement: nothing is written.
+    checks = "".join(
+        f", (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM r) OR count(*) = 1 THEN 1 "
+        f"ELSE ('{_NODE_REFUSED} ' || count(*))::int END FROM n{i})" for i in range(len(nodes)))
+    sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r){checks}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None or row[0] is None:
         return None
-    for i, (pk, _, changes) in enumerate(nodes):
-        if row[1 + i] != 1:
-            raise TransitionNotAllowed(f"node {pk} -> {changes.get('status')}")
     return int(row[0])
 
+
+_NODE_REFUSED = "node_move_refused"
 
 _FACET_INSERT = ('INSERT INTO "runs_runfacet" ("run_id", "name", "value", "node_id", "capability_id", '
                  '"plan_version")')

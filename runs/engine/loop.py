@@ -63,8 +63,8 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     }
     if step.status is not None and step.status in TERMINAL_STATUSES:
         run_updates["completed_at"] = now
-    with transaction.atomic():
-        if step.writes:
+    if step.writes:
+        with transaction.atomic():
             # Writes of their own (plan version and node rows, HITL request)
             # come after the fenced run update and before the node updates.
             run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
@@ -74,12 +74,12 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
                 write()
             # After the writes: the plan's node rows get their pks there.
             nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
-        else:
-            # The hot path: one statement on PostgreSQL.
-            step_commit(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
-                        lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
-                        nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
-                        events=step.events)
+    else:
+        # The hot path: one statement, one round trip, one commit on PostgreSQL.
+        step_commit(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
+                    lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
+                    nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
+                    events=step.events)
     if step.status is not None:
         run_updates["status"] = step.status
     log_node_events(ctx, step)

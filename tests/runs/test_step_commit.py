@@ -39,7 +39,7 @@ def nodes(run: Run) -> dict[str, NodeRun]:
     return {n.node_id: n for n in NodeRun.objects.filter(run=run)}
 
 
-def step(run: Run, **overrides: Any) -> list[RunEvent]:
+def step_kwargs(run: Run) -> dict[str, Any]:
     """Node a completes with facet `brief`, node b starts: one engine step."""
     by_id = nodes(run)
     kwargs: dict[str, Any] = dict(
@@ -51,9 +51,13 @@ def step(run: Run, **overrides: Any) -> list[RunEvent]:
         events=[event_node_complete(node_id="a", capability_id="cap.A", attempt=1, output_facets=["brief"],
                                     duration_ms=1.0),
                 event_node_start(node_id="b", capability_id="cap.B", attempt=1)])
-    kwargs.update(overrides)
+    return kwargs
+
+
+def step(run: Run, **overrides: Any) -> list[RunEvent]:
+    """The step inside a transaction of the caller's."""
     with transaction.atomic():
-        return step_commit(**kwargs)
+        return step_commit(**{**step_kwargs(run), **overrides})
 
 
 def test_a_step_writes_the_run_both_nodes_the_facet_and_the_events_numbered_after_earlier_ones(run):
@@ -130,9 +134,27 @@ def test_a_run_move_the_table_forbids_is_refused_before_anything_is_written(run)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_refuses_to_run_outside_a_transaction(run):
-    with pytest.raises(RuntimeError):
-        step_commit(run_id=run.id, to=None, expect=["running"], plan_version=1, lease_token=7, updates={})
+@pytest.mark.parametrize("refused", ["node", "fence"])
+def test_alone_outside_a_transaction_a_refused_step_commits_nothing_either(run, refused):
+    """On PostgreSQL the step is then its own transaction (one statement):
+    a refused node fails the statement itself."""
+    b = nodes(run)["b"]
+    overrides: dict[str, Any] = {"nodes": {b.pk: {"status": "completed"}}} if refused == "node" else {"lease_token": 1}
+
+    with pytest.raises(TransitionNotAllowed if refused == "node" else Fenced):
+        step_commit(**{**step_kwargs(run), **overrides})
+
+    run.refresh_from_db()
+    assert (run.last_seq, run.pending_node_ids) == (0, [])
+    assert not RunEvent.objects.filter(run=run).exists() and not RunFacet.objects.filter(run=run).exists()
+    assert [n.status for n in nodes(run).values()] == ["running", "pending"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_alone_outside_a_transaction_a_step_commits(run):
+    step_commit(**step_kwargs(run))
+
+    assert Run.objects.get(pk=run.pk).last_seq == 2 and RunFacet.objects.filter(run=run).count() == 1
 
 
 # --- the engine: one commit per node step ------------------------------------------
@@ -141,8 +163,8 @@ def test_it_refuses_to_run_outside_a_transaction(run):
 @pytest.mark.django_db(transaction=True)
 def test_every_node_step_is_exactly_one_commit(api_for, client_user, monkeypatch):
     """Counted on the connection, around each node step of a real run: one
-    commit (and on PostgreSQL one statement in it: the step is one round
-    trip between BEGIN and COMMIT)."""
+    commit (and on PostgreSQL one statement, its own transaction: the step
+    is one round trip)."""
     from runs.engine.worker import drain
 
     counts = {"commits": 0, "statements": 0}
@@ -153,10 +175,11 @@ def test_every_node_step_is_exactly_one_commit(api_for, client_user, monkeypatch
         return original_commit(self)
 
     def counting_statements(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if connection.in_atomic_block:
+        writes = sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE", "WITH R")
+        if connection.in_atomic_block or writes:
             counts["statements"] += 1  # (reads after commit, e.g. the metrics', are not the step's)
-        elif sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
-            counts["commits"] += 1  # autocommit: its own transaction
+        if writes and not connection.in_atomic_block:
+            counts["commits"] += 1  # autocommit: the statement is its own transaction
         return execute(sql, params, many, context)
 
     steps: list[tuple[str, int, int]] = []
