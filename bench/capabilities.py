@@ -1,7 +1,8 @@
 """Trivial capabilities for the benchmark: a chain company_information ->
 bench_1 -> bench_2 -> … Each does nothing but return its facet, so what is
 measured is the engine. `metadata.stepSleepSeconds` spaces events out for
-the stream benchmarks."""
+the stream benchmarks; `metadata.padBytes` makes each facet that large (the
+growth benchmark's 2 KB nodes)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from typing import Any
 
 from planner.types import Capability, ContextBundle
 
-LENGTH = 19  # + the output node = a 20-node plan
+LENGTH = 99  # + the output node = up to a 100-node plan
 BASE_CATALOG = Path(__file__).resolve().parent.parent / "planner" / "catalog" / "facets.json"
 
 
@@ -21,10 +22,12 @@ def facet(i: int) -> str:
 
 def _make(i: int) -> type[Capability]:
     def run(self: Capability, bundle: ContextBundle) -> dict[str, Any]:
-        pause = float((bundle.metadata or {}).get("stepSleepSeconds", 0) or 0)
+        metadata = bundle.metadata or {}
+        pause = float(metadata.get("stepSleepSeconds", 0) or 0)
         if pause:
             time.sleep(pause)
-        return {facet(i): {"step": i}}
+        pad = int(metadata.get("padBytes", 0) or 0)
+        return {facet(i): {"step": i, "pad": "x" * pad} if pad else {"step": i}}
 
     return type(f"Step{i}", (Capability,), {
         "__module__": __name__, "capability_id": f"bench.Step{i}", "display_name": f"Bench step {i}",
@@ -51,15 +54,25 @@ def write_catalog(path: Path) -> Path:
     return path
 
 
-def envelope(nodes: int, *, step_sleep: float = 0.0) -> dict[str, Any]:
-    """An envelope whose plan has `nodes` nodes (nodes - 1 steps + the output node)."""
-    return {
+def envelope(nodes: int, *, step_sleep: float = 0.0, pad_bytes: int = 0, approve_after: int | None = None
+             ) -> dict[str, Any]:
+    """An envelope whose plan has `nodes` nodes (nodes - 1 steps + the output
+    node); with `approve_after`, a person must approve step N's output."""
+    metadata: dict[str, Any] = {"stepSleepSeconds": step_sleep}
+    if pad_bytes:
+        metadata["padBytes"] = pad_bytes
+    env: dict[str, Any] = {
         "objective": f"Benchmark chain of {nodes} nodes",
         "inputs": {"company_information": {"name": "Bench"}},
         "constraints": {"maxNodes": 200},
-        "metadata": {"stepSleepSeconds": step_sleep},
+        "metadata": metadata,
         "outputContract": {"mode": "facets", "facets": [facet(nodes - 1)]},
     }
+    if approve_after is not None:
+        env["policies"] = {"runtime": [{
+            "id": "bench-approve", "action": {"type": "hitl", "rationale": "Benchmark approval"},
+            "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": f"bench.Step{approve_after}"}}}]}
+    return env
 
 
 def event_count(nodes: int) -> int:

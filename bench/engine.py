@@ -1,22 +1,55 @@
-"""Engine overhead per node, in one process, one thread: the same claim /
-execute / commit path as a worker, with trivial capabilities.
+"""Engine costs in one process, one thread — the same claim / execute /
+commit path as a worker (`drain()`), trivial capabilities — each measured
+in rounds interleaved with the database's floor (`bench.floor`) and printed
+as a ratio to it.
 
-Overhead per node = (wall time - time inside capabilities) / nodes. Commits
-are counted on the connection (transaction commits, plus writes made in
-autocommit mode, each of which is its own commit)."""
+Figures (medians over the rounds, with their spread):
+
+- marginal cost of one node step: (20-node run − 3-node run) / 17, time in
+  capabilities taken out (per-run costs — claim, plan, release — cancel);
+- a 3-node run end to end (claim, plan, three nodes, output, release);
+- an approval cycle: a 3-node run whose policy asks a person after node 2,
+  the answer (`hitl_resume`, as the API does it) and the rest of the run;
+- commits and statements per node step, counted on the connection
+  (transaction commits, plus writes made in autocommit mode);
+- growth: a 100-node run of 2 KB nodes, time and bytes of each node step
+  (SQL text plus parameters handed to the driver), steps 1–5 against 95–99.
+"""
 from __future__ import annotations
 
+import json
+import statistics
 import time
+from datetime import date, datetime
 from typing import Any
 
 from bench.common import emit, setup_django
+
+ROUNDS = 3
+
+
+def _size(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, (list, tuple)):
+        return sum(_size(v) for v in value)
+    if isinstance(value, (datetime, date)):
+        return len(value.isoformat())
+    obj = getattr(value, "obj", None)  # psycopg's Json / Jsonb wrappers
+    if obj is not None:
+        return len(json.dumps(obj, default=str).encode())
+    return len(str(value))
 
 
 def count_commits() -> dict[str, int]:
     from django.db import connection
     from django.db.backends.base.base import BaseDatabaseWrapper
 
-    counts = {"commits": 0, "statements": 0}
+    counts = {"commits": 0, "statements": 0, "bytes": 0}
     original = BaseDatabaseWrapper._commit
 
     def _commit(self: Any) -> Any:
@@ -27,59 +60,173 @@ def count_commits() -> dict[str, int]:
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         counts["statements"] += 1
-        if not connection.in_atomic_block and sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
-            counts["commits"] += 1  # autocommit: the statement is its own transaction
+        counts["bytes"] += len(sql.encode()) + _size(params)
+        if not connection.in_atomic_block and sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE", "WITH R"):
+            counts["commits"] += 1  # autocommit: the statement (the step's `WITH r AS (UPDATE …`) commits itself
         return execute(sql, params, many, context)
 
     connection.execute_wrappers.append(wrapper)
     return counts
 
 
-def measure(nodes: int, runs: int, counts: dict[str, int]) -> dict[str, float]:
-    from bench.capabilities import envelope
+def _create(envelopes: list[dict[str, Any]]) -> list[str]:
     from bench.common import bench_user
-    from runs.engine.worker import drain
-    from runs.models import NodeRun, Run
     from runs.services import run_create
 
     user = bench_user()
-    ids = [run_create(user=user, envelope=envelope(nodes)).id for _ in range(runs)]
+    return [run_create(user=user, envelope=e).id for e in envelopes]
+
+
+def _capability_ms(ids: list[str]) -> float:
+    from runs.models import NodeRun
+
+    return float(sum(d or 0.0 for d in NodeRun.objects.filter(run_id__in=ids).values_list("duration_ms", flat=True)))
+
+
+def _check_completed(ids: list[str]) -> None:
+    from runs.models import Run
+
+    done = Run.objects.filter(pk__in=ids, status="completed").count()
+    assert done == len(ids), f"only {done} of {len(ids)} runs completed"
+
+
+def measure(nodes: int, runs: int, counts: dict[str, int]) -> dict[str, float]:
+    from bench.capabilities import envelope
+    from runs.engine.worker import drain
+
+    ids = _create([envelope(nodes) for _ in range(runs)])
     before = dict(counts)
     started = time.perf_counter()
     drain(max_steps=runs + 10)
-    elapsed = time.perf_counter() - started
-    commits = counts["commits"] - before["commits"]
-    statements = counts["statements"] - before["statements"]
-    done = Run.objects.filter(pk__in=ids, status="completed").count()
-    assert done == runs, f"only {done} of {runs} runs completed"
-    capability_ms = sum(NodeRun.objects.filter(run_id__in=ids).values_list("duration_ms", flat=True))
+    elapsed = (time.perf_counter() - started) * 1000
+    _check_completed(ids)
+    capability_ms = _capability_ms(ids)
     total_nodes = runs * nodes
     return {
         "nodes": nodes, "runs": runs,
-        "ms_per_run": elapsed * 1000 / runs,
-        "ms_per_node": (elapsed * 1000 - capability_ms) / total_nodes,
-        "capability_ms_per_node": capability_ms / total_nodes,
-        "commits_per_run": commits / runs,
-        "commits_per_node": commits / total_nodes,
-        "statements_per_node": statements / total_nodes,
+        "ms_per_run": elapsed / runs,
+        "engine_ms_per_run": (elapsed - capability_ms) / runs,
+        "ms_per_node": (elapsed - capability_ms) / total_nodes,
+        "commits_per_run": (counts["commits"] - before["commits"]) / runs,
+        "statements_per_run": (counts["statements"] - before["statements"]) / runs,
+        "commits_per_node": (counts["commits"] - before["commits"]) / total_nodes,
+        "statements_per_node": (counts["statements"] - before["statements"]) / total_nodes,
     }
+
+
+def approval_cycle(runs: int, counts: dict[str, int]) -> dict[str, float]:
+    """3-node runs asking a person after node 2: run to the question, answer
+    it (the service behind POST /api/hitl/resume), run to the end."""
+    from bench.capabilities import envelope
+    from bench.common import bench_user
+    from hitl.models import HitlRequest
+    from runs.engine.worker import drain
+    from runs.services import hitl_resume
+
+    user = bench_user()
+    ids = _create([envelope(3, approve_after=2) for _ in range(runs)])
+    before = dict(counts)
+    started = time.perf_counter()
+    drain(max_steps=runs + 10)
+    for run_id in ids:
+        request = HitlRequest.objects.get(run_id=run_id, status="pending")
+        hitl_resume(user=user, run_id=run_id, request_id=request.id,
+                    responses=[{"responseType": "approval", "approved": True}])
+    drain(max_steps=runs + 10)
+    elapsed = (time.perf_counter() - started) * 1000
+    _check_completed(ids)
+    return {"runs": runs, "engine_ms_per_run": (elapsed - _capability_ms(ids)) / runs,
+            "statements_per_run": (counts["statements"] - before["statements"]) / runs,
+            "commits_per_run": (counts["commits"] - before["commits"]) / runs}
+
+
+def growth(nodes: int, pad_bytes: int, runs: int, counts: dict[str, int]) -> dict[str, Any]:
+    """Per node step of long runs with large facets: time, bytes, commits."""
+    from bench.capabilities import envelope
+    from runs.engine import loop
+    from runs.engine.worker import drain
+
+    steps: list[tuple[float, int, int]] = []
+    original = loop.run_node
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        before = dict(counts)
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            steps.append(((time.perf_counter() - started) * 1000, counts["bytes"] - before["bytes"],
+                          counts["commits"] - before["commits"]))
+
+    per_run: list[list[tuple[float, int, int]]] = []
+    loop.run_node = timed  # type: ignore[assignment]
+    try:
+        for _ in range(runs):
+            ids = _create([envelope(nodes, pad_bytes=pad_bytes)])
+            steps.clear()
+            drain(max_steps=2)
+            _check_completed(ids)
+            per_run.append(list(steps))
+    finally:
+        loop.run_node = original  # type: ignore[assignment]
+
+    def window(lo: int, hi: int, index: int) -> float:
+        # Steps lo..hi (1-based, capability nodes), median over steps and runs.
+        return float(statistics.median(s[index] for run in per_run for s in run[lo - 1:hi]))
+
+    first_ms, last_ms = window(1, 5, 0), window(nodes - 5, nodes - 1, 0)
+    first_b, last_b = window(1, 5, 1), window(nodes - 5, nodes - 1, 1)
+    return {"nodes": nodes, "pad_bytes": pad_bytes, "runs": runs,
+            "first_ms": first_ms, "last_ms": last_ms, "ms_growth": last_ms / first_ms - 1,
+            "first_bytes": first_b, "last_bytes": last_b, "bytes_growth": last_b / first_b - 1,
+            "commits_per_step": statistics.mean(s[2] for run in per_run for s in run[:nodes - 1]),
+            "total_bytes_per_run": statistics.mean(sum(s[1] for s in run) for run in per_run)}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
     setup_django()
     from django.db import connection
 
+    from bench.floor import Floor
+
     counts = count_commits()
+    floor = Floor()
     measure(3, 5, counts)  # warm-up: imports, compiled validators, the pool
-    small = measure(3, 60, counts)
-    large = measure(20, 15, counts)
-    # Marginal cost of one more node (fixed per-run costs cancel out).
-    extra = large["nodes"] - small["nodes"]
-    marginal_ms = (large["ms_per_run"] - large["capability_ms_per_node"] * large["nodes"]
-                   - small["ms_per_run"] + small["capability_ms_per_node"] * small["nodes"]) / extra
-    marginal_commits = (large["commits_per_run"] - small["commits_per_run"]) / extra
-    emit({"vendor": connection.vendor, "plan3": small, "plan20": large,
-          "marginal_ms_per_node": marginal_ms, "marginal_commits_per_node": marginal_commits})
+    approval_cycle(2, counts)
+    floor.measure(30)
+    rounds: list[dict[str, Any]] = []
+    for _ in range(ROUNDS):
+        f1 = floor.measure(100)
+        small = measure(3, 40, counts)
+        large = measure(20, 10, counts)
+        approval = approval_cycle(15, counts)
+        f2 = floor.measure(100)
+        floor_ms = (f1["driver_ms"] + f2["driver_ms"]) / 2
+        extra = large["nodes"] - small["nodes"]
+        marginal = (large["engine_ms_per_run"] - small["engine_ms_per_run"]) / extra
+        rounds.append({
+            "floor_ms": floor_ms, "floor_django_ms": (f1["django_ms"] + f2["django_ms"]) / 2,
+            "marginal_ms_per_node": marginal,
+            "marginal_commits_per_node": (large["commits_per_run"] - small["commits_per_run"]) / extra,
+            "marginal_statements_per_node": (large["statements_per_run"] - small["statements_per_run"]) / extra,
+            "run3_ms": small["engine_ms_per_run"], "approval_ms": approval["engine_ms_per_run"],
+            "approval_statements": approval["statements_per_run"],
+            "marginal_ratio": marginal / floor_ms, "run3_ratio": small["engine_ms_per_run"] / floor_ms,
+            "approval_ratio": approval["engine_ms_per_run"] / floor_ms,
+            "plan3": small, "plan20": large, "approval": approval,
+        })
+    keys = ("floor_ms", "floor_django_ms", "marginal_ms_per_node", "marginal_commits_per_node",
+            "marginal_statements_per_node", "run3_ms", "approval_ms", "approval_statements", "marginal_ratio",
+            "run3_ratio", "approval_ratio")
+    summary = {key: spread([r[key] for r in rounds]) for key in keys}
+    f = floor.measure(100)
+    grown = growth(100, 2000, 2, counts)
+    grown["floor_ms"] = (f["driver_ms"] + floor.measure(100)["driver_ms"]) / 2
+    emit({"vendor": connection.vendor, "rounds": rounds, "summary": summary, "growth": grown})
 
 
 if __name__ == "__main__":

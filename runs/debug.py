@@ -135,7 +135,7 @@ def _audit(entry: AuditEntry) -> dict[str, Any]:
 
 def run_debug_view(*, run: Run) -> dict[str, Any]:
     """The debug body of API.md for a run the caller may view (fetched with
-    `runs.selectors.run_get_for_user`). Nine queries, whatever the run's size."""
+    `runs.selectors.run_get_for_user`). Ten queries, whatever the run's size."""
     schemas = _facet_schemas()
     envelope = run.envelope if isinstance(run.envelope, dict) else {}
 
@@ -149,6 +149,7 @@ def run_debug_view(*, run: Run) -> dict[str, Any]:
     # The latest events, newest first from the (run, seq) index, shown oldest first.
     latest = list(RunEvent.objects.filter(run_id=run.id).order_by("-seq")[:LATEST_EVENTS])[::-1]
     audit = list(AuditEntry.objects.filter(run_id=run.id).select_related("actor").order_by("created_at", "id"))
+    facets, provenance = run.facet_snapshot()
 
     by_request: dict[str, list[HitlResponse]] = defaultdict(list)
     for response in responses:
@@ -177,7 +178,7 @@ def run_debug_view(*, run: Run) -> dict[str, Any]:
         "policies": _scrub(envelope.get("policies", {})),
         "planVersions": [_plan_version(pv) for pv in versions],
         "nodes": [_node(node, schemas) for node in nodes],
-        "facetProvenance": _scrub(run.provenance or {}),
+        "facetProvenance": _scrub(provenance),
         "hitl": {
             "requests": [_scrub(hitl_request_payload(r, responses=by_request.get(r.id, []))) for r in requests],
             "responses": [_scrub(hitl_response_payload(r)) for r in responses],
@@ -186,7 +187,7 @@ def run_debug_view(*, run: Run) -> dict[str, Any]:
             "version": run.plan_version,
             "hasSnapshot": run.has_snapshot,
             "pendingNodeIds": run.pending_node_ids,
-            "facets": redact_facet_values(run.facets or {}, schemas),
+            "facets": redact_facet_values(facets, schemas),
         },
         "output": redact_output(run.output, envelope, schemas),
         "events": {"count": event_count, "latest": [event_frame(e) for e in latest]},

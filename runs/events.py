@@ -329,6 +329,12 @@ def dumps(value: Any) -> str:
 
 def publish_on_commit(rows: list[RunEvent]) -> None:
     """The one place that hands events to live streams, after commit only."""
-    frames = [(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows]
-    transaction.on_commit(lambda: notify.publish_frames(frames))
-    transaction.on_commit(lambda: notify.events_committed(rows))  # the metrics count what was committed
+    transaction.on_commit(lambda: _publish(rows))
+
+
+def _publish(rows: list[RunEvent]) -> None:
+    """After commit: frames (JSON, redacted) are built only when a local
+    listener or Redis will take them."""
+    if rows and notify.frames_wanted(rows[0].run_id):
+        notify.publish_frames([(row.run_id, row.seq, row.type, dumps(event_frame(row))) for row in rows])
+    notify.events_committed(rows)  # the metrics count what was committed

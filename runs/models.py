@@ -132,8 +132,11 @@ class Run(StatusGuardedModel):
     # Not before this time (a short back-off after a crash takeover).
     available_at = models.DateTimeField(null=True, blank=True)
 
-    # The latest snapshot: facet values, their provenance and the pending node
-    # ids, rewritten in the same transaction as each node's result.
+    # The latest snapshot. `facets` and `provenance` hold what the run started
+    # with (the envelope's inputs); what nodes produce is stored once per
+    # facet in `RunFacet` rows, and the snapshot is the two together
+    # (`facet_snapshot()`). The pending node ids are rewritten in the same
+    # transaction as each node's result.
     facets = models.JSONField(default=dict, blank=True)
     provenance = models.JSONField(default=dict, blank=True)
     pending_node_ids = models.JSONField(default=list, blank=True)
@@ -174,6 +177,19 @@ class Run(StatusGuardedModel):
     @property
     def channel(self) -> str:
         return f"run-{self.id}"
+
+    def facet_snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's facet values and their provenance: the inputs it started
+        with, overlaid by the values its nodes produced (`RunFacet`), in the
+        order each facet first appeared."""
+        facets: dict[str, Any] = dict(self.facets or {})
+        provenance: dict[str, Any] = dict(self.provenance or {})
+        rows = RunFacet.objects.filter(run_id=self.id).order_by("id").values_list(
+            "name", "value", "node_id", "capability_id", "plan_version")
+        for name, value, node_id, capability_id, plan_version in rows:
+            facets[name] = value
+            provenance[name] = {"nodeId": node_id, "capabilityId": capability_id, "planVersion": plan_version}
+        return facets, provenance
 
 
 class PlanVersion(models.Model):
@@ -263,6 +279,29 @@ class NodeRun(StatusGuardedModel):
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.node_id}"
+
+
+class RunFacet(models.Model):
+    """One facet value a node produced, with its provenance: written in the
+    node's step (an upsert by name: a node done again replaces it), so a step
+    writes only its own output, never the run's whole snapshot. Read through
+    `Run.facet_snapshot()`."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="facet_values")
+    name = models.CharField(max_length=200)
+    value = models.JSONField(null=True, blank=True)
+    node_id = models.CharField(max_length=120, blank=True, default="")
+    capability_id = models.CharField(max_length=200, blank=True, default="")
+    plan_version = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "name"], name="run_facet_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.name}"
 
 
 class RunEvent(models.Model):

@@ -25,14 +25,32 @@ Frame = tuple[str, int, str, str]  # run_id, seq, type, data-json
 # hub (`runs.streaming`) and the workers (`runs.engine.worker`) register
 # themselves when imported; this module imports neither.
 _frame_sinks: list[Callable[[list[Frame]], None]] = []
+# Per sink: does it want frames of this run now? (None: always.)
+_frame_wants: dict[int, Callable[[str], bool] | None] = {}
 _work_wakers: list[Callable[[], None]] = []
 _commit_listeners: list[Callable[[list[Any]], None]] = []
 
 
-def register_frame_sink(sink: Callable[[list[Frame]], None]) -> None:
-    """`sink(frames)` receives every batch of committed frames published here."""
+def register_frame_sink(sink: Callable[[list[Frame]], None], wants: Callable[[str], bool] | None = None) -> None:
+    """`sink(frames)` receives every batch of committed frames published here;
+    with `wants(run_id)`, only while that says it has someone to give a frame
+    of that run to."""
     if sink not in _frame_sinks:
         _frame_sinks.append(sink)
+    _frame_wants[id(sink)] = wants
+
+
+def frames_wanted(run_id: str) -> bool:
+    """Is there anyone to hand a frame of `run_id` to: Redis (other
+    processes) or a local sink that wants it? When not, no frame is built
+    (JSON, redaction) at all: readers that come later read the table."""
+    if settings.REDIS_URL and time.monotonic() >= _skip_until:
+        return True
+    for sink in list(_frame_sinks):
+        wants = _frame_wants.get(id(sink))
+        if wants is None or wants(run_id):
+            return True
+    return False
 
 
 def register_commit_listener(listener: Callable[[list[Any]], None]) -> None:

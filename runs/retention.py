@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
-from runs.models import TERMINAL_STATUSES, NodeRun, Run, RunEvent
+from runs.models import TERMINAL_STATUSES, NodeRun, Run, RunEvent, RunFacet
 
 logger = logging.getLogger("runs.retention")
 
@@ -36,7 +36,8 @@ def _old_runs(*, before: datetime, statuses: Iterable[str]) -> "Q":
 
 
 def _has_snapshot() -> Q:
-    return Q(has_snapshot=True) | ~Q(facets={}) | ~Q(provenance={}) | ~Q(pending_node_ids=[])
+    return (Q(has_snapshot=True) | ~Q(facets={}) | ~Q(provenance={}) | ~Q(pending_node_ids=[])
+            | Exists(RunFacet.objects.filter(run_id=OuterRef("pk"))))
 
 
 def run_data_prune(*, before: datetime, statuses: Iterable[str], dry_run: bool = False,
@@ -84,7 +85,9 @@ def run_data_prune(*, before: datetime, statuses: Iterable[str], dry_run: bool =
                 n_events += RunEvent.objects.filter(pk__in=ids).delete()[0]
             n_inputs = inputs.update(input=None)
             # Terminal only, re-checked in the statement itself.
-            n_snapshots = snapshots.filter(status__in=statuses).update(
+            cleared = list(snapshots.filter(status__in=statuses).values_list("pk", flat=True))
+            RunFacet.objects.filter(run_id__in=cleared).delete()
+            n_snapshots = Run.objects.filter(pk__in=cleared, status__in=statuses).update(
                 facets={}, provenance={}, pending_node_ids=[], has_snapshot=False)
         counts.runs += len(touched)
         counts.events += n_events

@@ -212,6 +212,10 @@ class StreamHub:
     def deliver(self, run_id: str, seq: int, type_: str, data: str) -> None:
         self.deliver_many([(run_id, seq, type_, data)])
 
+    def has_listeners(self, run_id: str) -> bool:
+        """Does a stream of this process follow `run_id` now?"""
+        return bool(get_listener_manager().listeners_by_channel.get(channel_for(run_id)))
+
     def deliver_many(self, frames: list[tuple[str, int, str, str]]) -> None:
         """Queue committed frames on the listeners of their runs and wake each
         listener once per batch.
@@ -370,7 +374,7 @@ def _set_all(listeners: list[RunListener]) -> None:
 
 hub = StreamHub()
 # Committed frames published in this process reach its open streams.
-notify.register_frame_sink(hub.deliver_many)
+notify.register_frame_sink(hub.deliver_many, wants=hub.has_listeners)
 
 
 def _close_after(fn):

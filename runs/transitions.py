@@ -18,6 +18,16 @@ remove — changes a run and appends its events:
 
 `nodes_update` writes node rows, conditional on `NODE_TRANSITIONS`.
 
+`step_commit` is the engine's hot path: the same three things for one step
+(the fenced run UPDATE, the node rows, the events) as ONE statement on
+PostgreSQL — a data-modifying CTE whose node updates and event insert join
+the run update's RETURNING row, so a stale token or status writes nothing —
+and one transaction of raw statements on SQLite. The facet values a node
+produced are upserted as `RunFacet` rows (one per facet, with provenance):
+a step writes its own output, never the run's accumulated snapshot, so its
+cost does not grow with the run. `facets_write` does the same for steps
+that take the general path.
+
 The ORM refuses status writes anywhere else (`runs.models.StatusGuardedQuerySet`):
 only code running inside `status_writer()` may change a status field, and
 only this module enters it.
@@ -25,17 +35,29 @@ only this module enters it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-from django.db import transaction
-from django.db.models import F, Field, Q
+from django.db import DataError, transaction
+from django.db.models import F, Field, Q, Value
+from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
 from runs.events import PendingEvent, publish_on_commit
 from runs.models import (NODE_TRANSITIONS, RUN_TRANSITIONS, STATUS_WRITER, TERMINAL_STATUSES, NodeRun, Run,
-                         RunEvent)
+                         RunEvent, RunFacet)
+
+
+class FacetWrite(NamedTuple):
+    """A facet value a node produced, with its provenance (a `RunFacet` row)."""
+
+    name: str
+    value: Any
+    node_id: str
+    capability_id: str
+    plan_version: int
 
 
 class Fenced(Exception):
@@ -90,6 +112,24 @@ def run_transition(
     pending = list(events)
     now = timezone.now()
     values = dict(updates or {})
+    _check_run_move(run_id, to, expected, values, now)
+    with status_writer():
+        last_seq = _bump_run(run_id=run_id, count=len(pending), lease_token=lease_token, statuses=expected,
+                             updates=values)
+    if last_seq is None:
+        raise Fenced(run_id)
+    if not pending:
+        return []
+    rows = _event_rows(run_id, last_seq, pending, plan_version, now)
+    RunEvent.objects.bulk_create(rows)
+    publish_on_commit(rows)
+    return rows
+
+
+def _check_run_move(run_id: str, to: str | None, expected: list[str] | None, values: dict[str, Any],
+                    now: Any) -> None:
+    """The transition-table check of a run move; adds status, completed_at and
+    updated_at to `values`."""
     if "status" in values:
         raise TypeError("run_transition sets the status from `to`, not from `updates`")
     if to is not None:
@@ -102,22 +142,254 @@ def run_transition(
         if to in TERMINAL_STATUSES:
             values.setdefault("completed_at", now)
     values["updated_at"] = now
-    with status_writer():
-        last_seq = _bump_run(run_id=run_id, count=len(pending), lease_token=lease_token, statuses=expected,
-                             updates=values)
-    if last_seq is None:
-        raise Fenced(run_id)
-    if not pending:
-        return []
+
+
+def _event_rows(run_id: str, last_seq: int, pending: Sequence[PendingEvent], plan_version: int,
+                now: Any) -> list[RunEvent]:
     first = last_seq - len(pending) + 1
-    rows = [
+    return [
         RunEvent(run_id=run_id, seq=first + i, type=e.type, node_id=e.node_id, plan_version=plan_version,
                  payload=e.payload, created_at=now)
         for i, e in enumerate(pending)
     ]
-    RunEvent.objects.bulk_create(rows)
-    publish_on_commit(rows)
+
+
+def step_commit(
+    *,
+    run_id: str,
+    to: str | None,
+    expect: Iterable[str],
+    plan_version: int,
+    lease_token: int,
+    updates: Mapping[str, Any],
+    nodes: Mapping[int, Mapping[str, Any]] | None = None,
+    facets: Sequence[FacetWrite] = (),
+    events: Sequence[PendingEvent] = (),
+) -> list[RunEvent]:
+    """`run_transition` + `nodes_update` of one engine step, as ONE statement
+    on PostgreSQL — one round trip: outside a transaction the statement is
+    its own (no BEGIN, one COMMIT), inside the caller's it joins it — and one
+    transaction of raw statements on SQLite. Same checks, same guarantees:
+
+    - the run and node moves are checked against the transition tables first
+      (`TransitionNotAllowed`, nothing written);
+    - the run row is updated only with `lease_token` and a status in
+      `expect`, and `last_seq` grows by the number of events; the node
+      updates, the facet rows and the event insert happen only if that
+      update did (they join its RETURNING row), so a stale token writes
+      nothing (`Fenced`);
+    - a node whose row is not in a status its move is allowed from fails the
+      whole step (`TransitionNotAllowed`; on PostgreSQL the statement itself
+      raises, so nothing of it is committed).
+
+    Events are numbered from the returned `last_seq` (gap-free under the
+    row lock) and published after commit. Extend it by passing more events
+    or adding a part to the statement (an outbox row joins `r` like the
+    events do); writes of other shapes take `run_transition` in a transaction.
+    """
+    expected = [str(status) for status in expect]
+    now = timezone.now()
+    values = dict(updates)
+    _check_run_move(run_id, to, expected, values, now)
+    node_changes = [(pk, _node_sources(pk, changes), changes) for pk, changes in (nodes or {}).items()]
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        # Alone, the statement is atomic by itself; in the caller's
+        # transaction, a savepoint keeps a refused node from aborting it.
+        try:
+            with (transaction.atomic() if connection.in_atomic_block else nullcontext()), status_writer():
+                last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
+                                            updates=values, nodes=node_changes, facets=facets, events=events,
+                                            plan_version=plan_version, now=now)
+        except DataError as exc:
+            if _NODE_REFUSED in str(exc):
+                raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
+            raise
+        if last_seq is None:
+            raise Fenced(run_id)
+        rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+    else:
+        with transaction.atomic(), status_writer():
+            last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token, statuses=expected,
+                                 updates=values)
+            if last_seq is None:
+                raise Fenced(run_id)
+            rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+            _write_sqlite(connection, nodes=node_changes, rows=rows)
+            facets_write(run_id, facets)
+    if rows:
+        publish_on_commit(rows)  # at once when the statement was its own transaction
     return rows
+
+
+def _node_sources(pk: int, changes: Mapping[str, Any]) -> list[str] | None:
+    """The statuses a node may be in for `changes` (None: any)."""
+    to = changes.get("status")
+    if to is None:
+        return None
+    sources = _allowed_sources(str(to))
+    if not sources:
+        raise TransitionNotAllowed(f"node {pk} -> {to}")
+    return sources
+
+
+@lru_cache(maxsize=None)
+def _allowed_sources_cached(to: str) -> tuple[str, ...]:
+    return tuple(str(s) for s in NODE_TRANSITIONS if node_transition_allowed(s, to))
+
+
+def _allowed_sources(to: str) -> list[str]:
+    return list(_allowed_sources_cached(to))
+
+
+# --- SQL of the hot path ---------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _column(model: type, name: str) -> tuple[Field, str]:  # type: ignore[type-arg]
+    model_field = model._meta.get_field(name)  # type: ignore[attr-defined]
+    assert isinstance(model_field, Field)  # concrete columns only
+    return model_field, str(model_field.column)
+
+
+def _increment(value: Any) -> int | None:
+    """`F("x") + n` on the field itself -> n; None for anything else."""
+    if (isinstance(value, CombinedExpression) and value.connector == "+" and isinstance(value.lhs, F)
+            and isinstance(value.rhs, Value) and isinstance(value.rhs.value, int)):
+        return int(value.rhs.value)
+    return None
+
+
+def _assignments(connection: Any, model: type, values: Mapping[str, Any], table: str = ""
+                 ) -> tuple[list[str], list[Any]]:
+    """`col = %s` (or `col = col + %s` for `F(col) + n`) and their parameters."""
+    qn = connection.ops.quote_name
+    sets: list[str] = []
+    params: list[Any] = []
+    for name, value in values.items():
+        model_field, column = _column(model, name)
+        if hasattr(value, "resolve_expression"):
+            step = _increment(value)
+            if step is None or value.lhs.name != name:
+                raise TypeError(f"{name}: only F('{name}') + n is supported here")
+            sets.append(f"{qn(column)} = {table}{qn(column)} + %s")
+            params.append(step)
+            continue
+        sets.append(f"{qn(column)} = %s")
+        params.append(model_field.get_db_prep_save(value, connection))
+    return sets, params
+
+
+def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses: list[str],
+                     updates: dict[str, Any], nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
+                     facets: Sequence[FacetWrite], events: Sequence[PendingEvent], plan_version: int,
+                     now: Any) -> int | None:
+    """The step as one data-modifying CTE; returns the new `last_seq` (None:
+    fenced). Raises `TransitionNotAllowed` when a node row was not in a
+    status its move is allowed from."""
+    qn = connection.ops.quote_name
+    run_table, node_table, event_table = (qn(m._meta.db_table) for m in (Run, NodeRun, RunEvent))
+    sets, params = _assignments(connection, Run, updates)
+    sets.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
+    params.append(len(events))
+    params += [run_id, lease_token, *statuses]
+    parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s AND {qn('lease_token')} = %s "
+             f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) RETURNING {qn('last_seq')})"]
+    for i, (pk, sources, changes) in enumerate(nodes):
+        node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.")
+        where = f"{node_table}.{qn('id')} = %s"
+        node_params.append(pk)
+        if sources is not None:
+            where += f" AND {node_table}.{qn('status')} IN ({', '.join(['%s'] * len(sources))})"
+            node_params += sources
+        parts.append(f"n{i} AS (UPDATE {node_table} SET {', '.join(node_sets)} FROM r WHERE {where} RETURNING 1)")
+        params += node_params
+    if events:
+        payload_field, _ = _column(RunEvent, "payload")
+        created = _column(RunEvent, "created_at")[0].get_db_prep_save(now, connection)
+        rows = ", ".join(["(%s::int, %s, %s, %s::jsonb)"] * len(events))
+        columns = ", ".join(qn(c) for c in ("run_id", "seq", "type", "node_id", "plan_version", "payload",
+                                            "created_at"))
+        parts.append(f"e AS (INSERT INTO {event_table} ({columns}) SELECT %s, r.{qn('last_seq')} - %s + v.i, v.t, "
+                     f"v.n, %s, v.p, %s FROM r, (VALUES {rows}) AS v (i, t, n, p) RETURNING 1)")
+        params += [run_id, len(events), plan_version, created]
+        for i, event in enumerate(events, start=1):
+            params += [i, event.type, event.node_id, payload_field.get_db_prep_save(event.payload, connection)]
+    if facets:
+        rows = ", ".join(["(%s, %s::jsonb, %s, %s, %s::int)"] * len(facets))
+        parts.append(f"f AS ({_FACET_INSERT} SELECT %s, v.k, v.val, v.nid, v.cap, v.pv FROM r, (VALUES {rows}) AS "
+                     f"v (k, val, nid, cap, pv) {_FACET_UPSERT} RETURNING 1)")
+        params.append(run_id)
+        params += _facet_params(connection, facets)
+    # A node row the run update reached but its own update did not (not in a
+    # status its move starts from) fails the statement: nothing is written.
+    checks = "".join(
+        f", (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM r) OR count(*) = 1 THEN 1 "
+        f"ELSE ('{_NODE_REFUSED} ' || count(*))::int END FROM n{i})" for i in range(len(nodes)))
+    sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r){checks}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return int(row[0])
+
+
+_NODE_REFUSED = "node_move_refused"
+
+_FACET_INSERT = ('INSERT INTO "runs_runfacet" ("run_id", "name", "value", "node_id", "capability_id", '
+                 '"plan_version")')
+_FACET_UPSERT = ('ON CONFLICT ("run_id", "name") DO UPDATE SET "value" = excluded."value", '
+                 '"node_id" = excluded."node_id", "capability_id" = excluded."capability_id", '
+                 '"plan_version" = excluded."plan_version"')
+
+
+def _facet_params(connection: Any, facets: Sequence[FacetWrite]) -> list[Any]:
+    value_field, _ = _column(RunFacet, "value")
+    params: list[Any] = []
+    for facet in facets:
+        params += [facet.name, value_field.get_db_prep_save(facet.value, connection), facet.node_id,
+                   facet.capability_id, facet.plan_version]
+    return params
+
+
+def facets_write(run_id: str, facets: Sequence[FacetWrite]) -> None:
+    """Upsert facet values a node produced (one row per facet, with its
+    provenance), in the caller's transaction, after the run's fenced update."""
+    if not facets:
+        return
+    connection = transaction.get_connection()
+    params = _facet_params(connection, facets)
+    with connection.cursor() as cursor:
+        cursor.executemany(f"{_FACET_INSERT} VALUES (%s, %s, %s, %s, %s, %s) {_FACET_UPSERT}",
+                           [[run_id, *params[i:i + 5]] for i in range(0, len(params), 5)])
+
+
+def _write_sqlite(connection: Any, *, nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
+                  rows: list[RunEvent]) -> None:
+    """The rest of a step on SQLite, after the fenced run UPDATE: the events
+    (one executemany) and the node rows, raw statements in the transaction."""
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        if rows:
+            payload_field, _ = _column(RunEvent, "payload")
+            created = _column(RunEvent, "created_at")[0].get_db_prep_save(rows[0].created_at, connection)
+            columns = ("run_id", "seq", "type", "node_id", "plan_version", "payload", "created_at")
+            cursor.executemany(
+                f"INSERT INTO {qn(RunEvent._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
+                f"VALUES ({', '.join(['%s'] * len(columns))})",
+                [(r.run_id, r.seq, r.type, r.node_id, r.plan_version,
+                  payload_field.get_db_prep_save(r.payload, connection), created) for r in rows])
+        table = qn(NodeRun._meta.db_table)
+        for pk, sources, changes in nodes:
+            sets, params = _assignments(connection, NodeRun, changes)
+            where = f"{qn('id')} = %s"
+            params.append(pk)
+            if sources is not None:
+                where += f" AND {qn('status')} IN ({', '.join(['%s'] * len(sources))})"
+                params += sources
+            cursor.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {where}", params)
+            if cursor.rowcount != 1:
+                raise TransitionNotAllowed(f"node {pk} -> {changes.get('status')}")
 
 
 def nodes_update(changes: Mapping[int, Mapping[str, Any]]) -> None:
@@ -153,13 +425,7 @@ def _bump_run(*, run_id: str, count: int, lease_token: int | None, statuses: lis
         return _bump_run_orm(run_id=run_id, count=count, lease_token=lease_token, statuses=statuses,
                              updates=updates)
     qn = connection.ops.quote_name
-    assignments: list[str] = []
-    params: list[Any] = []
-    for name, value in updates.items():
-        model_field = Run._meta.get_field(name)
-        assert isinstance(model_field, Field)  # concrete columns only
-        assignments.append(f"{qn(model_field.column)} = %s")
-        params.append(model_field.get_db_prep_save(value, connection))
+    assignments, params = _assignments(connection, Run, updates)
     assignments.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(count)
     where = [f"{qn('id')} = %s"]

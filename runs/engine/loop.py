@@ -37,7 +37,7 @@ from runs.engine.lease import Claim, Heartbeat, lease_duration
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
-from runs.transitions import Fenced, nodes_update, run_transition
+from runs.transitions import FacetWrite, Fenced, facets_write, nodes_update, run_transition, step_commit
 
 logger = logging.getLogger("runs.engine.loop")
 
@@ -54,8 +54,6 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             statuses[node_id] = changes["status"]
     pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
     run_updates = {
-        "facets": run.facets,
-        "provenance": run.provenance,
         "pending_node_ids": pending,
         "has_snapshot": bool(ctx.graph),
         # Every commit also renews the lease, for free.
@@ -65,12 +63,23 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     }
     if step.status is not None and step.status in TERMINAL_STATUSES:
         run_updates["completed_at"] = now
-    with transaction.atomic():
-        run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
-                       lease_token=ctx.claim.token, updates=run_updates, events=step.events)
-        for write in step.writes:
-            write()
-        nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
+    if step.writes:
+        with transaction.atomic():
+            # Writes of their own (plan version and node rows, HITL request)
+            # come after the fenced run update and before the node updates.
+            run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
+                           lease_token=ctx.claim.token, updates=run_updates, events=step.events)
+            facets_write(run.id, step.facets)
+            for write in step.writes:
+                write()
+            # After the writes: the plan's node rows get their pks there.
+            nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
+    else:
+        # The hot path: one statement, one round trip, one commit on PostgreSQL.
+        step_commit(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
+                    lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
+                    nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
+                    events=step.events)
     if step.status is not None:
         run_updates["status"] = step.status
     log_node_events(ctx, step)
@@ -193,8 +202,7 @@ def plan(ctx: RunContext) -> None:
                                    trigger={"kind": "submit"}, graph=graph,
                                    node_statuses={nid: NodeStatus.PENDING for nid in pending_ids},
                                    pending_node_ids=pending_ids, schema_hash=graph.get("schemaHash", ""))
-        for row in node_rows:
-            row.save(force_insert=True)
+        NodeRun.objects.bulk_create(node_rows)  # one multi-row insert; sets the pks
 
     step.writes.append(write_plan)
     step.event(ev.event_plan_generated(
@@ -312,17 +320,15 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     now = timezone.now()
     step.update_node(node.node_id, status=NodeStatus.COMPLETED, output=output, completed_at=now,
                      duration_ms=outcome.duration_ms, error=None, commits=F("commits") + 1)
-    facets = dict(ctx.run.facets)
-    provenance = dict(ctx.run.provenance)
-    for name, value in output.items():
-        if name == "output":
-            continue  # the mapped output is not a facet
-        facets[name] = value
-        provenance[name] = {"nodeId": node.node_id, "capabilityId": node.capability_id,
-                            "planVersion": ctx.run.plan_version}
-    step.run_updates["facets"] = facets
-    step.run_updates["provenance"] = provenance
-    ctx.run.facets, ctx.run.provenance = facets, provenance
+    # Only this node's facets are written (a row each, with provenance);
+    # memory keeps the whole snapshot.
+    new_facets = {name: value for name, value in output.items() if name != "output"}  # `output` is no facet
+    new_provenance = {name: {"nodeId": node.node_id, "capabilityId": node.capability_id,
+                             "planVersion": ctx.run.plan_version} for name in new_facets}
+    step.facets += [FacetWrite(name, value, node.node_id, node.capability_id, ctx.run.plan_version)
+                    for name, value in new_facets.items()]
+    ctx.run.facets = {**ctx.run.facets, **new_facets}
+    ctx.run.provenance = {**ctx.run.provenance, **new_provenance}
     step.event(ev.event_node_complete(node_id=node.node_id, capability_id=node.capability_id,
                                       attempt=node.attempts, output_facets=list(output.keys()),
                                       duration_ms=outcome.duration_ms))
@@ -378,6 +384,8 @@ def load(claim: Claim) -> RunContext:
     run = Run.objects.select_related("created_by").get(pk=claim.run_id)
     ctx = RunContext(claim=claim, run=run)
     if run.plan_version:
+        # The worker's copy of the snapshot: the inputs and what nodes produced.
+        run.facets, run.provenance = run.facet_snapshot()
         version = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
         ctx.graph = version.graph
         ctx.nodes = {n.node_id: n for n in NodeRun.objects.filter(run_id=run.id)}

@@ -17,6 +17,7 @@ from runs.engine import scheduling
 from runs.engine.lease import Claim
 from runs.events import PendingEvent
 from runs.models import NodeRun, NodeStatus, Run, RunStatus
+from runs.transitions import FacetWrite
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Step:
     events: list[PendingEvent] = field(default_factory=list)
     node_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_updates: dict[str, Any] = field(default_factory=dict)
+    # Facet values a node produced, with provenance: stored once each (a
+    # `RunFacet` row), never by rewriting the run's whole snapshot.
+    facets: list[FacetWrite] = field(default_factory=list)
     status: str | None = None
     # Extra writes that must share the transaction (plan version, HITL request).
     writes: list[Callable[[], None]] = field(default_factory=list)

@@ -31,17 +31,24 @@ def status_changes(monkeypatch: Any) -> list[tuple[str, str]]:
     from runs import transitions
 
     seen: list[tuple[str, str]] = []
-    original = transitions._bump_run
 
-    def watched(*, run_id: str, **kwargs: Any) -> Any:
-        before = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
-        result = original(run_id=run_id, **kwargs)
-        after = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
-        if result is not None and before != after:
-            seen.append((before, after))
-        return result
+    def watch(name: str) -> None:
+        # The run row is written by `_bump_run`, or on PostgreSQL's hot path
+        # by the one statement of `_step_postgresql`.
+        original = getattr(transitions, name)
 
-    monkeypatch.setattr(transitions, "_bump_run", watched)
+        def watched(*args: Any, run_id: str, **kwargs: Any) -> Any:
+            before = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
+            result = original(*args, run_id=run_id, **kwargs)
+            after = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
+            if result is not None and before != after:
+                seen.append((before, after))
+            return result
+
+        monkeypatch.setattr(transitions, name, watched)
+
+    watch("_bump_run")
+    watch("_step_postgresql")
     return seen
 
 

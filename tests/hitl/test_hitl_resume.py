@@ -251,7 +251,7 @@ def test_a_two_turn_clarification_receives_both_answers(api_for, operator, clien
 
     run = Run.objects.get(pk=run_id)
     assert run.status == "completed"
-    assert "Answers seen: ['Risk managers', 'Risk reduction']" in run.facets["handoff_summary"]
+    assert "Answers seen: ['Risk managers', 'Risk reduction']" in run.facet_snapshot()[0]["handoff_summary"]
     assert all("Risk managers" in v["body"] for v in run.output["copyVariants"])
     assert run.plan_version == 3
     assert HitlRequest.objects.filter(run=run, status="resolved").count() == 2

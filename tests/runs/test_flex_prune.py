@@ -57,7 +57,7 @@ def bulk(run_id: str) -> dict[str, Any]:
     return {
         "events": RunEvent.objects.filter(run_id=run_id).count(),
         "inputs": NodeRun.objects.filter(run_id=run_id, input__isnull=False).count(),
-        "snapshot": run.has_snapshot or bool(run.facets) or bool(run.provenance) or bool(run.pending_node_ids),
+        "snapshot": run.has_snapshot or any(run.facet_snapshot()) or bool(run.pending_node_ids),
     }
 
 

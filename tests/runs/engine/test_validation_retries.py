@@ -60,7 +60,7 @@ def test_it_asks_a_person_when_output_never_satisfies_the_contract(api_for, clie
     node = NodeRun.objects.get(run_id=run_id, node_id="test")
     # Nothing invalid was committed: no output, no facet.
     assert node.output is None and node.commits == 0 and node.status == "awaiting_hitl"
-    assert "qa_report" not in run.facets and run.output is None
+    assert "qa_report" not in run.facet_snapshot()[0] and run.output is None
 
 
 def test_it_honours_max_retries_from_the_envelope(api_for, client_user, drain):
