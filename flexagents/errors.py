@@ -132,6 +132,21 @@ class HitlResponseRequired(Unprocessable):
     default_message = "The pending request must be resolved by the responses in this body."
 
 
+class IdempotencyKeyInvalid(Unprocessable):
+    code = "idempotency_key_invalid"
+    default_message = "The Idempotency-Key header must be 1-255 printable ASCII characters."
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "idempotency_key_reused"
+    default_message = "This Idempotency-Key was already used with a different request."
+
+
+class IdempotencyInProgress(Conflict):
+    code = "idempotency_in_progress"
+    default_message = "A request with this Idempotency-Key is still being processed; retry shortly."
+
+
 class ServerBusy(FlexError):
     code = "server_busy"
     status_code = 503

@@ -526,6 +526,19 @@ _HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
 }
 
 
+_IDEMPOTENT_MARK = "x-idempotent"
+_IDEMPOTENCY_KEY = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]{1,255}$"},
+    "description": "1-255 printable ASCII characters. The same key from the same user with the same body "
+                   "replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h "
+                   "(docs/api.md, Idempotency).",
+}
+_IDEMPOTENT_ERRORS = {409: ["idempotency_in_progress"], 422: ["idempotency_key_invalid", "idempotency_key_reused"]}
+_REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
+                                     "description": "Present on a replayed response"}}
+
+
 def _finish_parameters(path: str, method: str, operation: dict[str, Any]) -> None:
     refined = _PARAMETERS.get((path, method), {})
     for parameter in operation.get("parameters", []):
@@ -561,13 +574,30 @@ def _finish_operation(path: str, method: str, operation: dict[str, Any]) -> None
                                   "content": {"application/json": {"schema": _ref(component)}}}
     if op.sse is not None:
         responses[str(op.sse)] = {"description": "The run's events as server-sent events", "content": SSE}
-    for status, codes in sorted(op.errors.items()):
+    errors = op.errors
+    if operation.pop(_IDEMPOTENT_MARK, False):
+        errors = Op("", op.errors, _IDEMPOTENT_ERRORS).errors
+        for status in [s for s in responses if s.startswith("2")]:
+            if "text/event-stream" not in responses[status].get("content", {}):
+                responses[status]["headers"] = copy.deepcopy(_REPLAYED)
+    for status, codes in sorted(errors.items()):
         responses[str(status)] = error_response(status, codes)
     operation["responses"] = dict(sorted(responses.items()))
 
 
 class FlexAutoSchema(AutoSchema):
-    """Operation ids from `OPERATIONS` (stable names for generated clients)."""
+    """Operation ids from `OPERATIONS` (stable names for generated clients);
+    handlers decorated with `flexagents.idempotency.idempotent` declare the
+    `Idempotency-Key` header (and `_finish_operation` its errors and the
+    `Idempotent-Replayed` response header)."""
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> Any:
+        operation = super().get_operation(*args, **kwargs)
+        handler = getattr(self.view, self.method.lower(), None)
+        if operation is not None and getattr(handler, "idempotent", False):
+            operation.setdefault("parameters", []).append(copy.deepcopy(_IDEMPOTENCY_KEY))
+            operation[_IDEMPOTENT_MARK] = True
+        return operation
 
     def get_operation_id(self) -> str:
         op = OPERATIONS.get((self.path.replace("{run_id}", "{runId}"), self.method.lower()))

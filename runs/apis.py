@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from flexagents import logging as flex_logging
 from flexagents.errors import ServerBusy, ValidationFailed, error_body
 from flexagents.fields import StrictCharField, StrictIntegerField
+from flexagents.idempotency import idempotent
 from flexagents.params import int_param
 from planner.facets import get_catalog
 from planner.planner import preview_plan
@@ -171,6 +172,7 @@ class RunListCreateApi(FlexApiView):
 
     @extend_schema(request=EnvelopeSerializer, responses={202: RunAcceptedSerializer},
                    summary="Submit a TaskEnvelope")
+    @idempotent
     def post(self, request: Request) -> Response:
         run = services.run_create(user=request.user, envelope=request.data,
                                   correlation_id=getattr(request, "correlation_id", ""))
@@ -322,6 +324,7 @@ class RunCancelApi(FlexApiView):
 
     @extend_schema(request=RunCancelInputSerializer, responses={200: RunSummarySerializer},
                    summary="Cancel a run (409 run_already_completed when terminal)")
+    @idempotent
     def post(self, request: Request, run_id: str) -> Response:
 
         data = request.data if isinstance(request.data, dict) else None
@@ -360,6 +363,7 @@ class RunResumeApi(SseApiView):
                                                                '"lastEventId"}'),
                               (200, "text/event-stream"): OpenApiResponse(description="SSE of the resumed run")},
                    summary="Resume a run (409 on a stale plan version; one of concurrent resumes wins)")
+    @idempotent
     def post(self, request: Request) -> Any:
         serializer = RunResumeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -375,13 +379,16 @@ class RunResumeApi(SseApiView):
             hub.withdraw(admission)
             raise
         run = result.run
+        accepted = {"runId": run.id, "status": run.status, "planVersion": run.plan_version,
+                    "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)}
         if wants_stream:
             # From just before the resume's own events: hitl_resolved, plan_updated, …
-            return sse_response(admission=admission, run_id=run.id, after_seq=result.first_seq - 1,
-                                user=request.user, stop_on_wait=True)
-        return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
-                         "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)},
-                        status=202)
+            response = sse_response(admission=admission, run_id=run.id, after_seq=result.first_seq - 1,
+                                    user=request.user, stop_on_wait=True)
+            # A retry with the same Idempotency-Key gets the JSON form (the stream URL to reconnect to).
+            response.idempotent_record = (202, accepted)  # type: ignore[attr-defined]
+            return response
+        return Response(accepted, status=202)
 
 
 # --- Operations: readiness and metrics (API.md, "Operations") ---------------

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from flexagents.errors import ValidationFailed
 from flexagents.fields import StrictCharField
+from flexagents.idempotency import idempotent
 from flexagents.pagination import KeysetCursorPagination
 from flexagents.redaction import redact
 from hitl import services as hitl_services
@@ -126,6 +127,7 @@ class HitlRespondApi(FlexApiView):
     """POST /api/hitl/respond — append responses without resuming."""
 
     @extend_schema(request=RespondInputSerializer, summary="Append responses to a pending request")
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _parse(RespondInputSerializer, request)
         body = services.hitl_respond(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
@@ -138,6 +140,7 @@ class HitlResumeApi(FlexApiView):
     """POST /api/hitl/resume — answer, resolve the request, resume the run."""
 
     @extend_schema(request=ResumeInputSerializer, summary="Resolve a pending request and resume its run")
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _parse(ResumeInputSerializer, request)
         result = services.hitl_resume(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
@@ -153,6 +156,7 @@ class HitlRemoveApi(FlexApiView):
     """POST /api/hitl/remove — remove the pending request and cancel the run."""
 
     @extend_schema(request=RemoveInputSerializer, summary="Remove a pending request; the run is cancelled")
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _parse(RemoveInputSerializer, request)
         run = services.hitl_remove(user=request.user, run_id=_run_id(request, data),

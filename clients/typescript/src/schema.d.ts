@@ -1063,7 +1063,10 @@ export interface operations {
     hitlRemove: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1076,6 +1079,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1142,7 +1147,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1150,7 +1155,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1178,7 +1183,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1186,7 +1191,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -1195,7 +1200,10 @@ export interface operations {
     hitlRespond: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1208,6 +1216,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1274,7 +1284,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1282,7 +1292,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1310,7 +1320,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1318,7 +1328,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -1327,7 +1337,10 @@ export interface operations {
     hitlResume: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1340,6 +1353,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1406,7 +1421,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1414,7 +1429,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1442,7 +1457,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed`, `hitl_response_required` */
+            /** @description Unprocessable content: `validation_failed`, `hitl_response_required`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1450,7 +1465,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed" | "hitl_response_required";
+                        code?: "validation_failed" | "hitl_response_required" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -1724,7 +1739,10 @@ export interface operations {
     runResume: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1754,6 +1772,8 @@ export interface operations {
             /** @description {"runId", "status", "planVersion", "streamUrl", "lastEventId"} */
             202: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1820,7 +1840,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1828,7 +1848,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1856,7 +1876,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed`, `hitl_response_required` */
+            /** @description Unprocessable content: `validation_failed`, `hitl_response_required`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1864,7 +1884,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed" | "hitl_response_required";
+                        code?: "validation_failed" | "hitl_response_required" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -2113,7 +2133,10 @@ export interface operations {
     runCreate: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2125,6 +2148,8 @@ export interface operations {
         responses: {
             202: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -2191,6 +2216,18 @@ export interface operations {
                     };
                 };
             };
+            /** @description Conflict: `idempotency_in_progress` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "idempotency_in_progress";
+                    };
+                };
+            };
             /** @description Payload too large: `payload_too_large` */
             413: {
                 headers: {
@@ -2215,7 +2252,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract` */
+            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2223,7 +2260,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract";
+                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -2318,7 +2355,10 @@ export interface operations {
     runCancel: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 runId: string;
             };
@@ -2332,6 +2372,8 @@ export interface operations {
         responses: {
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -2398,7 +2440,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `run_already_completed`, `invalid_run_state` */
+            /** @description Conflict: `run_already_completed`, `invalid_run_state`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2406,7 +2448,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "run_already_completed" | "invalid_run_state";
+                        code?: "run_already_completed" | "invalid_run_state" | "idempotency_in_progress";
                     };
                 };
             };
@@ -2434,7 +2476,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2442,7 +2484,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
