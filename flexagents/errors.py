@@ -67,6 +67,21 @@ class Forbidden(FlexError):
     default_message = "Your role does not allow this action."
 
 
+class NotAssignee(Forbidden):
+    code = "not_assignee"
+    default_message = "This request is assigned to other people; only they may answer it."
+
+
+class SelfApprovalForbidden(Forbidden):
+    code = "self_approval_forbidden"
+    default_message = "You created this run, so you may not approve its approval request; someone else must."
+
+
+class PolicyNotFound(NotFound):
+    code = "policy_not_found"
+    default_message = "The run's envelope has no runtime policy with this id."
+
+
 class Conflict(FlexError):
     status_code = 409
     code = "conflict"
@@ -95,6 +110,11 @@ class StaleHitlState(Conflict):
 class HitlRequestNotPending(Conflict):
     code = "hitl_request_not_pending"
     default_message = "This request was already resolved or removed."
+
+
+class AlreadyApproved(Conflict):
+    code = "already_approved"
+    default_message = "You already approved this request; it needs approvals from other people."
 
 
 class MissingSnapshot(Conflict):

@@ -142,6 +142,12 @@ class Run(StatusGuardedModel):
     output = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     pause_reason = models.TextField(blank=True, default="")
+    # created_at + constraints.deadlineSeconds: past it, the sweep of every
+    # worker fails the run (`deadline_exceeded`, runs.governance).
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # Manual policies triggered on an active run, applied by the worker that
+    # drives it at its next step: [{"policyId", "note", "by", "at"}].
+    manual_triggers = models.JSONField(default=list, blank=True)
 
     objects = StatusGuardedQuerySet.as_manager()
 
@@ -155,6 +161,7 @@ class Run(StatusGuardedModel):
             models.Index(fields=["thread_id"], name="run_thread_idx"),
             models.Index(fields=["brief_id"], name="run_brief_idx"),
             models.Index(fields=["-created_at"], name="run_created_idx"),
+            models.Index(fields=["deadline_at"], name="run_deadline_idx"),
         ]
         permissions = [
             ("operate_run", "Can resume, answer and cancel a run"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -17,8 +17,8 @@ from flexagents.errors import (Forbidden, HitlResponseRequired, InvalidRunState,
                                ServerBusy, StalePlanVersion)
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
 from hitl.models import HitlRequest, HitlResponse
-from hitl.presenters import hitl_response_payload
-from hitl.services import (Resolution, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
+from hitl.presenters import approvals_of, hitl_response_payload
+from hitl.services import (Resolution, check_may_answer, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
                            hitl_request_resolve, hitl_requests_remove_pending, hitl_responses_append,
                            hitl_responses_of, validate_responses, validation_error)
 from planner.envelope import validate_envelope
@@ -84,8 +84,10 @@ def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     normalized = validate_envelope(envelope)
     _refuse_past_queue_caps(user)
     metadata = normalized.get("metadata", {})
+    deadline_seconds = normalized.get("constraints", {}).get("deadlineSeconds")
     with transaction.atomic():
         run = Run.objects.create(
+            deadline_at=timezone.now() + timedelta(seconds=deadline_seconds) if deadline_seconds else None,
             objective=normalized["objective"], envelope=normalized, created_by=user,
             thread_id=str(metadata.get("threadId") or "")[:200], brief_id=str(metadata.get("briefId") or "")[:200],
             correlation_id=(str(metadata.get("correlationId") or "")[:200]
@@ -210,6 +212,8 @@ def hitl_respond(*, user: Any, run_id: str, request_id: str, responses: Any,
         items = validate_responses(request=request, responses=answer.responses)
         if not items:
             raise validation_error("Send at least one response.", [{"path": "/responses", "message": "must not be empty"}])
+        check_may_answer(request=request, user=user, items=items, run_created_by_id=run.created_by_id,
+                         existing=existing)
         rows = hitl_responses_append(request=request, items=items, user=user,
                                      display_name=hitl_display_name(user=user, operator=answer.operator))
         run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version,
@@ -294,7 +298,11 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
     events: list[ev.PendingEvent] = []
     resolved: Resolution | None = None
     if request is not None:
-        resolved, events = _resolve(user=user, request=request, answer=answer, now=now)
+        resolved, events = _resolve(user=user, request=request, answer=answer, now=now,
+                                   created_by_id=run.created_by_id)
+        if not resolved.resolution:
+            return _approval_counted(user=user, run=run, request=request, resolved=resolved, events=events,
+                                     answer=answer)
     action = resolved.action if resolved is not None else {"type": "continue"}
     node_id = request.pending_node_id if request is not None else ""
 
@@ -349,15 +357,34 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
                         first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
 
 
-def _resolve(*, user: Any, request: HitlRequest, answer: Answer,
-             now: datetime) -> tuple[Resolution, list[ev.PendingEvent]]:
+def _approval_counted(*, user: Any, run: Run, request: HitlRequest, resolved: Resolution,
+                      events: list[ev.PendingEvent], answer: Answer) -> ResumeResult:
+    """A resume whose approval does not reach the request's quorum yet: the
+    approval is stored (`hitl_update`), the run keeps waiting."""
+    rows = run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version, events=events)
+    approvals = len(approvals_of(resolved.responses))
+    audit_add(run=run, action="hitl_approval_counted", actor=user,
+              details={"requestId": request.id, "approvals": approvals,
+                       "requiredApprovals": request.required_approvals, "note": answer.note,
+                       "responseIds": [r.response_id for r in resolved.new_responses],
+                       "operator": answer.operator_details})
+    return ResumeResult(run=run, request=request, responses=resolved.responses, resolution="",
+                        first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
+
+
+def _resolve(*, user: Any, request: HitlRequest, answer: Answer, now: datetime,
+             created_by_id: Any) -> tuple[Resolution, list[ev.PendingEvent]]:
     """Check and store the answer, resolve the request; its events
     (`hitl_update` per response, then `hitl_resolved`)."""
     existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
     items = validate_responses(request=request, responses=answer.responses)
+    check_may_answer(request=request, user=user, items=items, run_created_by_id=created_by_id,
+                     existing=existing)
     resolved = hitl_request_resolve(request=request, existing=existing, items=items, user=user,
                                     display_name=hitl_display_name(user=user, operator=answer.operator), now=now)
     events = _update_events(request=request, rows=resolved.new_responses, before=len(existing))
+    if not resolved.resolution:
+        return resolved, events  # a quorum still short of approvals
     events.append(ev.event_hitl_resolved(request_id=request.id, resolution=resolved.resolution,
                                          responses=[hitl_response_payload(r) for r in resolved.responses],
                                          node_id=request.pending_node_id))

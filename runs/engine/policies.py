@@ -247,7 +247,7 @@ def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger
         allow_free_form=False, urgency="normal", pending_node_id=node_id, operator_prompt=rationale,
         contract_summary=summary, plan_version=ctx.run.plan_version, source=policy["id"],
         approve_action=_follow_up(action.get("approveAction")), reject_action=_follow_up(action.get("rejectAction")),
-        review=review)
+        review=review, governance={key: action[key] for key in hitl_services.GOVERNANCE_KEYS if key in action})
     step.writes.append(lambda: request.save(force_insert=True))
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
