@@ -281,6 +281,7 @@ FLEX_NOTIFY_POLL_SECONDS = env_float("FLEX_NOTIFY_POLL_SECONDS", 1.0, minimum=0.
 EMAIL_BACKEND = env_str("EMAIL_BACKEND") or "django.core.mail.backends.console.EmailBackend"
 EMAIL_HOST = env_str("EMAIL_HOST") or "localhost"
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH") or str(BASE_DIR / "db" / "emails")  # the file-based backend
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "flexagents@localhost"
 # prometheus-client's multi-process mode reads PROMETHEUS_MULTIPROC_DIR when it
 # is first imported, so it is settled here, before any app loads. Every process

@@ -531,3 +531,7 @@ class HitlRequestAdmin(admin.ModelAdmin):
         """What the request asks a person to approve, redacted (hitl.presenters.review_rows)."""
         return render_to_string("runs/_review.html", {"review": review_rows(obj.review), "request_id": obj.id,
                                                       "kind": obj.kind}) or "—"
+
+
+# Webhook subscriptions and the notification outbox (runs.notification_admin).
+from runs import notification_admin  # noqa: E402,F401

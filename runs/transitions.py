@@ -11,8 +11,10 @@ remove — changes a run and appends its events:
    WHERE id = … AND status IN (expected) [AND lease_token = …] RETURNING
    last_seq`, which also takes the run's row lock, so every writer of the run
    queues behind the others until commit and `seq` has no gap or repeat;
-3. it inserts the events numbered from the returned `last_seq` and
-   schedules their publication for after the commit;
+3. it inserts the events numbered from the returned `last_seq`, their
+   notification outbox rows (`runs.notifications.enqueue`: webhooks and
+   email, nothing for most event types) and schedules their publication
+   for after the commit;
 4. when the row was not in an expected state (or the lease moved on) it
    raises `Fenced`: the caller's transaction rolls back.
 
@@ -33,6 +35,7 @@ from django.db import transaction
 from django.db.models import F, Field, Q
 from django.utils import timezone
 
+from runs import notifications
 from runs.events import PendingEvent, publish_on_commit
 from runs.models import (NODE_TRANSITIONS, RUN_TRANSITIONS, STATUS_WRITER, TERMINAL_STATUSES, NodeRun, Run,
                          RunEvent)
@@ -116,6 +119,7 @@ def run_transition(
         for i, e in enumerate(pending)
     ]
     RunEvent.objects.bulk_create(rows)
+    notifications.enqueue(rows)
     publish_on_commit(rows)
     return rows
 

@@ -23,6 +23,7 @@ from django.db import close_old_connections, connection
 
 from runs import notify
 from runs.engine import lease, loop
+from runs.notifications import Notifier
 from runs.ops import worker_beat
 
 logger = logging.getLogger("runs.engine.worker")
@@ -133,6 +134,7 @@ def drain(*, worker_id: str = "drain", max_steps: int = 1000) -> int:
 
 
 _embedded: list[tuple[Worker, threading.Thread]] = []
+_embedded_notifier: list[Notifier] = []
 _embedded_lock = threading.Lock()
 
 
@@ -144,9 +146,12 @@ def start_embedded_workers_if_configured() -> None:
 
 
 def start_embedded_workers(count: int | None = None) -> list[Worker]:
-    """Worker threads inside this process (idempotent)."""
+    """Worker threads inside this process (idempotent), and the notification
+    deliverer beside them (runs.notifications)."""
     count = settings.FLEX_EMBEDDED_WORKERS if count is None else count
     with _embedded_lock:
+        if count and not _embedded_notifier:
+            _embedded_notifier.append(Notifier().start())
         while len(_embedded) < count:
             worker = Worker(worker_id=new_worker_id("embedded"))
             thread = threading.Thread(target=worker.run_forever, name=f"flex-worker-{len(_embedded)}", daemon=True)
@@ -157,6 +162,9 @@ def start_embedded_workers(count: int | None = None) -> list[Worker]:
 
 def stop_embedded_workers(timeout: float = 10.0) -> None:
     with _embedded_lock:
+        for notifier in _embedded_notifier:
+            notifier.stop()
+        _embedded_notifier.clear()
         for worker, _ in _embedded:
             worker.stop()
         for _, thread in _embedded:
