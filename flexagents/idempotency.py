@@ -51,6 +51,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -138,6 +139,9 @@ def idempotent(handler: Handler) -> Handler:
             if row is not None:
                 if row.fingerprint != fingerprint:
                     raise IdempotencyKeyReused(details={"key": key, "firstPath": row.path})
+                # A replay is JSON, even of a request that asked for an event stream.
+                request.accepted_renderer = JSONRenderer()
+                request.accepted_media_type = "application/json"
                 return _replay(row)
             response = handler(view, request, *args, **kwargs)
             if response.status_code >= 400:

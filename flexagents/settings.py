@@ -273,6 +273,8 @@ FLEX_WEBHOOK_ALLOW_PRIVATE = env_bool("FLEX_WEBHOOK_ALLOW_PRIVATE", False)
 FLEX_NOTIFY_FIRST_RETRY_SECONDS = env_float("FLEX_NOTIFY_FIRST_RETRY_SECONDS", 5.0, minimum=0.01)
 FLEX_NOTIFY_MAX_RETRY_SECONDS = env_float("FLEX_NOTIFY_MAX_RETRY_SECONDS", 3600.0, minimum=0.01)
 FLEX_NOTIFY_GIVE_UP_SECONDS = env_float("FLEX_NOTIFY_GIVE_UP_SECONDS", 24 * 3600.0, minimum=0.1)
+# Delivered and failed notifications (with their attempts) are kept this long.
+FLEX_NOTIFY_KEEP_DAYS = env_int("FLEX_NOTIFY_KEEP_DAYS", 30, minimum=1)
 # Per delivery attempt: connect and read timeout.
 FLEX_WEBHOOK_TIMEOUT_SECONDS = env_float("FLEX_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 # How often a worker looks for due notifications (it is also woken by new ones).

@@ -344,6 +344,20 @@ def deliver_due(*, limit: int = CLAIM_BATCH) -> int:
     return len(rows)
 
 
+def prune_notifications(*, now: datetime | None = None, batch: int = 1000) -> int:
+    """Delete delivered and failed notifications (and their attempts) older
+    than `FLEX_NOTIFY_KEEP_DAYS`; pending ones are never deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.FLEX_NOTIFY_KEEP_DAYS)
+    total = 0
+    while True:
+        ids = list(Notification.objects.filter(created_at__lt=cutoff).exclude(status=NotificationStatus.PENDING)
+                   .values_list("pk", flat=True)[:batch])
+        if not ids:
+            return total
+        Notification.objects.filter(pk__in=ids).delete()
+        total += len(ids)
+
+
 # --- 5. the deliverer thread -----------------------------------------------------------------
 
 _notifiers: list["Notifier"] = []
@@ -356,8 +370,8 @@ def wake_notifiers() -> None:
 
 
 class Notifier:
-    """Delivers due notifications (and prunes expired idempotency keys)
-    until stopped; one per worker process."""
+    """Delivers due notifications until stopped, one per worker process;
+    every minute also prunes expired idempotency keys and old notifications."""
 
     PRUNE_EVERY_SECONDS = 60.0
 
@@ -388,8 +402,9 @@ class Notifier:
         if time.monotonic() - self._last_prune >= self.PRUNE_EVERY_SECONDS:
             self._last_prune = time.monotonic()
             pruned = prune_idempotency_keys()
-            if pruned:
-                logger.info("idempotency keys pruned", extra={"count": pruned})
+            old = prune_notifications()
+            if pruned or old:
+                logger.info("housekeeping", extra={"idempotency_keys_pruned": pruned, "notifications_pruned": old})
 
     def run_forever(self) -> None:
         try:

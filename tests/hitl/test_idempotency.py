@@ -140,3 +140,24 @@ def test_keys_are_pruned_after_24_hours(api_for, operator, awaiting):
     # The key is free again: a new request executes (and is refused as stale: a second answer).
     again = respond(api, awaiting, request.id, [NOTE], key="old")
     assert again.status_code == 409 and again.json()["code"] == "stale_hitl_state"
+
+
+def test_a_streamed_resume_is_replayed_as_its_json_form(api_for, operator, awaiting):
+    api = api_for(operator)
+    body = {"runId": awaiting, "expectedPlanVersion": 1, "responses": [APPROVE]}
+    streamed = api.post("/api/v1/flex/run.resume", body, format="json", HTTP_ACCEPT="text/event-stream",
+                        HTTP_IDEMPOTENCY_KEY="stream-resume")
+    assert streamed.status_code == 200 and streamed["Content-Type"].startswith("text/event-stream")
+    again = api.post("/api/v1/flex/run.resume", body, format="json", HTTP_ACCEPT="text/event-stream",
+                     HTTP_IDEMPOTENCY_KEY="stream-resume")
+    assert again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    replay = again.json()
+    assert replay["runId"] == awaiting and replay["streamUrl"].endswith(f"/runs/{awaiting}/stream")
+    assert replay["lastEventId"].startswith(f"{awaiting}:")
+    assert len(events_of(awaiting, "hitl_resolved")) == 1
+
+
+def test_a_superuser_key_is_not_an_operator_key_and_anonymous_requests_are_refused_first(api_for, awaiting):
+    request = pending_request(awaiting)
+    anonymous = respond(api_for(None), awaiting, request.id, [NOTE], key="k")
+    assert anonymous.status_code == 401 and not IdempotencyKey.objects.exists()

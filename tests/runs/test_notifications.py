@@ -265,3 +265,26 @@ def test_retry_delays_double_with_jitter_and_are_capped(settings):
     assert all(d <= 3600 * 1.2 for d in delays) and delays[-1] >= 3600 * 0.8
     assert len({round(notifications.retry_delay(3), 6) for _ in range(20)}) > 1  # jitter
 
+
+
+def test_old_finished_notifications_are_pruned_and_pending_ones_kept(api_for, client_user, drain, settings):
+    settings.FLEX_NOTIFY_KEEP_DAYS = 30
+    WebhookSubscription.objects.create(url="https://hooks.example.com/a")
+    run_id = submit(api_for(client_user), load_envelope("approval-required"))
+    drain()
+    row = Notification.objects.get(run_id=run_id)
+    assert notifications.prune_notifications(now=timezone.now() + timedelta(days=31)) == 0  # still pending
+    Notification.objects.filter(pk=row.pk).update(status="failed")
+    assert notifications.prune_notifications(now=timezone.now() + timedelta(days=29)) == 0
+    assert notifications.prune_notifications(now=timezone.now() + timedelta(days=31)) == 1
+    assert not Notification.objects.exists()
+
+
+def test_operators_and_support_do_not_manage_webhooks(client, operator, support):
+    for person in (operator, support):
+        client.force_login(person)
+        assert client.get("/admin/runs/webhooksubscription/").status_code == 403
+        assert client.get("/admin/runs/notification/").status_code == 403
+        assert client.post("/admin/runs/webhooksubscription/add/", {"url": "https://x.example.com",
+                                                                    "event_types": ["complete"]}).status_code == 403
+    assert not WebhookSubscription.objects.exists()
