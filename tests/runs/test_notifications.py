@@ -205,6 +205,12 @@ def received(log):
 
 def test_a_private_receiver_is_refused_unless_allowed(api_for, client_user, drain, receiver, settings):
     port, log = receiver
+    from runs import metrics
+
+    def counted(outcome):
+        return metrics.NOTIFICATION_ATTEMPTS.labels(channel="webhook", outcome=outcome)._value.get()
+
+    refused_before, delivered_before = counted("refused"), counted("delivered")
     settings.FLEX_WEBHOOK_ALLOW_PRIVATE = False
     subscription = WebhookSubscription.objects.create(url=f"http://127.0.0.1:{port}/hook", event_types=["hitl_request"])
     run_id = submit(api_for(client_user), load_envelope("approval-required"))
@@ -222,6 +228,7 @@ def test_a_private_receiver_is_refused_unless_allowed(api_for, client_user, drai
     assert row.status == "delivered" and row.attempts == 2
     (got,) = received(log)
     assert Webhook(subscription.secret).verify(got["body"], got["headers"])["data"]["runId"] == run_id
+    assert (counted("refused") - refused_before, counted("delivered") - delivered_before) == (1, 1)
     headers = {k.lower(): v for k, v in got["headers"].items()}
     assert headers["webhook-id"] == row.id and headers["host"] == f"127.0.0.1:{port}"
 
