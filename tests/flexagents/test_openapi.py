@@ -49,7 +49,7 @@ def api_paths() -> set[str]:
             if isinstance(pattern, URLResolver):
                 walk(pattern.url_patterns, route)
             elif isinstance(pattern, URLPattern) and (route.startswith("api/") or "/" + route in PROBES):
-                found.add("/" + route.replace("<str:run_id>", "{runId}"))
+                found.add("/" + route.replace("<str:run_id>", "{runId}").replace("<str:policy_id>", "{policyId}"))
 
     walk(get_resolver().url_patterns, "")
     return found - SCHEMA_PATHS_NOT_DESCRIBED
