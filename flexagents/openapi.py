@@ -521,6 +521,8 @@ _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
                          "schema": _WHEN},
         "createdBefore": {"description": "Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day",
                           "schema": _WHEN},
+        "assignedTo": {"description": "`me`: runs with a pending HITL request assigned to you (by user or group)",
+                       "schema": {"type": "string", "enum": ["me"]}},
         "pending": {"description": "Runs with (`yes`) or without (`no`) a pending HITL request",
                     "schema": {"type": "string", "enum": ["yes", "no"]}},
         "q": {"description": "Text in the objective", "schema": {"type": "string", "maxLength": 200}},

@@ -105,7 +105,11 @@ def requests_visible_to(*, user: Any) -> QuerySet[HitlRequest]:
     return qs
 
 
-def inbox_requests(*, user: Any, limit: int = 200) -> list[HitlRequest]:
-    """Pending requests, most urgent first, then oldest (hitl_inbox_idx)."""
-    return list(requests_visible_to(user=user).filter(status=HitlStatus.PENDING)
-                .select_related("run").order_by("urgency_rank", "created_at", "id")[:limit])
+def inbox_requests(*, user: Any, limit: int = 200, assigned_to_me: bool = False) -> list[HitlRequest]:
+    """Pending requests, most urgent first, then oldest (hitl_inbox_idx);
+    `assigned_to_me`: only those assigned to the user (by user or group)."""
+    qs = requests_visible_to(user=user).filter(status=HitlStatus.PENDING)
+    if assigned_to_me:
+        qs = qs.filter(assigned_to(user))
+    return list(qs.select_related("run").prefetch_related("responses")
+                .order_by("urgency_rank", "created_at", "id")[:limit])
