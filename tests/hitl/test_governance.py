@@ -18,8 +18,12 @@ pytestmark = pytest.mark.django_db
 
 
 def governed(**rules: Any) -> dict[str, Any]:
+    """The example approval, without its `allowSelfApproval` (the default:
+    the creator may not approve), with `rules` added."""
     envelope = load_envelope("approval-required")
-    envelope["policies"]["runtime"][0]["action"].update(rules)
+    action = envelope["policies"]["runtime"][0]["action"]
+    action.pop("allowSelfApproval")
+    action.update(rules)
     return envelope
 
 

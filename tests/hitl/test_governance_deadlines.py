@@ -34,7 +34,7 @@ def bob(make_user):
 
 def waiting(api_for: Any, owner: Any, drain: Any, **rules: Any) -> tuple[str, HitlRequest]:
     envelope = load_envelope("approval-required")
-    envelope["policies"]["runtime"][0]["action"].update(rules)
+    envelope["policies"]["runtime"][0]["action"].update({"allowSelfApproval": False, **rules})
     run_id = submit(api_for(owner), envelope)
     drain()
     assert Run.objects.get(pk=run_id).status == "awaiting_hitl"

@@ -26,7 +26,7 @@ MANUAL_FAIL = {"id": "stop-now", "trigger": {"kind": "manual"}, "action": {"type
 
 def approval_run(user: Any, drain: Any, **rules: Any) -> Run:
     envelope = load_envelope("approval-required")
-    envelope["policies"]["runtime"][0]["action"].update(rules)
+    envelope["policies"]["runtime"][0]["action"].update({"allowSelfApproval": False, **rules})
     envelope["policies"]["runtime"].append(MANUAL_FAIL)
     run = run_create(user=user, envelope=envelope)
     drain()
