@@ -272,7 +272,12 @@ def event_summary(frame: dict[str, Any]) -> str:
     if kind == "hitl_update":
         return f"{p.get('requestId')} response #{p.get('responseCount')}: {(p.get('response') or {}).get('responseType')}"
     if kind == "hitl_resolved":
+        applied = p.get("appliedAction")
+        if isinstance(applied, dict):
+            return f"{p.get('requestId')} timed out: the system applied {timeout_text(applied)}"
         return f"{p.get('requestId')} {p.get('resolution')}"
+    if kind == "hitl_escalated":
+        return f"{p.get('requestId')} escalated to {people_text(p.get('escalateTo'))}; urgency {p.get('urgency')}"
     if kind == "plan_updated":
         return f"plan v{p.get('previousVersion')} → v{p.get('version')} ({p.get('reason')})"
     if kind == "plan_generated":
