@@ -61,6 +61,9 @@ class HitlRequest(models.Model):
     # Who may answer: {"users": [usernames], "groups": [group names]}; empty =
     # anyone who may operate the run. Escalation adds `escalate_to` to it.
     assignees = models.JSONField(default=dict, blank=True)
+    # The same as "|u:ana|g:legal|", for the inbox filter "assigned to me"
+    # (a LIKE that works on every database; `assignee_keys_for`).
+    assignee_keys = models.TextField(blank=True, default="")
     required_approvals = models.PositiveSmallIntegerField(default=1)
     allow_self_approval = models.BooleanField(default=False)
     # Deadlines, applied by the sweep of every worker (runs.governance) with
@@ -91,6 +94,13 @@ class HitlRequest(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status == HitlStatus.PENDING
+
+
+def assignee_keys_for(assignees: dict[str, list[str]] | None) -> str:
+    """`HitlRequest.assignee_keys` of an assignee set."""
+    value = assignees or {}
+    keys = [f"u:{name}" for name in value.get("users") or []] + [f"g:{name}" for name in value.get("groups") or []]
+    return f"|{'|'.join(keys)}|" if keys else ""
 
 
 class HitlResponseType(models.TextChoices):

@@ -15,7 +15,7 @@ from django.utils import timezone
 from flexagents.dates import iso_or_none
 from flexagents.errors import (AlreadyApproved, HitlRequestNotFound, HitlRequestNotPending, HitlResponseRequired,
                                NotAssignee, SelfApprovalForbidden, StaleHitlState, ValidationFailed)
-from hitl.models import URGENCY_RANK, HitlKind, HitlRequest, HitlResponse, HitlStatus
+from hitl.models import URGENCY_RANK, HitlKind, assignee_keys_for, HitlRequest, HitlResponse, HitlStatus
 # The one presenter (redacted); re-exported because every surface imports it from here.
 from hitl.presenters import (HitlResponsePayload, approvals_of, hitl_request_payload,  # noqa: F401
                              hitl_response_payload)
@@ -93,7 +93,8 @@ def hitl_request_build(*, run: RunRef, kind: str, question: str, options: list[d
         plan_version=plan_version,
         source=source, approve_action=approve_action, reject_action=reject_action, thread_id=run.thread_id,
         brief_id=run.brief_id, created_at=created_at,
-        assignees=_people(rules.get("assignees")), required_approvals=int(rules.get("requiredApprovals") or 1),
+        assignees=_people(rules.get("assignees")), assignee_keys=assignee_keys_for(_people(rules.get("assignees"))),
+        required_approvals=int(rules.get("requiredApprovals") or 1),
         allow_self_approval=bool(rules.get("allowSelfApproval", False)),
         due_at=created_at + timedelta(seconds=timeout) if timeout else None,
         on_timeout=dict(rules["onTimeout"]) if rules.get("onTimeout") else None,
@@ -410,6 +411,42 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
                       action=_follow_up_for(request, resolution), follow_up=hitl_follow_up_payload(request=request))
 
 
+def hitl_request_time_out(*, request: HitlRequest, now: datetime) -> Resolution | None:
+    """Resolve a pending request whose `due_at` passed with its `onTimeout`
+    action (none: reject), in the caller's transaction. A conditional UPDATE
+    (still pending, still due): of several sweepers exactly one gets the
+    request, the others get None. `onTimeout` `option` stores the chosen
+    option as a response by the system, so the record shows it.
+
+    The result's `action` is what happens to the run: the request's
+    `approveAction` / `rejectAction` for a verdict, `{"type": "fail"}` for
+    `fail` and `{"type": "cancel"}` for `cancel`."""
+    applied: dict[str, Any] = dict(request.on_timeout or {"type": "reject"})
+    won = HitlRequest.objects.filter(pk=request.pk, status=HitlStatus.PENDING, due_at__lte=now).update(
+        status=HitlStatus.RESOLVED, resolution="timed_out", resolved_at=now, applied_action=applied)
+    if won != 1:
+        return None
+    request.status, request.resolution, request.resolved_at = HitlStatus.RESOLVED, "timed_out", now
+    request.applied_action = applied
+    rows: list[HitlResponse] = []
+    if applied["type"] == "option":
+        rows = hitl_responses_append(request=request, items=[{
+            "responseType": "option", "selectedOptionId": applied.get("optionId"),
+            "metadata": {"timedOut": True}}], user=None, display_name="system")
+    verdict = verdict_of(request)
+    if verdict:
+        action = _follow_up_for(request, verdict)
+    elif applied["type"] == "cancel":
+        action = {"type": "cancel"}
+    elif request.kind == HitlKind.CLARIFY and applied["type"] == "option":
+        action = {"type": "continue"}
+    else:
+        action = {"type": "fail"}
+    responses = list(request.responses.all())
+    return Resolution(resolution="timed_out", new_responses=rows, responses=responses, action=action,
+                      follow_up=hitl_follow_up_payload(request=request))
+
+
 def hitl_requests_remove_pending(*, run_id: str, reason: str = "") -> list[RemovedRequest]:
     """Mark a run's pending requests removed (the run is being cancelled).
     Returns what each `hitl_resolved` event says; the caller emits them."""
@@ -434,13 +471,30 @@ def _follow_up_for(request: HitlRequest, resolution: str) -> dict[str, Any]:
     return dict(request.reject_action or {"type": "fail"})
 
 
+def verdict_of(request: HitlRequest) -> str:
+    """`approved` / `rejected` for an approval decided by a person, or by the
+    system at its deadline (`onTimeout` approve, reject or option
+    approve/reject); "" otherwise."""
+    if request.resolution in ("approved", "rejected"):
+        return request.resolution
+    if request.resolution == "timed_out" and isinstance(request.applied_action, dict):
+        kind = request.applied_action.get("type")
+        option = request.applied_action.get("optionId")
+        if kind == "approve" or (kind == "option" and option == "approve"):
+            return "approved"
+        if kind == "reject" or (kind == "option" and option == "reject"):
+            return "rejected"
+    return ""
+
+
 def hitl_follow_up_payload(*, request: HitlRequest) -> FollowUp | None:
     """The `policy_triggered` payload of the follow-up a resolved approval
     applies when its policy set one (`approveAction` / `rejectAction`);
     None when the default applies (seed 8.5 AC1)."""
-    if request.kind != HitlKind.APPROVAL or request.resolution not in ("approved", "rejected"):
+    verdict = verdict_of(request)
+    if request.kind != HitlKind.APPROVAL or not verdict:
         return None
-    approved = request.resolution == "approved"
+    approved = verdict == "approved"
     action = request.approve_action if approved else request.reject_action
     if not action:
         return None

@@ -339,6 +339,47 @@ class RunCancelApi(FlexApiView):
         return Response(run_summary(run_id=run.id))
 
 
+class PolicyTriggerInputSerializer(serializers.Serializer):
+    note = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field; the body takes only 'note'."]
+                                               for name in unknown})
+        return attrs
+
+
+class PolicyTriggerResultSerializer(serializers.Serializer):
+    runId = serializers.CharField()
+    policyId = serializers.CharField()
+    triggerId = serializers.CharField()
+    state = serializers.ChoiceField(choices=["queued", "applied"])
+    status = serializers.CharField()
+    streamUrl = serializers.CharField()
+
+
+class PolicyTriggerApi(FlexApiView):
+    """POST /api/v1/flex/runs/{runId}/policies/{policyId}/trigger — fire a
+    `manual` runtime policy (operators and the run's owner)."""
+
+    @extend_schema(request=PolicyTriggerInputSerializer, responses={202: PolicyTriggerResultSerializer},
+                   summary="Trigger a manual runtime policy of a run")
+    @idempotent
+    def post(self, request: Request, run_id: str, policy_id: str) -> Response:
+        data = request.data if isinstance(request.data, dict) else None
+        if data is None:
+            raise ValidationFailed("The body must be a JSON object.",
+                                   details={"errors": [{"path": "/", "message": "expected an object"}]})
+        serializer = PolicyTriggerInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        result = services.policy_trigger(user=request.user, run_id=run_id, policy_id=policy_id,
+                                         note=serializer.validated_data["note"])
+        return Response({"runId": result.run.id, "policyId": result.policy_id, "triggerId": result.trigger_id,
+                         "state": result.state, "status": result.run.status,
+                         "streamUrl": f"/api/v1/flex/runs/{result.run.id}/stream"}, status=202)
+
+
 class RunResumeInputSerializer(serializers.Serializer):
     runId = StrictCharField(max_length=40)
     expectedPlanVersion = StrictIntegerField(min_value=0)

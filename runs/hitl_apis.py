@@ -94,6 +94,9 @@ class HitlPendingApi(FlexApiView):
                                OpenApiParameter("urgency", str, enum=list(HitlUrgency.values), required=False),
                                OpenApiParameter("threadId", str, required=False),
                                OpenApiParameter("briefId", str, required=False),
+                               OpenApiParameter("assignedTo", str, enum=["me"], required=False,
+                                                description="`me`: only requests assigned to you (by user "
+                                                            "or group)"),
                                OpenApiParameter("cursor", str, required=False),
                                OpenApiParameter("limit", int, required=False)])
     def get(self, request: Request) -> Response:
@@ -103,10 +106,13 @@ class HitlPendingApi(FlexApiView):
             errors.append({"path": "/kind", "message": f"expected one of {', '.join(HitlKind.values)}"})
         if params.get("urgency") and params["urgency"] not in HitlUrgency.values:
             errors.append({"path": "/urgency", "message": f"expected one of {', '.join(HitlUrgency.values)}"})
+        if params.get("assignedTo") not in (None, "", "me"):
+            errors.append({"path": "/assignedTo", "message": "expected 'me'"})
         if errors:
             raise ValidationFailed("Some query parameters are not valid.", details={"errors": errors})
         qs = hitl_pending_for_user(user=request.user, kind=params.get("kind"), urgency=params.get("urgency"),
-                                   thread_id=params.get("threadId"), brief_id=params.get("briefId"))
+                                   thread_id=params.get("threadId"), brief_id=params.get("briefId"),
+                                   assigned_to_me=params.get("assignedTo") == "me")
         paginator = PendingPagination()
         page = paginator.paginate_queryset(qs, request)
         return paginator.get_paginated_response([_pending_entry(r) for r in page])

@@ -413,8 +413,11 @@ class Notification(models.Model):
 
     id = models.CharField(primary_key=True, max_length=40)
     channel = models.CharField(max_length=10, choices=NotificationChannel.choices)
+    # No database constraint: a subscription deleted while an event is being
+    # written must not fail the run's transaction (deliver() skips the row;
+    # the ORM's cascade deletes the rest).
     subscription = models.ForeignKey(WebhookSubscription, null=True, blank=True, on_delete=models.CASCADE,
-                                     related_name="notifications")
+                                     related_name="notifications", db_constraint=False)
     recipients = models.JSONField(default=list, blank=True)  # email addresses (channel email)
     run_id = models.CharField(max_length=40, db_index=True)
     event_type = models.CharField(max_length=40)

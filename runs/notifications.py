@@ -7,9 +7,10 @@
    event), and one email row per `hitl_request` / `hitl_escalated` whose
    assignees (or escalation targets) have an email address. A rolled-back
    transaction leaves no notification; a committed event always has its
-   rows. Events of other types cost nothing; the active subscriptions are
-   cached per process (invalidated at once in the process that changes
-   them, after `SUBSCRIPTION_CACHE_SECONDS` elsewhere).
+   rows. Events of other types cost nothing; that there is no active
+   subscription is cached per process (invalidated at once in the process
+   that adds one, after `SUBSCRIPTION_CACHE_SECONDS` elsewhere); when there
+   are some, they are read in the event's transaction.
 2. **Redacted once.** The message body is the event as SSE shows it
    (`runs.events.event_frame`: the same redaction), wrapped as
    `{"type", "timestamp", "data"}`; no secret is ever stored in the outbox.
@@ -70,14 +71,22 @@ _cache_lock = threading.Lock()
 _cache: dict[str, Any] = {"at": float("-inf"), "subscriptions": []}
 
 
+def _read_subscriptions() -> list[tuple[int, frozenset[str]]]:
+    return [(pk, frozenset(types or [])) for pk, types in
+            WebhookSubscription.objects.filter(active=True).values_list("pk", "event_types")]
+
+
 def active_subscriptions() -> list[tuple[int, frozenset[str]]]:
-    """(id, event types) of the active subscriptions, cached briefly."""
+    """(id, event types) of the active subscriptions. The cache only answers
+    "there are none" (the common case costs no query); when there are some,
+    they are read in the caller's transaction, so a subscription deleted or
+    disabled a moment ago in another process gets no row."""
     now = time.monotonic()
     with _cache_lock:
-        if now - _cache["at"] < SUBSCRIPTION_CACHE_SECONDS:
-            return list(_cache["subscriptions"])
-    rows = [(pk, frozenset(types or [])) for pk, types in
-            WebhookSubscription.objects.filter(active=True).values_list("pk", "event_types")]
+        fresh = now - _cache["at"] < SUBSCRIPTION_CACHE_SECONDS
+        if fresh and not _cache["subscriptions"]:
+            return []
+    rows = _read_subscriptions()
     with _cache_lock:
         _cache.update(at=now, subscriptions=rows)
     return rows

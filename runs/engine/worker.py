@@ -2,7 +2,9 @@
 `manage.py flex_worker` process. Both run the same `Worker.run_forever` loop:
 
 1. claim a run: a queued one, or — at most every `FLEX_SWEEP_SECONDS` — one
-   whose lease expired (the takeover "sweep");
+   whose lease expired (the takeover "sweep"); the sweep also applies the
+   HITL escalations and timeouts and the run deadlines that are due
+   (`runs.governance`);
 2. advance it with a heartbeat thread renewing the lease;
 3. let go of it when it waits for a person or is terminal;
 4. when idle, sleep until woken (a run was queued in this process, or a
@@ -21,7 +23,7 @@ import weakref
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from runs import notify
+from runs import governance, notify
 from runs.engine import lease, loop
 from runs.notifications import Notifier
 from runs.ops import worker_beat
@@ -75,6 +77,9 @@ class Worker:
         sweep = now - self._last_sweep >= self.sweep_seconds
         if sweep:
             self._last_sweep = now
+            # Deadlines and escalations (state in the database; each applied
+            # once whatever the number of workers sweeping).
+            governance.sweep()
         claim = lease.claim_next(worker_id=self.worker_id, sweep=sweep)
         if claim is None:
             return False

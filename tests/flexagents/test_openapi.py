@@ -49,7 +49,7 @@ def api_paths() -> set[str]:
             if isinstance(pattern, URLResolver):
                 walk(pattern.url_patterns, route)
             elif isinstance(pattern, URLPattern) and (route.startswith("api/") or "/" + route in PROBES):
-                found.add("/" + route.replace("<str:run_id>", "{runId}"))
+                found.add("/" + route.replace("<str:run_id>", "{runId}").replace("<str:policy_id>", "{policyId}"))
 
     walk(get_resolver().url_patterns, "")
     return found - SCHEMA_PATHS_NOT_DESCRIBED
@@ -99,7 +99,7 @@ def test_no_operation_offers_the_format_parameter(schema):
 
 IDEMPOTENT = {("post", "/api/v1/flex/runs"), ("post", "/api/v1/flex/runs/{runId}/cancel"),
               ("post", "/api/v1/flex/run.resume"), ("post", "/api/hitl/respond"), ("post", "/api/hitl/resume"),
-              ("post", "/api/hitl/remove")}
+              ("post", "/api/hitl/remove"), ("post", "/api/v1/flex/runs/{runId}/policies/{policyId}/trigger")}
 
 
 def test_the_idempotent_operations_declare_the_key_its_errors_and_the_replay_header(schema):

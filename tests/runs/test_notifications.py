@@ -295,3 +295,15 @@ def test_operators_and_support_do_not_manage_webhooks(client, operator, support)
         assert client.post("/admin/runs/webhooksubscription/add/", {"url": "https://x.example.com",
                                                                     "event_types": ["complete"]}).status_code == 403
     assert not WebhookSubscription.objects.exists()
+
+
+def test_a_subscription_deleted_by_another_process_never_fails_a_run(api_for, client_user, drain):
+    from django.db import connection
+
+    subscription = WebhookSubscription.objects.create(url="https://hooks.example.com/a")
+    assert notifications.active_subscriptions()  # cached here
+    with connection.cursor() as cursor:  # another process deletes it (no signal reaches this one)
+        cursor.execute("DELETE FROM runs_webhooksubscription WHERE id = %s", [subscription.pk])
+    run_id = submit(api_for(client_user), load_envelope("approval-required"))
+    drain()
+    assert pending_request(run_id) and not Notification.objects.exists()

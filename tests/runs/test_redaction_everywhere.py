@@ -466,3 +466,58 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
     # Stored rows keep the real values (capabilities and clarifications need them).
     assert HitlResponse.objects.filter(run_id=approved, freeform_text__contains="hunter2-answer-606").exists()
     assert HitlRequest.objects.get(pk=request_id).review["qa_report"]["reviewerNote"] == "internal-note-404"
+
+
+# Planted in what the governance surfaces carry: a manual trigger's note (API
+# and console) and a manual policy's failure message.
+GOVERNANCE_SECRETS = {
+    "trigger note token": "abc-trigger-515",
+    "manual fail message password": "hunter2-stop-616",
+    "console trigger note apiKey": "sk-console-717",
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_governance_surfaces_are_redacted(json_log, api_for, client_user, operator, drain):
+    from django.test import Client
+
+    envelope = load_envelope("approval-required")
+    envelope["policies"]["runtime"][0]["action"].update({"timeoutSeconds": 3600, "escalateAfterSeconds": 600,
+                                                         "escalateTo": {"users": ["olivia"]}})
+    envelope["policies"]["runtime"].append({"id": "stop-now", "trigger": {"kind": "manual"}, "action": {
+        "type": "fail", "message": "Stopped; the vault password=hunter2-stop-616"}})
+    owner = api_for(client_user)
+    stopped = owner.post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    console_run = owner.post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    drain()
+    shown: dict[str, str] = {}
+    trigger = api_for(operator).post(f"/api/v1/flex/runs/{stopped}/policies/stop-now/trigger",
+                                     {"note": "asked by ops, token=abc-trigger-515"}, format="json")
+    assert trigger.status_code == 202, trigger.content
+    shown["trigger body"] = trigger.content.decode()
+    browser = Client()
+    browser.force_login(operator)
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    pressed = browser.post(reverse("admin:runs_run_trigger", args=[quote(console_run)]),
+                           {"policy_id": "stop-now", "note": "apiKey: sk-console-717"}, follow=True)
+    shown["console after trigger"] = pressed.content.decode()
+    for run_id in (stopped, console_run):
+        assert Run.objects.get(pk=run_id).status == "failed"
+        for person in (client_user, operator):
+            api = api_for(person)
+            shown[f"debug {run_id} as {person.username}"] = api.get(f"/api/v1/flex/runs/{run_id}").content.decode()
+            shown[f"events {run_id} as {person.username}"] = api.get(
+                f"/api/v1/flex/runs/{run_id}/events").content.decode()
+        shown[f"console {run_id}"] = browser.get(reverse("admin:runs_run_change", args=[quote(run_id)])).content.decode()
+        shown[f"history {run_id}"] = browser.get(f"/runs/{run_id}/").content.decode()
+    shown["logs"] = json_log.getvalue()
+
+    leaks = {name: [k for k, v in GOVERNANCE_SECRETS.items() if v in text] for name, text in shown.items()}
+    assert {name: found for name, found in leaks.items() if found} == {}
+    # The surfaces did show them, redacted.
+    debug = json.loads(shown[f"debug {stopped} as olivia"])
+    audit = next(a for a in debug["audit"] if a["action"] == "policy_triggered_manually")
+    assert audit["details"]["note"] == "asked by ops, token=[redacted]"
+    assert "Stopped; the vault password=[redacted]" in shown[f"events {stopped} as olivia"]

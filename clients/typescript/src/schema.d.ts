@@ -306,6 +306,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/flex/runs/{runId}/policies/{policyId}/trigger": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Trigger a manual runtime policy of a run
+         * @description POST /api/v1/flex/runs/{runId}/policies/{policyId}/trigger — fire a
+         *     `manual` runtime policy (operators and the run's owner).
+         */
+        post: operations["policyTrigger"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/flex/runs/{runId}/stream": {
         parameters: {
             query?: never;
@@ -372,6 +393,18 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        PolicyTriggerInputRequest: {
+            /** @default  */
+            note: string;
+        };
+        PolicyTriggerResult: {
+            runId: string;
+            policyId: string;
+            triggerId: string;
+            state: components["schemas"]["StateEnum"];
+            status: string;
+            streamUrl: string;
+        };
         Ready: {
             status: string;
             checks: {
@@ -464,6 +497,12 @@ export interface components {
             createdBy: string | null;
             pendingRequestId: string | null;
         };
+        /**
+         * @description * `queued` - queued
+         *     * `applied` - applied
+         * @enum {string}
+         */
+        StateEnum: "queued" | "applied";
         StreamTicket: {
             ticket: string;
             /** Format: date-time */
@@ -511,6 +550,23 @@ export interface components {
                 rationale?: string;
                 approveAction?: components["schemas"]["TaskEnvelopeFollowUp"];
                 rejectAction?: components["schemas"]["TaskEnvelopeFollowUp"];
+                assignees?: {
+                    users?: string[];
+                    groups?: string[];
+                };
+                requiredApprovals?: number;
+                allowSelfApproval?: boolean;
+                timeoutSeconds?: number;
+                onTimeout?: {
+                    /** @enum {unknown} */
+                    type: "approve" | "reject" | "fail" | "cancel" | "option";
+                    optionId?: string;
+                };
+                escalateAfterSeconds?: number;
+                escalateTo?: {
+                    users?: string[];
+                    groups?: string[];
+                };
             } | {
                 /** @enum {unknown} */
                 type: "replan";
@@ -897,6 +953,37 @@ export interface components {
             /** Format: date-time */
             createdAt: string;
             responses: components["schemas"]["HitlResponse"][];
+            assignees?: {
+                users?: string[];
+                groups?: string[];
+            };
+            requiredApprovals?: number;
+            approvals?: {
+                responseId: string;
+                responderId: string | null;
+                responderDisplayName: string;
+                /** Format: date-time */
+                approvedAt: string;
+            }[];
+            approvalsNeeded?: number;
+            allowSelfApproval?: boolean;
+            /** Format: date-time */
+            dueAt?: string | null;
+            /** Format: date-time */
+            escalateAt?: string | null;
+            escalated?: boolean;
+            /** Format: date-time */
+            escalatedAt?: string | null;
+            escalateTo?: {
+                users?: string[];
+                groups?: string[];
+            };
+            onTimeout?: {
+                [key: string]: unknown;
+            } | null;
+            appliedAction?: {
+                [key: string]: unknown;
+            } | null;
         } & {
             [key: string]: unknown;
         };
@@ -988,6 +1075,8 @@ export interface operations {
     hitlPending: {
         parameters: {
             query?: {
+                /** @description `me`: only requests assigned to you (by user or group) */
+                assignedTo?: "me";
                 briefId?: string;
                 cursor?: string;
                 kind?: "approval" | "clarify";
@@ -1111,7 +1200,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1119,7 +1208,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1147,7 +1236,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `idempotency_in_progress` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1155,7 +1244,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "idempotency_in_progress";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1248,7 +1337,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1256,7 +1345,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1284,7 +1373,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `idempotency_in_progress` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1292,7 +1381,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "idempotency_in_progress";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1385,7 +1474,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1393,7 +1482,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1421,7 +1510,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1429,7 +1518,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1804,7 +1893,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1812,7 +1901,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1840,7 +1929,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1848,7 +1937,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
                     };
                 };
             };
@@ -2573,6 +2662,145 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
                         code?: "throttled";
+                    };
+                };
+            };
+        };
+    };
+    policyTrigger: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                policyId: string;
+                runId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PolicyTriggerInputRequest"];
+            };
+        };
+        responses: {
+            202: {
+                headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PolicyTriggerResult"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found`, `policy_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found" | "policy_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `invalid_run_state`, `idempotency_in_progress` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "invalid_run_state" | "idempotency_in_progress";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
