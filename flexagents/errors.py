@@ -67,6 +67,21 @@ class Forbidden(FlexError):
     default_message = "Your role does not allow this action."
 
 
+class NotAssignee(Forbidden):
+    code = "not_assignee"
+    default_message = "This request is assigned to other people; only they may answer it."
+
+
+class SelfApprovalForbidden(Forbidden):
+    code = "self_approval_forbidden"
+    default_message = "You created this run, so you may not approve its approval request; someone else must."
+
+
+class PolicyNotFound(NotFound):
+    code = "policy_not_found"
+    default_message = "The run's envelope has no runtime policy with this id."
+
+
 class Conflict(FlexError):
     status_code = 409
     code = "conflict"
@@ -95,6 +110,11 @@ class StaleHitlState(Conflict):
 class HitlRequestNotPending(Conflict):
     code = "hitl_request_not_pending"
     default_message = "This request was already resolved or removed."
+
+
+class AlreadyApproved(Conflict):
+    code = "already_approved"
+    default_message = "You already approved this request; it needs approvals from other people."
 
 
 class MissingSnapshot(Conflict):
@@ -130,6 +150,21 @@ class InvalidOutputContract(Unprocessable):
 class HitlResponseRequired(Unprocessable):
     code = "hitl_response_required"
     default_message = "The pending request must be resolved by the responses in this body."
+
+
+class IdempotencyKeyInvalid(Unprocessable):
+    code = "idempotency_key_invalid"
+    default_message = "The Idempotency-Key header must be 1-255 printable ASCII characters."
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "idempotency_key_reused"
+    default_message = "This Idempotency-Key was already used with a different request."
+
+
+class IdempotencyInProgress(Conflict):
+    code = "idempotency_in_progress"
+    default_message = "A request with this Idempotency-Key is still being processed; retry shortly."
 
 
 class ServerBusy(FlexError):

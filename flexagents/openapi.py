@@ -186,6 +186,7 @@ _BOOL = {"type": "boolean"}
 _TIME = {"type": "string", "format": "date-time"}
 _ANY_OBJECT = {"type": "object", "additionalProperties": True}
 _STRS = {"type": "array", "items": _STR}
+_PEOPLE = {"type": "object", "properties": {"users": _STRS, "groups": _STRS}, "additionalProperties": False}
 _NEXT = {"type": "string", "format": "uri", "nullable": True, "description": "The next page, or null"}
 _RUN_STATUS = {"type": "string", "enum": ["queued", "planning", "running", "awaiting_hitl", "paused", "completed",
                                           "failed", "cancelled"]}
@@ -278,6 +279,13 @@ COMPONENTS: dict[str, Any] = {
         "review": _nullable(_ANY_OBJECT), "planVersion": _INT,
         "status": {"type": "string", "enum": ["pending", "resolved", "removed"]}, "createdAt": _TIME,
         "responses": {"type": "array", "items": _ref("HitlResponse")},
+        # Governance (docs/hitl.md, "Governing human decisions").
+        "assignees": _PEOPLE, "requiredApprovals": _INT,
+        "approvals": {"type": "array", "items": _obj({"responseId": _STR, "responderId": _nullable(_STR),
+                                                      "responderDisplayName": _STR, "approvedAt": _TIME})},
+        "approvalsNeeded": _INT, "allowSelfApproval": _BOOL, "dueAt": _nullable(_TIME),
+        "escalateAt": _nullable(_TIME), "escalated": _BOOL, "escalatedAt": _nullable(_TIME),
+        "escalateTo": _PEOPLE, "onTimeout": _nullable(_ANY_OBJECT), "appliedAction": _nullable(_ANY_OBJECT),
     }, required=["requestId", "runId", "kind", "question", "options", "allowFreeForm", "urgency", "planVersion",
                  "status", "createdAt", "responses"], additionalProperties=True),
     "HitlPendingList": _obj({"runs": {"type": "array", "items": _obj({
@@ -315,7 +323,9 @@ _BODY = {400: ["malformed_json"], 403: ["permission_denied"], 413: ["payload_too
 _ENVELOPE = {422: ["unknown_facet", "unknown_capability", "invalid_output_contract"]}
 _RUN_404 = {404: ["run_not_found"]}
 _QUERY = {422: ["validation_failed"]}
-_HITL_409 = {409: ["invalid_run_state", "run_already_completed", "stale_hitl_state", "hitl_request_not_pending"]}
+_HITL_409 = {409: ["invalid_run_state", "run_already_completed", "stale_hitl_state", "hitl_request_not_pending",
+                   "already_approved"],
+             403: ["not_assignee", "self_approval_forbidden"]}
 
 
 class Op:
@@ -358,6 +368,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "runResume", _AUTH, _FLEX, _BODY, _RUN_404, {404: ["hitl_request_not_found"]}, _HITL_409,
         {409: ["stale_plan_version", "missing_snapshot"], 422: ["hitl_response_required"], 503: ["server_busy"]},
         ok=(202, "RunResumeAccepted"), sse=200),
+    ("/api/v1/flex/runs/{runId}/policies/{policyId}/trigger", "post"): Op(
+        "policyTrigger", _AUTH, _FLEX, _BODY, _RUN_404, {404: ["policy_not_found"], 409: ["invalid_run_state"]}),
     ("/api/hitl/pending", "get"): Op("hitlPending", _AUTH, _FLEX, _QUERY, ok=(200, "HitlPendingList")),
     ("/api/hitl/respond", "post"): Op("hitlRespond", _AUTH, _FLEX, _BODY, _RUN_404,
                                       {404: ["hitl_request_not_found"]}, _HITL_409, ok=(200, "HitlRespondResult")),
@@ -384,7 +396,7 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "S
 
 # Request bodies of the DRF serializers: unknown keys are refused (the
 # serializers say so in code), `responses` items are HitlResponseInput.
-_STRICT_REQUESTS = ("RunCancelInputRequest", "RunResumeInputRequest", "RespondInputRequest", "ResumeInputRequest",
+_STRICT_REQUESTS = ("PolicyTriggerInputRequest", "RunCancelInputRequest", "RunResumeInputRequest", "RespondInputRequest", "ResumeInputRequest",
                     "RemoveInputRequest")
 _ADDRESSED_BY_RUN_OR_THREAD = ("RespondInputRequest", "ResumeInputRequest", "RemoveInputRequest")
 
@@ -415,15 +427,25 @@ def _health_operation() -> dict[str, Any]:
     }
 
 
+# Path parameters: the view's keyword -> API.md's name.
+PATH_PARAMETERS = {"run_id": "runId", "policy_id": "policyId"}
+
+
+def api_path(path: str) -> str:
+    for name, api_name in PATH_PARAMETERS.items():
+        path = path.replace("{" + name + "}", "{" + api_name + "}")
+    return path
+
+
 def postprocess_schema(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular POSTPROCESSING_HOOKS entry: steps 1–5 of the module docstring."""
     paths: dict[str, Any] = {}
     for path, item in result.get("paths", {}).items():
-        renamed = path.replace("{run_id}", "{runId}")
+        renamed = api_path(path)
         for operation in item.values():
             for parameter in operation.get("parameters", []):
-                if parameter.get("in") == "path" and parameter.get("name") == "run_id":
-                    parameter["name"] = "runId"
+                if parameter.get("in") == "path" and parameter.get("name") in PATH_PARAMETERS:
+                    parameter["name"] = PATH_PARAMETERS[parameter["name"]]
             operation["parameters"] = [p for p in operation.get("parameters", [])
                                        if not (p.get("in") == "query" and p.get("name") == "format")]
             if not operation["parameters"]:
@@ -499,6 +521,8 @@ _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
                          "schema": _WHEN},
         "createdBefore": {"description": "Inclusive; ISO 8601 (UTC without an offset), a date covers its whole day",
                           "schema": _WHEN},
+        "assignedTo": {"description": "`me`: runs with a pending HITL request assigned to you (by user or group)",
+                       "schema": {"type": "string", "enum": ["me"]}},
         "pending": {"description": "Runs with (`yes`) or without (`no`) a pending HITL request",
                     "schema": {"type": "string", "enum": ["yes", "no"]}},
         "q": {"description": "Text in the objective", "schema": {"type": "string", "maxLength": 200}},
@@ -524,6 +548,19 @@ _HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"in": "header", "name": "Last-Event-ID", "required": False, "schema": _EVENT_ID,
          "description": "As `lastEventId`; the header wins when both are sent"}],
 }
+
+
+_IDEMPOTENT_MARK = "x-idempotent"
+_IDEMPOTENCY_KEY = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]{1,255}$"},
+    "description": "1-255 printable ASCII characters. The same key from the same user with the same body "
+                   "replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h "
+                   "(docs/api.md, Idempotency).",
+}
+_IDEMPOTENT_ERRORS = {409: ["idempotency_in_progress"], 422: ["idempotency_key_invalid", "idempotency_key_reused"]}
+_REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
+                                     "description": "Present on a replayed response"}}
 
 
 def _finish_parameters(path: str, method: str, operation: dict[str, Any]) -> None:
@@ -561,16 +598,33 @@ def _finish_operation(path: str, method: str, operation: dict[str, Any]) -> None
                                   "content": {"application/json": {"schema": _ref(component)}}}
     if op.sse is not None:
         responses[str(op.sse)] = {"description": "The run's events as server-sent events", "content": SSE}
-    for status, codes in sorted(op.errors.items()):
+    errors = op.errors
+    if operation.pop(_IDEMPOTENT_MARK, False):
+        errors = Op("", op.errors, _IDEMPOTENT_ERRORS).errors
+        for status in [s for s in responses if s.startswith("2")]:
+            if "text/event-stream" not in responses[status].get("content", {}):
+                responses[status]["headers"] = copy.deepcopy(_REPLAYED)
+    for status, codes in sorted(errors.items()):
         responses[str(status)] = error_response(status, codes)
     operation["responses"] = dict(sorted(responses.items()))
 
 
 class FlexAutoSchema(AutoSchema):
-    """Operation ids from `OPERATIONS` (stable names for generated clients)."""
+    """Operation ids from `OPERATIONS` (stable names for generated clients);
+    handlers decorated with `flexagents.idempotency.idempotent` declare the
+    `Idempotency-Key` header (and `_finish_operation` its errors and the
+    `Idempotent-Replayed` response header)."""
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> Any:
+        operation = super().get_operation(*args, **kwargs)
+        handler = getattr(self.view, self.method.lower(), None)
+        if operation is not None and getattr(handler, "idempotent", False):
+            operation.setdefault("parameters", []).append(copy.deepcopy(_IDEMPOTENCY_KEY))
+            operation[_IDEMPOTENT_MARK] = True
+        return operation
 
     def get_operation_id(self) -> str:
-        op = OPERATIONS.get((self.path.replace("{run_id}", "{runId}"), self.method.lower()))
+        op = OPERATIONS.get((api_path(self.path), self.method.lower()))
         return op.operation_id if op is not None else super().get_operation_id()
 
 

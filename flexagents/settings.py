@@ -260,6 +260,31 @@ FLEX_WORKER_HEARTBEAT_SECONDS = env_float("FLEX_WORKER_HEARTBEAT_SECONDS", 5.0, 
 FLEX_WORKER_STALE_SECONDS = env_float("FLEX_WORKER_STALE_SECONDS", 30.0, minimum=0.1)
 # /metrics asks for `Authorization: Bearer <token>` when this is set.
 FLEX_METRICS_TOKEN = env_str("FLEX_METRICS_TOKEN") or ""
+
+# --- Idempotency and notifications (API.md, Governance) ----------------------
+# How long an Idempotency-Key's response is kept and replayed.
+FLEX_IDEMPOTENCY_TTL_SECONDS = env_int("FLEX_IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=1)
+# Webhook targets on loopback, private, link-local, reserved or multicast
+# addresses are refused unless this is set.
+FLEX_WEBHOOK_ALLOW_PRIVATE = env_bool("FLEX_WEBHOOK_ALLOW_PRIVATE", False)
+# Retry schedule of a notification (webhook or email): exponential backoff
+# from the first delay, doubled each attempt, capped, with +-20 % jitter,
+# for up to FLEX_NOTIFY_GIVE_UP_SECONDS after the event; then `failed`.
+FLEX_NOTIFY_FIRST_RETRY_SECONDS = env_float("FLEX_NOTIFY_FIRST_RETRY_SECONDS", 5.0, minimum=0.01)
+FLEX_NOTIFY_MAX_RETRY_SECONDS = env_float("FLEX_NOTIFY_MAX_RETRY_SECONDS", 3600.0, minimum=0.01)
+FLEX_NOTIFY_GIVE_UP_SECONDS = env_float("FLEX_NOTIFY_GIVE_UP_SECONDS", 24 * 3600.0, minimum=0.1)
+# Delivered and failed notifications (with their attempts) are kept this long.
+FLEX_NOTIFY_KEEP_DAYS = env_int("FLEX_NOTIFY_KEEP_DAYS", 30, minimum=1)
+# Per delivery attempt: connect and read timeout.
+FLEX_WEBHOOK_TIMEOUT_SECONDS = env_float("FLEX_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# How often a worker looks for due notifications (it is also woken by new ones).
+FLEX_NOTIFY_POLL_SECONDS = env_float("FLEX_NOTIFY_POLL_SECONDS", 1.0, minimum=0.01)
+# Email: console backend unless configured (EMAIL_BACKEND, EMAIL_HOST, ...).
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or "django.core.mail.backends.console.EmailBackend"
+EMAIL_HOST = env_str("EMAIL_HOST") or "localhost"
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH") or str(BASE_DIR / "db" / "emails")  # the file-based backend
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "flexagents@localhost"
 # prometheus-client's multi-process mode reads PROMETHEUS_MULTIPROC_DIR when it
 # is first imported, so it is settled here, before any app loads. Every process
 # of a deployment must share it (docs/deployment.md); `make run` empties the

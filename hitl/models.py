@@ -57,12 +57,35 @@ class HitlRequest(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     resolved_at = models.DateTimeField(null=True, blank=True)
 
+    # Governance (API.md, "Governance of human decisions"; docs/hitl.md).
+    # Who may answer: {"users": [usernames], "groups": [group names]}; empty =
+    # anyone who may operate the run. Escalation adds `escalate_to` to it.
+    assignees = models.JSONField(default=dict, blank=True)
+    # The same as "|u:ana|g:legal|", for the inbox filter "assigned to me"
+    # (a LIKE that works on every database; `assignee_keys_for`).
+    assignee_keys = models.TextField(blank=True, default="")
+    required_approvals = models.PositiveSmallIntegerField(default=1)
+    allow_self_approval = models.BooleanField(default=False)
+    # Deadlines, applied by the sweep of every worker (runs.governance) with
+    # conditional UPDATEs: each fires once, whatever the number of workers.
+    due_at = models.DateTimeField(null=True, blank=True)
+    on_timeout = models.JSONField(null=True, blank=True)
+    escalate_at = models.DateTimeField(null=True, blank=True)
+    escalate_to = models.JSONField(default=dict, blank=True)
+    escalated = models.BooleanField(default=False)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    # What the system did at `due_at` ({"type": "approve" | ..., "optionId"?}).
+    applied_action = models.JSONField(null=True, blank=True)
+
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [
             # The inbox: pending requests by urgency, then age.
             models.Index(fields=["status", "urgency_rank", "created_at"], name="hitl_inbox_idx"),
             models.Index(fields=["thread_id"], name="hitl_thread_idx"),
+            # The sweep: pending requests whose deadline or escalation is due.
+            models.Index(fields=["status", "due_at"], name="hitl_due_idx"),
+            models.Index(fields=["status", "escalated", "escalate_at"], name="hitl_escalate_idx"),
         ]
 
     def __str__(self) -> str:
@@ -71,6 +94,13 @@ class HitlRequest(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status == HitlStatus.PENDING
+
+
+def assignee_keys_for(assignees: dict[str, list[str]] | None) -> str:
+    """`HitlRequest.assignee_keys` of an assignee set."""
+    value = assignees or {}
+    keys = [f"u:{name}" for name in value.get("users") or []] + [f"g:{name}" for name in value.get("groups") or []]
+    return f"|{'|'.join(keys)}|" if keys else ""
 
 
 class HitlResponseType(models.TextChoices):

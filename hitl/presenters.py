@@ -38,6 +38,15 @@ class HitlResponsePayload(TypedDict):
     createdAt: str | None
 
 
+class HitlApprovalPayload(TypedDict):
+    """One person's approval of a request (the first one each person gave)."""
+
+    responseId: str
+    responderId: str | None
+    responderDisplayName: str
+    approvedAt: str | None
+
+
 class HitlRequestPayload(TypedDict):
     requestId: str
     runId: str
@@ -56,6 +65,19 @@ class HitlRequestPayload(TypedDict):
     createdAt: str | None
     resolvedAt: str | None
     responses: list[HitlResponsePayload]
+    # Governance (API.md, "Governance of human decisions").
+    assignees: dict[str, list[str]]
+    requiredApprovals: int
+    approvals: list[HitlApprovalPayload]
+    approvalsNeeded: int
+    allowSelfApproval: bool
+    dueAt: str | None
+    escalateAt: str | None
+    escalated: bool
+    escalatedAt: str | None
+    escalateTo: dict[str, list[str]]
+    onTimeout: dict[str, Any] | None
+    appliedAction: dict[str, Any] | None
 
 
 def facet_schemas() -> dict[str, dict[str, Any]]:
@@ -108,8 +130,36 @@ def hitl_response_payload(response: HitlResponse) -> HitlResponsePayload:
     }))
 
 
+def approvals_of(responses: Iterable[HitlResponse]) -> list[HitlResponse]:
+    """The approving responses that count toward a quorum: the first approval
+    of each distinct person (a response with no user counts by its display
+    name), oldest first."""
+    seen: set[str] = set()
+    out: list[HitlResponse] = []
+    for response in responses:
+        if response.approved is not True:
+            continue
+        who = f"user:{response.responder_id}" if response.responder_id else f"name:{response.responder_display_name}"
+        if who in seen:
+            continue
+        seen.add(who)
+        out.append(response)
+    return out
+
+
+def hitl_approval_payload(response: HitlResponse) -> HitlApprovalPayload:
+    return {"responseId": response.response_id,
+            "responderId": str(response.responder_id) if response.responder_id else None,
+            "responderDisplayName": response.responder_display_name,
+            "approvedAt": iso_or_none(response.created_at)}
+
+
 def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlResponse]) -> HitlRequestPayload:
-    """A request as every surface shows it (API.md, HitlRequest, with `review`)."""
+    """A request as every surface shows it (API.md, HitlRequest, with `review`
+    and the governance fields)."""
+    responses = list(responses)
+    approvals = approvals_of(responses) if request.kind == "approval" else []
+    needed = max(request.required_approvals - len(approvals), 0) if request.status == "pending" else 0
     return cast(HitlRequestPayload, present_hitl_request({
         "requestId": request.id,
         "runId": request.run_id,
@@ -128,6 +178,18 @@ def hitl_request_payload(request: HitlRequest, *, responses: Iterable[HitlRespon
         "createdAt": iso_or_none(request.created_at),
         "resolvedAt": iso_or_none(request.resolved_at),
         "responses": [hitl_response_payload(r) for r in responses],
+        "assignees": request.assignees or {},
+        "requiredApprovals": request.required_approvals,
+        "approvals": [hitl_approval_payload(r) for r in approvals],
+        "approvalsNeeded": needed,
+        "allowSelfApproval": request.allow_self_approval,
+        "dueAt": iso_or_none(request.due_at),
+        "escalateAt": iso_or_none(request.escalate_at),
+        "escalated": request.escalated,
+        "escalatedAt": iso_or_none(request.escalated_at),
+        "escalateTo": request.escalate_to or {},
+        "onTimeout": request.on_timeout,
+        "appliedAction": request.applied_action,
     }))
 
 

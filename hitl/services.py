@@ -7,17 +7,18 @@ object with the few attributes read here (`RunRef`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypedDict
 
 from django.utils import timezone
 
 from flexagents.dates import iso_or_none
-from flexagents.errors import (HitlRequestNotFound, HitlRequestNotPending, HitlResponseRequired, StaleHitlState,
-                               ValidationFailed)
-from hitl.models import URGENCY_RANK, HitlKind, HitlRequest, HitlResponse, HitlStatus
+from flexagents.errors import (AlreadyApproved, HitlRequestNotFound, HitlRequestNotPending, HitlResponseRequired,
+                               NotAssignee, SelfApprovalForbidden, StaleHitlState, ValidationFailed)
+from hitl.models import URGENCY_RANK, HitlKind, assignee_keys_for, HitlRequest, HitlResponse, HitlStatus
 # The one presenter (redacted); re-exported because every surface imports it from here.
-from hitl.presenters import HitlResponsePayload, hitl_request_payload, hitl_response_payload  # noqa: F401
+from hitl.presenters import (HitlResponsePayload, approvals_of, hitl_request_payload,  # noqa: F401
+                             hitl_response_payload)
 
 MAX_RESPONSES_PER_CALL = 20
 MAX_FREEFORM_CHARS = 10_000
@@ -75,15 +76,55 @@ def hitl_request_build(*, run: RunRef, kind: str, question: str, options: list[d
                        operator_prompt: str = "", contract_summary: dict[str, Any] | None = None,
                        plan_version: int = 0, source: str = "", approve_action: dict[str, Any] | None = None,
                        reject_action: dict[str, Any] | None = None,
-                       review: dict[str, Any] | None = None) -> HitlRequest:
-    """An unsaved request; the caller saves it in its own transaction."""
+                       review: dict[str, Any] | None = None,
+                       governance: dict[str, Any] | None = None) -> HitlRequest:
+    """An unsaved request; the caller saves it in its own transaction.
+    `governance`: the `hitl` action's governance fields as the envelope
+    has them (`assignees`, `requiredApprovals`, `allowSelfApproval`,
+    `timeoutSeconds`, `onTimeout`, `escalateAfterSeconds`, `escalateTo`)."""
+    created_at = timezone.now()
+    rules = governance or {}
+    timeout = rules.get("timeoutSeconds")
+    escalate_after = rules.get("escalateAfterSeconds")
     return HitlRequest(
         run_id=run.id, kind=kind, question=question, options=list(options or []), allow_free_form=allow_free_form,
         urgency=urgency, urgency_rank=URGENCY_RANK.get(urgency, 1), pending_node_id=pending_node_id,
         operator_prompt=operator_prompt, contract_summary=contract_summary or {}, review=dict(review or {}),
         plan_version=plan_version,
         source=source, approve_action=approve_action, reject_action=reject_action, thread_id=run.thread_id,
-        brief_id=run.brief_id, created_at=timezone.now())
+        brief_id=run.brief_id, created_at=created_at,
+        assignees=_people(rules.get("assignees")), assignee_keys=assignee_keys_for(_people(rules.get("assignees"))),
+        required_approvals=int(rules.get("requiredApprovals") or 1),
+        allow_self_approval=bool(rules.get("allowSelfApproval", False)),
+        due_at=created_at + timedelta(seconds=timeout) if timeout else None,
+        on_timeout=dict(rules["onTimeout"]) if rules.get("onTimeout") else None,
+        escalate_at=created_at + timedelta(seconds=escalate_after) if escalate_after else None,
+        escalate_to=_people(rules.get("escalateTo")))
+
+
+GOVERNANCE_KEYS = ("assignees", "requiredApprovals", "allowSelfApproval", "timeoutSeconds", "onTimeout",
+                   "escalateAfterSeconds", "escalateTo")
+
+
+def _people(value: Any) -> dict[str, list[str]]:
+    """{"users": [...], "groups": [...]} with only the non-empty lists."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in ("users", "groups"):
+        names = [str(name) for name in value.get(key) or [] if name]
+        if names:
+            out[key] = list(dict.fromkeys(names))
+    return out
+
+
+def merge_people(*values: Any) -> dict[str, list[str]]:
+    """The union of several assignee sets, order kept."""
+    out: dict[str, list[str]] = {}
+    for value in values:
+        for key, names in _people(value).items():
+            out[key] = list(dict.fromkeys([*out.get(key, []), *names]))
+    return out
 
 
 def clarifications_for_node(*, run_id: str, node_id: str) -> list[dict[str, Any]]:
@@ -108,6 +149,90 @@ def _option_label(request: HitlRequest, response: HitlResponse) -> str:
         if option.get("id") == response.selected_option_id:
             return str(option.get("label", response.selected_option_id))
     return response.selected_option_id
+
+
+# --- governance: who may answer, who is told ----------------------------------------
+
+def is_assignee(*, request: HitlRequest, user: Any) -> bool:
+    """Whether `user` is named by the request's assignees (by username, or
+    through one of its groups). An unassigned request has no assignees."""
+    people = request.assignees or {}
+    if getattr(user, "username", None) in (people.get("users") or []):
+        return True
+    groups = people.get("groups") or []
+    return bool(groups) and user.groups.filter(name__in=groups).exists()
+
+
+def check_may_answer(*, request: HitlRequest, user: Any, items: list[dict[str, Any]], run_created_by_id: Any,
+                     existing: list[HitlResponse]) -> None:
+    """The governance rules (docs/hitl.md), checked before anything is written:
+
+    1. an assigned request is answered only by its assignees and superusers
+       (403 `not_assignee`);
+    2. the run's creator may not approve their own run's approval request
+       unless `allowSelfApproval` (403 `self_approval_forbidden`) — a
+       rejection, a note or an option that does not approve stays allowed;
+    3. a person counts once toward `requiredApprovals`: a second approval
+       by the same person is a 409 `already_approved`.
+    """
+    if request.assignees and not getattr(user, "is_superuser", False) and not is_assignee(request=request, user=user):
+        raise NotAssignee(details={"requestId": request.id, "assignees": request.assignees})
+    if request.kind != HitlKind.APPROVAL:
+        return
+    approving = [i for i in items if _approves(request, i)]
+    if not approving:
+        return
+    user_id = getattr(user, "pk", None)
+    if (not request.allow_self_approval and user_id is not None and run_created_by_id is not None
+            and user_id == run_created_by_id):
+        raise SelfApprovalForbidden(details={"requestId": request.id, "allowSelfApproval": False})
+    already = user_id is not None and any(r.approved is True and r.responder_id == user_id for r in existing)
+    if already or len(approving) > 1:
+        raise AlreadyApproved(details={"requestId": request.id, "requiredApprovals": request.required_approvals,
+                                       "approvals": len(approvals_of(existing))})
+
+
+def _approves(request: HitlRequest, item: dict[str, Any]) -> bool:
+    rtype = item.get("responseType")
+    if rtype == "approval":
+        return True
+    if rtype == "option" and request.kind == HitlKind.APPROVAL:
+        return bool(item.get("selectedOptionId") == "approve" or item.get("approved") is True)
+    return False
+
+
+class Recipient(TypedDict):
+    """A person to tell about a request (notifications: email, webhooks)."""
+
+    userId: int
+    username: str
+    email: str
+
+
+def people_users(people: Any) -> list[Any]:
+    """The active users named by an assignee set (usernames and group
+    members), each once, by username."""
+    from django.contrib.auth import get_user_model
+    from django.db.models import Q
+
+    value = people if isinstance(people, dict) else {}
+    users = [str(n) for n in value.get("users") or []]
+    groups = [str(n) for n in value.get("groups") or []]
+    if not users and not groups:
+        return []
+    model = get_user_model()
+    condition = Q(username__in=users) | Q(groups__name__in=groups)
+    return list(model.objects.filter(condition, is_active=True).distinct().order_by("username"))
+
+
+def hitl_recipients(*, request: HitlRequest, escalation: bool = False) -> list[Recipient]:
+    """Who is told about a request: its assignees (users, and the members of
+    its groups) when it is raised, or its `escalateTo` people when it
+    escalates (`escalation=True`). Only users with an email address; an
+    unassigned request has no recipients (it is in every operator's inbox)."""
+    people = request.escalate_to if escalation else request.assignees
+    return [{"userId": int(user.pk), "username": user.username, "email": user.email}
+            for user in people_users(people) if user.email]
 
 
 # --- read, check --------------------------------------------------------------------
@@ -262,7 +387,9 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
                          user: Any, display_name: str, now: datetime) -> Resolution:
     """Append the responses and resolve the request with them, in the
     caller's transaction. Decides before writing: nothing is stored when the
-    responses cannot resolve the request (422 `hitl_response_required`)."""
+    responses cannot resolve the request (422 `hitl_response_required`).
+    An approval short of the request's `requiredApprovals` is stored and
+    leaves the request pending: the result's `resolution` is "" then."""
     preview = existing + [_response_row(request=request, item=i, user=user, display_name=display_name)
                           for i in items]
     resolution = resolution_of(request=request, responses=preview)
@@ -272,12 +399,52 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
                                    details={"requestId": request.id, "kind": request.kind,
                                             "responseTypes": list(RESOLVING_TYPES[request.kind])})
     rows = hitl_responses_append(request=request, items=items, user=user, display_name=display_name)
+    if (resolution == "approved" and request.kind == HitlKind.APPROVAL
+            and len(approvals_of(existing + rows)) < request.required_approvals):
+        # A quorum: this approval counts, the request waits for the others.
+        return Resolution(resolution="", new_responses=rows, responses=existing + rows, action={"type": "wait"})
     request.status = HitlStatus.RESOLVED
     request.resolution = resolution
     request.resolved_at = now
     request.save(update_fields=["status", "resolution", "resolved_at"])
     return Resolution(resolution=resolution, new_responses=rows, responses=existing + rows,
                       action=_follow_up_for(request, resolution), follow_up=hitl_follow_up_payload(request=request))
+
+
+def hitl_request_time_out(*, request: HitlRequest, now: datetime) -> Resolution | None:
+    """Resolve a pending request whose `due_at` passed with its `onTimeout`
+    action (none: reject), in the caller's transaction. A conditional UPDATE
+    (still pending, still due): of several sweepers exactly one gets the
+    request, the others get None. `onTimeout` `option` stores the chosen
+    option as a response by the system, so the record shows it.
+
+    The result's `action` is what happens to the run: the request's
+    `approveAction` / `rejectAction` for a verdict, `{"type": "fail"}` for
+    `fail` and `{"type": "cancel"}` for `cancel`."""
+    applied: dict[str, Any] = dict(request.on_timeout or {"type": "reject"})
+    won = HitlRequest.objects.filter(pk=request.pk, status=HitlStatus.PENDING, due_at__lte=now).update(
+        status=HitlStatus.RESOLVED, resolution="timed_out", resolved_at=now, applied_action=applied)
+    if won != 1:
+        return None
+    request.status, request.resolution, request.resolved_at = HitlStatus.RESOLVED, "timed_out", now
+    request.applied_action = applied
+    rows: list[HitlResponse] = []
+    if applied["type"] == "option":
+        rows = hitl_responses_append(request=request, items=[{
+            "responseType": "option", "selectedOptionId": applied.get("optionId"),
+            "metadata": {"timedOut": True}}], user=None, display_name="system")
+    verdict = verdict_of(request)
+    if verdict:
+        action = _follow_up_for(request, verdict)
+    elif applied["type"] == "cancel":
+        action = {"type": "cancel"}
+    elif request.kind == HitlKind.CLARIFY and applied["type"] == "option":
+        action = {"type": "continue"}
+    else:
+        action = {"type": "fail"}
+    responses = list(request.responses.all())
+    return Resolution(resolution="timed_out", new_responses=rows, responses=responses, action=action,
+                      follow_up=hitl_follow_up_payload(request=request))
 
 
 def hitl_requests_remove_pending(*, run_id: str, reason: str = "") -> list[RemovedRequest]:
@@ -304,13 +471,30 @@ def _follow_up_for(request: HitlRequest, resolution: str) -> dict[str, Any]:
     return dict(request.reject_action or {"type": "fail"})
 
 
+def verdict_of(request: HitlRequest) -> str:
+    """`approved` / `rejected` for an approval decided by a person, or by the
+    system at its deadline (`onTimeout` approve, reject or option
+    approve/reject); "" otherwise."""
+    if request.resolution in ("approved", "rejected"):
+        return request.resolution
+    if request.resolution == "timed_out" and isinstance(request.applied_action, dict):
+        kind = request.applied_action.get("type")
+        option = request.applied_action.get("optionId")
+        if kind == "approve" or (kind == "option" and option == "approve"):
+            return "approved"
+        if kind == "reject" or (kind == "option" and option == "reject"):
+            return "rejected"
+    return ""
+
+
 def hitl_follow_up_payload(*, request: HitlRequest) -> FollowUp | None:
     """The `policy_triggered` payload of the follow-up a resolved approval
     applies when its policy set one (`approveAction` / `rejectAction`);
     None when the default applies (seed 8.5 AC1)."""
-    if request.kind != HitlKind.APPROVAL or request.resolution not in ("approved", "rejected"):
+    verdict = verdict_of(request)
+    if request.kind != HitlKind.APPROVAL or not verdict:
         return None
-    approved = request.resolution == "approved"
+    approved = verdict == "approved"
     action = request.approve_action if approved else request.reject_action
     if not action:
         return None

@@ -10,7 +10,9 @@
    policy selectors (`trigger.selector.capabilityId`) is registered — a typo
    there would silently drop the policy's step, a person's approval say;
 5. the output contract: a safe, valid Draft 2020-12 schema describing an object;
-6. runtime policies: unique ids, JSON-Logic conditions with known operators.
+6. runtime policies: unique ids, JSON-Logic conditions with known operators;
+7. `hitl` actions' governance: assignees and escalation targets name existing
+   users and groups, `onTimeout` and the deadlines fit together.
 
 It returns a normalised copy with defaults filled in; the caller stores that.
 
@@ -21,7 +23,7 @@ selector names a node depends on the plan, so the planner reports it (in
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol
 
 from jsonschema.exceptions import ValidationError
 
@@ -36,11 +38,19 @@ MAX_ENVELOPE_DEPTH = 64
 TRIGGER_KINDS = ("onStart", "onNodeComplete", "onValidationFail", "manual")
 OPTIMISATION_OBJECTIVES = ("speed", "quality", "diversity", "token_efficiency")
 FOLLOW_UP_ACTIONS = ("continue", "fail", "pause", "replan")
+TIMEOUT_ACTIONS = ("approve", "reject", "fail", "cancel", "option")
+# The options of a policy's approval request (runs.engine.policies).
+HITL_POLICY_OPTIONS = ("approve", "reject")
+MAX_WAIT_SECONDS = 30 * 86400
 
 _STRING = {"type": "string", "maxLength": 4000}
 _ID_LIST = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "uniqueItems": True,
             "maxItems": 100}
 _KIND_LIST = {"type": "array", "items": {"enum": list(CAPABILITY_KINDS)}, "uniqueItems": True}
+_NAME_LIST = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 150}, "uniqueItems": True,
+              "maxItems": 50}
+_PEOPLE = {"type": "object", "additionalProperties": False, "properties": {"users": _NAME_LIST, "groups": _NAME_LIST}}
+_SECONDS = {"type": "integer", "minimum": 1, "maximum": MAX_WAIT_SECONDS}
 
 
 def _action(action_type: str, properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -163,7 +173,19 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
                 "action": {
                     "oneOf": [
                         _action("hitl", {"rationale": _STRING, "approveAction": {"$ref": "#/$defs/followUp"},
-                                         "rejectAction": {"$ref": "#/$defs/followUp"}}),
+                                         "rejectAction": {"$ref": "#/$defs/followUp"},
+                                         # Governance (docs/hitl.md, "Governing human decisions").
+                                         "assignees": _PEOPLE,
+                                         "requiredApprovals": {"type": "integer", "minimum": 1, "maximum": 20},
+                                         "allowSelfApproval": {"type": "boolean"},
+                                         "timeoutSeconds": _SECONDS,
+                                         "onTimeout": {
+                                             "type": "object", "required": ["type"], "additionalProperties": False,
+                                             "properties": {"type": {"enum": list(TIMEOUT_ACTIONS)},
+                                                            "optionId": {"type": "string", "minLength": 1,
+                                                                         "maxLength": 200}}},
+                                         "escalateAfterSeconds": _SECONDS,
+                                         "escalateTo": _PEOPLE}),
                         _action("replan", {"rationale": _STRING}),
                         _action("fail", {"message": _STRING}),
                         _action("pause", {"reason": _STRING}),
@@ -192,8 +214,10 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
 TOP_LEVEL_KEYS = tuple(ENVELOPE_SCHEMA["properties"])
 
 
-def validate_envelope(data: Any, *, catalog: dict[str, Facet] | None = None, registry: Any = None) -> dict[str, Any]:
-    """Accept a TaskEnvelope and return it normalised, or raise the domain error that explains why not."""
+def validate_envelope(data: Any, *, catalog: dict[str, Facet] | None = None, registry: Any = None,
+                      directory: "PeopleDirectory | None" = None) -> dict[str, Any]:
+    """Accept a TaskEnvelope and return it normalised, or raise the domain error that explains why not.
+    `directory` answers which user and group names exist (default: Django's auth tables)."""
     if catalog is None:
         from planner.facets import get_catalog
 
@@ -209,6 +233,7 @@ def validate_envelope(data: Any, *, catalog: dict[str, Facet] | None = None, reg
     _check_capability_ids(envelope, registry)
     _check_output_contract(envelope)
     _check_runtime_policies(envelope)
+    _check_hitl_governance(envelope, directory or DjangoPeopleDirectory())
     return envelope
 
 
@@ -386,6 +411,82 @@ def _check_runtime_policies(envelope: dict[str, Any]) -> None:
                        for problem in jsonlogic.validate_rule(policy["trigger"]["condition"])]
     if errors:
         raise ValidationFailed("Some runtime policies are not valid.", details={"errors": errors})
+
+
+# --- 7. governance of `hitl` actions -------------------------------------------------------------
+
+class PeopleDirectory(Protocol):
+    """Which of the given names exist."""
+
+    def unknown_users(self, names: list[str]) -> list[str]: ...
+
+    def unknown_groups(self, names: list[str]) -> list[str]: ...
+
+
+class DjangoPeopleDirectory:
+    """Users by username (active ones) and groups by name, in Django's auth tables."""
+
+    def unknown_users(self, names: list[str]) -> list[str]:
+        if not names:
+            return []
+        from django.contrib.auth import get_user_model
+
+        model = get_user_model()
+        known = set(model.objects.filter(**{f"{model.USERNAME_FIELD}__in": names, "is_active": True})
+                    .values_list(model.USERNAME_FIELD, flat=True))
+        return [name for name in names if name not in known]
+
+    def unknown_groups(self, names: list[str]) -> list[str]:
+        if not names:
+            return []
+        from django.contrib.auth.models import Group
+
+        known = set(Group.objects.filter(name__in=names).values_list("name", flat=True))
+        return [name for name in names if name not in known]
+
+
+def _check_hitl_governance(envelope: dict[str, Any], directory: PeopleDirectory) -> None:
+    """An assignee or escalation target that does not exist would leave a
+    request nobody may answer: every user and group name must exist (422
+    `validation_failed`, each unknown name at its path). Also: `onTimeout`
+    `option` names one of the request's options (`approve` / `reject`), and
+    an escalation comes before the timeout."""
+    errors: list[dict[str, str]] = []
+    for index, policy in enumerate(envelope["policies"]["runtime"]):
+        action = policy["action"]
+        if action.get("type") != "hitl":
+            continue
+        base = f"/policies/runtime/{index}/action"
+        for field_name in ("assignees", "escalateTo"):
+            people = action.get(field_name) or {}
+            users = list(people.get("users") or [])
+            groups = list(people.get("groups") or [])
+            unknown_users = set(directory.unknown_users(users))
+            unknown_groups = set(directory.unknown_groups(groups))
+            errors += [{"path": f"{base}/{field_name}/users/{i}", "message": f"unknown user {name!r}"}
+                       for i, name in enumerate(users) if name in unknown_users]
+            errors += [{"path": f"{base}/{field_name}/groups/{i}", "message": f"unknown group {name!r}"}
+                       for i, name in enumerate(groups) if name in unknown_groups]
+        on_timeout = action.get("onTimeout")
+        if on_timeout is not None:
+            option_id = on_timeout.get("optionId")
+            if on_timeout["type"] == "option" and option_id not in HITL_POLICY_OPTIONS:
+                errors.append({"path": f"{base}/onTimeout/optionId",
+                               "message": f"expected one of the request's options: {', '.join(HITL_POLICY_OPTIONS)}"})
+            elif on_timeout["type"] != "option" and option_id is not None:
+                errors.append({"path": f"{base}/onTimeout/optionId",
+                               "message": "optionId goes with type 'option' only"})
+            if "timeoutSeconds" not in action:
+                errors.append({"path": f"{base}/onTimeout", "message": "onTimeout needs timeoutSeconds"})
+        if "escalateTo" in action and "escalateAfterSeconds" not in action:
+            errors.append({"path": f"{base}/escalateTo", "message": "escalateTo needs escalateAfterSeconds"})
+        if ("escalateAfterSeconds" in action and "timeoutSeconds" in action
+                and action["escalateAfterSeconds"] >= action["timeoutSeconds"]):
+            errors.append({"path": f"{base}/escalateAfterSeconds",
+                           "message": "must be less than timeoutSeconds (an escalation after the timeout never happens)"})
+    if errors:
+        raise ValidationFailed("Some hitl actions name people or deadlines that cannot work.",
+                               details={"errors": errors})
 
 
 # --- selectors the plan cannot match (warnings, not errors) ------------------------------------

@@ -34,11 +34,11 @@ from flexagents.errors import FlexDisabled, FlexError, RunNotFound
 from flexagents.redaction import redact_text
 from flexagents.roles import user_may_operate_all_runs, user_may_operate_run, user_may_view_all_runs, user_may_view_run
 from hitl.models import HitlKind, HitlRequest, HitlResponse, HitlStatus
-from hitl.presenters import facet_schemas, hitl_request_payload, hitl_response_payload, review_rows
+from hitl.presenters import approvals_of, facet_schemas, hitl_request_payload, hitl_response_payload, review_rows
 from runs import services as run_services
 from runs.filters import RUN_LIST_FILTERS, run_text_search
 from runs.models import Run, RunStatus
-from runs.pages import run_detail, runs_annotated
+from runs.pages import governance_row, run_detail, runs_annotated
 from runs.selectors import inbox_requests, requests_visible_to, run_get_for_user, runs_visible_to
 
 
@@ -101,6 +101,18 @@ def run_change_url(run_id: str) -> str:
 
 class CancelForm(forms.Form):
     reason = forms.CharField(max_length=2000, required=False)
+
+
+class TriggerForm(forms.Form):
+    policy_id = forms.CharField(max_length=100)
+    note = forms.CharField(max_length=4000, required=False)
+
+
+def manual_policies(run: Run) -> list[dict[str, str]]:
+    """The run's enabled `manual` runtime policies: one console button each."""
+    policies = ((run.envelope or {}).get("policies") or {}).get("runtime") or []
+    return [{"id": str(p.get("id")), "action": str((p.get("action") or {}).get("type"))} for p in policies
+            if (p.get("trigger") or {}).get("kind") == "manual" and p.get("enabled", True) is not False]
 
 
 class ResumeForm(forms.Form):
@@ -237,6 +249,7 @@ class RunAdmin(admin.ModelAdmin):
             path("<path:object_id>/resume/", wrap(self.resume_view), name="%s_%s_resume" % info),
             path("<path:object_id>/answer/", wrap(self.answer_view), name="%s_%s_answer" % info),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="%s_%s_cancel" % info),
+            path("<path:object_id>/trigger/", wrap(self.trigger_view), name="%s_%s_trigger" % info),
         ] + super().get_urls()
 
     def _get_run(self, request: HttpRequest, object_id: str) -> Run:
@@ -267,6 +280,7 @@ class RunAdmin(admin.ModelAdmin):
             "can_resume": may_operate and run.status == RunStatus.PAUSED,
             "can_cancel": may_operate and not run.is_terminal,
             "pending": detail.pending_request if may_operate else None,
+            "manual_policies": manual_policies(run) if may_operate and not run.is_terminal else [],
             "flex_enabled": flex_on,
             "history_url": reverse("run_pages:detail", args=[run.id]),
             "debug_url": f"/api/v1/flex/runs/{run.id}",
@@ -318,10 +332,29 @@ class RunAdmin(admin.ModelAdmin):
                 run_services.hitl_respond(user=request.user, run_id=run.id, request_id=data["request_id"],
                                           responses=[form.response()], latest_response_id=latest)
                 return f"Response added to {data['request_id']}; the run still waits."
-            run_services.hitl_resume(user=request.user, run_id=run.id, request_id=data["request_id"],
-                                     responses=[form.response()], latest_response_id=latest,
-                                     operator=operator_display(request), note=data.get("note") or "")
+            result = run_services.hitl_resume(user=request.user, run_id=run.id, request_id=data["request_id"],
+                                              responses=[form.response()], latest_response_id=latest,
+                                              operator=operator_display(request), note=data.get("note") or "")
+            if result.request is not None and not result.resolution:
+                approvals = len(approvals_of(result.responses))
+                return (f"Your approval of {data['request_id']} is recorded: {approvals} of "
+                        f"{result.request.required_approvals} approvals; the run waits for "
+                        f"{result.request.required_approvals - approvals} more.")
             return f"Request {data['request_id']} answered; run {run.id} resumed."
+
+        return self._act(request, object_id, act)
+
+    def trigger_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        def act(request: HttpRequest, run: Run) -> str:
+            form = TriggerForm(request.POST)
+            if not form.is_valid():
+                raise form_error(form, "trigger")
+            result = run_services.policy_trigger(user=request.user, run_id=run.id,
+                                                 policy_id=form.cleaned_data["policy_id"],
+                                                 note=form.cleaned_data.get("note") or "")
+            if result.state == "applied":
+                return f"Policy {result.policy_id} applied; the run is {result.run.status}."
+            return f"Policy {result.policy_id} triggered; the worker applies it at the run's next step."
 
         return self._act(request, object_id, act)
 
@@ -411,11 +444,15 @@ class RunAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         schemas = facet_schemas()
+        mine = request.GET.get("assigned") == "me"
         rows = [{"request": r, "run_url": run_change_url(r.run_id), "question": redact_text(r.question),
-                 "review": review_rows(r.review, schemas)}
-                for r in inbox_requests(user=request.user)]
-        context = {**self.admin_site.each_context(request), "title": "HITL inbox: pending requests",
-                   "opts": self.opts, "rows": rows, "flex_enabled": bool(settings.FLEX_ENABLED)}
+                 "review": review_rows(r.review, schemas),
+                 "governance": governance_row(r, hitl_request_payload(r, responses=r.responses.all()))}
+                for r in inbox_requests(user=request.user, assigned_to_me=mine)]
+        context = {**self.admin_site.each_context(request),
+                   "title": "HITL inbox: requests assigned to me" if mine else "HITL inbox: pending requests",
+                   "opts": self.opts, "rows": rows, "flex_enabled": bool(settings.FLEX_ENABLED),
+                   "assigned_to_me": mine}
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/hitl/inbox.html", context)
 
@@ -531,3 +568,7 @@ class HitlRequestAdmin(admin.ModelAdmin):
         """What the request asks a person to approve, redacted (hitl.presenters.review_rows)."""
         return render_to_string("runs/_review.html", {"review": review_rows(obj.review), "request_id": obj.id,
                                                       "kind": obj.kind}) or "—"
+
+
+# Webhook subscriptions and the notification outbox (runs.notification_admin).
+from runs import notification_admin  # noqa: E402,F401

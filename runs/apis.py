@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from flexagents import logging as flex_logging
 from flexagents.errors import ServerBusy, ValidationFailed, error_body
 from flexagents.fields import StrictCharField, StrictIntegerField
+from flexagents.idempotency import idempotent
 from flexagents.params import int_param
 from planner.facets import get_catalog
 from planner.planner import preview_plan
@@ -171,6 +172,7 @@ class RunListCreateApi(FlexApiView):
 
     @extend_schema(request=EnvelopeSerializer, responses={202: RunAcceptedSerializer},
                    summary="Submit a TaskEnvelope")
+    @idempotent
     def post(self, request: Request) -> Response:
         run = services.run_create(user=request.user, envelope=request.data,
                                   correlation_id=getattr(request, "correlation_id", ""))
@@ -322,6 +324,7 @@ class RunCancelApi(FlexApiView):
 
     @extend_schema(request=RunCancelInputSerializer, responses={200: RunSummarySerializer},
                    summary="Cancel a run (409 run_already_completed when terminal)")
+    @idempotent
     def post(self, request: Request, run_id: str) -> Response:
 
         data = request.data if isinstance(request.data, dict) else None
@@ -334,6 +337,47 @@ class RunCancelApi(FlexApiView):
         # (run_id, operator_id, plan_version, action=run_cancelled).
         run = services.run_cancel(user=request.user, run_id=run_id, reason=serializer.validated_data["reason"])
         return Response(run_summary(run_id=run.id))
+
+
+class PolicyTriggerInputSerializer(serializers.Serializer):
+    note = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field; the body takes only 'note'."]
+                                               for name in unknown})
+        return attrs
+
+
+class PolicyTriggerResultSerializer(serializers.Serializer):
+    runId = serializers.CharField()
+    policyId = serializers.CharField()
+    triggerId = serializers.CharField()
+    state = serializers.ChoiceField(choices=["queued", "applied"])
+    status = serializers.CharField()
+    streamUrl = serializers.CharField()
+
+
+class PolicyTriggerApi(FlexApiView):
+    """POST /api/v1/flex/runs/{runId}/policies/{policyId}/trigger — fire a
+    `manual` runtime policy (operators and the run's owner)."""
+
+    @extend_schema(request=PolicyTriggerInputSerializer, responses={202: PolicyTriggerResultSerializer},
+                   summary="Trigger a manual runtime policy of a run")
+    @idempotent
+    def post(self, request: Request, run_id: str, policy_id: str) -> Response:
+        data = request.data if isinstance(request.data, dict) else None
+        if data is None:
+            raise ValidationFailed("The body must be a JSON object.",
+                                   details={"errors": [{"path": "/", "message": "expected an object"}]})
+        serializer = PolicyTriggerInputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        result = services.policy_trigger(user=request.user, run_id=run_id, policy_id=policy_id,
+                                         note=serializer.validated_data["note"])
+        return Response({"runId": result.run.id, "policyId": result.policy_id, "triggerId": result.trigger_id,
+                         "state": result.state, "status": result.run.status,
+                         "streamUrl": f"/api/v1/flex/runs/{result.run.id}/stream"}, status=202)
 
 
 class RunResumeInputSerializer(serializers.Serializer):
@@ -360,6 +404,7 @@ class RunResumeApi(SseApiView):
                                                                '"lastEventId"}'),
                               (200, "text/event-stream"): OpenApiResponse(description="SSE of the resumed run")},
                    summary="Resume a run (409 on a stale plan version; one of concurrent resumes wins)")
+    @idempotent
     def post(self, request: Request) -> Any:
         serializer = RunResumeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -375,13 +420,16 @@ class RunResumeApi(SseApiView):
             hub.withdraw(admission)
             raise
         run = result.run
+        accepted = {"runId": run.id, "status": run.status, "planVersion": run.plan_version,
+                    "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)}
         if wants_stream:
             # From just before the resume's own events: hitl_resolved, plan_updated, …
-            return sse_response(admission=admission, run_id=run.id, after_seq=result.first_seq - 1,
-                                user=request.user, stop_on_wait=True)
-        return Response({"runId": run.id, "status": run.status, "planVersion": run.plan_version,
-                         "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)},
-                        status=202)
+            response = sse_response(admission=admission, run_id=run.id, after_seq=result.first_seq - 1,
+                                    user=request.user, stop_on_wait=True)
+            # A retry with the same Idempotency-Key gets the JSON form (the stream URL to reconnect to).
+            response.idempotent_record = (202, accepted)  # type: ignore[attr-defined]
+            return response
+        return Response(accepted, status=202)
 
 
 # --- Operations: readiness and metrics (API.md, "Operations") ---------------

@@ -38,11 +38,12 @@ POLICY_TRIGGERED = "policy_triggered"
 HITL_REQUEST = "hitl_request"
 HITL_UPDATE = "hitl_update"
 HITL_RESOLVED = "hitl_resolved"
+HITL_ESCALATED = "hitl_escalated"
 COMPLETE = "complete"
 LOG = "log"
 
 EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATED, NODE_START, NODE_COMPLETE,
-               NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, COMPLETE, LOG)
+               NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, HITL_ESCALATED, COMPLETE, LOG)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,16 @@ class HitlResolvedPayload(TypedDict):
     resolution: str
     reason: NotRequired[str | None]
     responses: list[HitlResponsePayload]
+    # A deadline passed (`resolution` timed_out): what the system applied.
+    appliedAction: NotRequired[dict[str, Any]]
+
+
+class HitlEscalatedPayload(TypedDict):
+    requestId: str
+    urgency: str
+    assignees: dict[str, list[str]]
+    escalateTo: dict[str, list[str]]
+    escalatedAt: str | None
 
 
 class CompletePayload(TypedDict):
@@ -162,7 +173,7 @@ PAYLOADS: dict[str, type] = {
     PLAN_GENERATED: PlanGeneratedPayload, PLAN_UPDATED: PlanUpdatedPayload, NODE_START: NodeStartPayload,
     NODE_COMPLETE: NodeCompletePayload, NODE_ERROR: NodeErrorPayload, VALIDATION_ERROR: ValidationErrorPayload,
     POLICY_TRIGGERED: PolicyTriggeredPayload, HITL_REQUEST: HitlRequestPayload, HITL_UPDATE: HitlUpdatePayload,
-    HITL_RESOLVED: HitlResolvedPayload, COMPLETE: CompletePayload, LOG: LogPayload,
+    HITL_RESOLVED: HitlResolvedPayload, HITL_ESCALATED: HitlEscalatedPayload, COMPLETE: CompletePayload, LOG: LogPayload,
 }
 
 
@@ -252,14 +263,28 @@ def event_hitl_update(*, request_id: str, response: HitlResponsePayload, respons
 
 
 def event_hitl_resolved(*, request_id: str, resolution: str, responses: list[HitlResponsePayload],
-                        node_id: str = "", removed_reason: str | None = None) -> PendingEvent:
+                        node_id: str = "", removed_reason: str | None = None,
+                        applied_action: dict[str, Any] | None = None) -> PendingEvent:
     """A request was resolved, or removed (`resolution` removed, with its
-    `reason`: the run is being cancelled)."""
+    `reason`: the run is being cancelled), or its deadline passed
+    (`resolution` timed_out, with the `appliedAction` the system applied)."""
     payload: HitlResolvedPayload = {"requestId": request_id, "resolution": resolution, "responses": responses}
+    if applied_action is not None:
+        payload["appliedAction"] = applied_action
     if resolution == "removed":
         payload = {"requestId": request_id, "resolution": resolution, "reason": removed_reason,
                    "responses": responses}
     return PendingEvent(HITL_RESOLVED, payload, node_id)
+
+
+def event_hitl_escalated(*, request_id: str, urgency: str, assignees: dict[str, list[str]],
+                         escalate_to: dict[str, list[str]], escalated_at: str | None,
+                         node_id: str = "") -> PendingEvent:
+    """A pending request reached its `escalateAt`: urgency high, `escalateTo`
+    added to its assignees (who are notified)."""
+    payload: HitlEscalatedPayload = {"requestId": request_id, "urgency": urgency, "assignees": assignees,
+                                     "escalateTo": escalate_to, "escalatedAt": escalated_at}
+    return PendingEvent(HITL_ESCALATED, payload, node_id)
 
 
 def event_complete(*, status: Literal["completed", "failed", "cancelled"], output: dict[str, Any] | None = None,

@@ -36,6 +36,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from flexagents.errors import ValidationFailed
 from hitl.models import HitlRequest, HitlStatus
 from runs.models import NodeRun, Run, RunStatus
+from runs.selectors import assigned_to
 
 MAX_FILTER_LENGTH = 200
 
@@ -138,10 +139,19 @@ class RunFilter(django_filters.FilterSet):
     createdAfter = CreatedFilter(bound="after", max_length=MAX_FILTER_LENGTH)
     createdBefore = CreatedFilter(bound="before", max_length=MAX_FILTER_LENGTH)
     q = text(method="filter_text")
+    # Runs with a pending request assigned to the caller (by user or group).
+    assignedTo = django_filters.ChoiceFilter(choices=[("me", "me")], method="filter_assigned")
 
     class Meta:
         model = Run
         fields: list[str] = []
+
+    def filter_assigned(self, qs: QuerySet[Run], name: str, value: str) -> QuerySet[Run]:
+        user = getattr(self.request, "user", None)
+        if user is None or not getattr(user, "is_authenticated", False):
+            return qs.none()
+        mine = HitlRequest.objects.filter(assigned_to(user), run=OuterRef("pk"), status=HitlStatus.PENDING)
+        return qs.filter(Exists(mine))
 
     def filter_capability(self, qs: QuerySet[Run], name: str, value: str) -> QuerySet[Run]:
         return qs.filter(Exists(NodeRun.objects.filter(run=OuterRef("pk"), capability_id=value)))
@@ -158,7 +168,8 @@ class RunFilter(django_filters.FilterSet):
 
 
 # The pages' and the admin's form names for the same filters.
-FORM_NAMES = {"capabilityId": "capability", "createdAfter": "created_after", "createdBefore": "created_before"}
+FORM_NAMES = {"capabilityId": "capability", "createdAfter": "created_after", "createdBefore": "created_before",
+              "assignedTo": "assigned"}
 
 
 class RunFormFilter(RunFilter):
@@ -174,9 +185,9 @@ def filter_errors(filterset: django_filters.FilterSet) -> list[dict[str, str]]:
             for name, messages in filterset.errors.items()]
 
 
-def api_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> QuerySet[Run]:
+def api_filtered(queryset: QuerySet[Run], params: Mapping[str, Any], request: Any = None) -> QuerySet[Run]:
     """The API: a bad value is 422 `validation_failed` naming the parameter."""
-    filterset = RunFilter(params, queryset=queryset)
+    filterset = RunFilter(params, queryset=queryset, request=request)
     if not filterset.is_valid():
         errors = filter_errors(filterset)
         names = ", ".join(e["path"].lstrip("/") for e in errors)
@@ -186,9 +197,10 @@ def api_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> QuerySet
     return filtered
 
 
-def form_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> tuple[QuerySet[Run], list[dict[str, str]]]:
+def form_filtered(queryset: QuerySet[Run], params: Mapping[str, Any],
+                  request: Any = None) -> tuple[QuerySet[Run], list[dict[str, str]]]:
     """The pages: the valid filters apply, the bad ones are reported."""
-    filterset = RunFormFilter(params, queryset=queryset)
+    filterset = RunFormFilter(params, queryset=queryset, request=request)
     errors = [] if filterset.is_valid() else filter_errors(filterset)
     return filterset.qs, errors
 
@@ -201,8 +213,8 @@ def capability_choices() -> list[str]:
 
 # --- the admin's sidebar ------------------------------------------------------------
 
-def admin_filtered(queryset: QuerySet[Run], params: Mapping[str, Any]) -> QuerySet[Run]:
-    filterset = RunFormFilter(params, queryset=queryset)
+def admin_filtered(queryset: QuerySet[Run], params: Mapping[str, Any], request: Any = None) -> QuerySet[Run]:
+    filterset = RunFormFilter(params, queryset=queryset, request=request)
     if not filterset.is_valid():
         raise IncorrectLookupParameters(filter_errors(filterset))
     filtered: QuerySet[Run] = filterset.qs
@@ -219,7 +231,7 @@ class SharedListFilter(admin.SimpleListFilter):
         value = self.value()
         if value in (None, ""):
             return queryset
-        return admin_filtered(queryset, {self.field or str(self.parameter_name): value})
+        return admin_filtered(queryset, {self.field or str(self.parameter_name): value}, request)
 
 
 class StatusListFilter(SharedListFilter):
@@ -237,6 +249,14 @@ class PendingListFilter(SharedListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("yes", "Has a pending request"), ("no", "No pending request")]
+
+
+class AssignedListFilter(SharedListFilter):
+    title = "assigned"
+    parameter_name = "assigned"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("me", "Waiting for me (assigned)")]
 
 
 class CapabilityListFilter(SharedListFilter):
@@ -287,7 +307,7 @@ class CreatedListFilter(admin.ListFilter):
                    "display": title}
 
 
-RUN_LIST_FILTERS = (StatusListFilter, PendingListFilter, CapabilityListFilter, CreatedListFilter)
+RUN_LIST_FILTERS = (StatusListFilter, PendingListFilter, AssignedListFilter, CapabilityListFilter, CreatedListFilter)
 
 
 def run_text_search(queryset: QuerySet[Run], term: str) -> QuerySet[Run]:

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from flexagents.errors import ValidationFailed
 from flexagents.fields import StrictCharField
+from flexagents.idempotency import idempotent
 from flexagents.pagination import KeysetCursorPagination
 from flexagents.redaction import redact
 from hitl import services as hitl_services
@@ -93,6 +94,9 @@ class HitlPendingApi(FlexApiView):
                                OpenApiParameter("urgency", str, enum=list(HitlUrgency.values), required=False),
                                OpenApiParameter("threadId", str, required=False),
                                OpenApiParameter("briefId", str, required=False),
+                               OpenApiParameter("assignedTo", str, enum=["me"], required=False,
+                                                description="`me`: only requests assigned to you (by user "
+                                                            "or group)"),
                                OpenApiParameter("cursor", str, required=False),
                                OpenApiParameter("limit", int, required=False)])
     def get(self, request: Request) -> Response:
@@ -102,10 +106,13 @@ class HitlPendingApi(FlexApiView):
             errors.append({"path": "/kind", "message": f"expected one of {', '.join(HitlKind.values)}"})
         if params.get("urgency") and params["urgency"] not in HitlUrgency.values:
             errors.append({"path": "/urgency", "message": f"expected one of {', '.join(HitlUrgency.values)}"})
+        if params.get("assignedTo") not in (None, "", "me"):
+            errors.append({"path": "/assignedTo", "message": "expected 'me'"})
         if errors:
             raise ValidationFailed("Some query parameters are not valid.", details={"errors": errors})
         qs = hitl_pending_for_user(user=request.user, kind=params.get("kind"), urgency=params.get("urgency"),
-                                   thread_id=params.get("threadId"), brief_id=params.get("briefId"))
+                                   thread_id=params.get("threadId"), brief_id=params.get("briefId"),
+                                   assigned_to_me=params.get("assignedTo") == "me")
         paginator = PendingPagination()
         page = paginator.paginate_queryset(qs, request)
         return paginator.get_paginated_response([_pending_entry(r) for r in page])
@@ -126,6 +133,7 @@ class HitlRespondApi(FlexApiView):
     """POST /api/hitl/respond — append responses without resuming."""
 
     @extend_schema(request=RespondInputSerializer, summary="Append responses to a pending request")
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _parse(RespondInputSerializer, request)
         body = services.hitl_respond(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
@@ -138,6 +146,7 @@ class HitlResumeApi(FlexApiView):
     """POST /api/hitl/resume — answer, resolve the request, resume the run."""
 
     @extend_schema(request=ResumeInputSerializer, summary="Resolve a pending request and resume its run")
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _parse(ResumeInputSerializer, request)
         result = services.hitl_resume(user=request.user, run_id=_run_id(request, data), request_id=data["requestId"],
@@ -153,6 +162,7 @@ class HitlRemoveApi(FlexApiView):
     """POST /api/hitl/remove — remove the pending request and cancel the run."""
 
     @extend_schema(request=RemoveInputSerializer, summary="Remove a pending request; the run is cancelled")
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _parse(RemoveInputSerializer, request)
         run = services.hitl_remove(user=request.user, run_id=_run_id(request, data),

@@ -68,7 +68,7 @@ def run_summary(*, run_id: str) -> dict[str, Any]:
 
 def run_list_response(request: Request) -> dict[str, Any]:
     """One page of summaries and the URL of the next page (or None)."""
-    qs = api_filtered(runs_visible_to(user=request.user), request.query_params)
+    qs = api_filtered(runs_visible_to(user=request.user), request.query_params, request)
     paginator = RunListPagination()
     rows = paginator.paginate_queryset(with_pending_request(qs).values(*SUMMARY_FIELDS, "pending_request_id"), request)
     body: dict[str, Any] = paginator.get_paginated_response([summary_from_row(row) for row in rows]).data

@@ -58,12 +58,21 @@ LEASE_TAKEOVERS = Counter("flex_lease_takeovers", "Runs claimed from a worker wh
 SSE_OPEN_STREAMS = Gauge("flex_sse_open_streams", "SSE streams open now, all live processes summed.",
                          multiprocess_mode="livesum")
 LLM_TOKENS = Counter("flex_llm_tokens", "Language-model tokens used.", ["model", "kind"])
+NOTIFICATION_ATTEMPTS = Counter("flex_notification_attempts",
+                                "Notification delivery attempts (webhooks, email) by outcome: delivered, retry "
+                                "(will be tried again), failed (gave up), refused (SSRF guard).",
+                                ["channel", "outcome"])
 
 # Computed from the database at scrape time (DatabaseFactsCollector).
 DATABASE_GAUGES = ("flex_hitl_pending", "flex_queue_depth", "flex_agents_active", "flex_workers_fresh")
 
 
 # --- the increments (one function per fact) -----------------------------------
+
+def notification_attempt(*, channel: str, outcome: str) -> None:
+    """One delivery attempt of a notification (runs.notifications)."""
+    NOTIFICATION_ATTEMPTS.labels(channel=channel, outcome=outcome).inc()
+
 
 def run_finished(*, status: str, seconds: float | None) -> None:
     """A run reached a terminal status (completed, failed, cancelled)."""

@@ -145,6 +145,12 @@ class Run(StatusGuardedModel):
     output = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     pause_reason = models.TextField(blank=True, default="")
+    # created_at + constraints.deadlineSeconds: past it, the sweep of every
+    # worker fails the run (`deadline_exceeded`, runs.governance).
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # Manual policies triggered on an active run, applied by the worker that
+    # drives it at its next step: [{"policyId", "note", "by", "at"}].
+    manual_triggers = models.JSONField(default=list, blank=True)
 
     objects = StatusGuardedQuerySet.as_manager()
 
@@ -158,6 +164,7 @@ class Run(StatusGuardedModel):
             models.Index(fields=["thread_id"], name="run_thread_idx"),
             models.Index(fields=["brief_id"], name="run_brief_idx"),
             models.Index(fields=["-created_at"], name="run_created_idx"),
+            models.Index(fields=["deadline_at"], name="run_deadline_idx"),
         ]
         permissions = [
             ("operate_run", "Can resume, answer and cancel a run"),
@@ -388,3 +395,102 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.worker_id
+
+
+# --- notifications (API.md, Governance: Notifications; docs/notifications.md) ---
+
+NOTIFIABLE_EVENT_TYPES = ("hitl_request", "hitl_escalated", "hitl_resolved", "complete")
+EMAILED_EVENT_TYPES = ("hitl_request", "hitl_escalated")
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 24 random bytes."""
+    import base64
+    import secrets
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def default_event_types() -> list[str]:
+    return list(NOTIFIABLE_EVENT_TYPES)
+
+
+class WebhookSubscription(models.Model):
+    """An endpoint that receives some run events, signed with its secret."""
+
+    url = models.URLField(max_length=2000, help_text="https://… (http:// is allowed too); no redirects are followed")
+    event_types = models.JSONField(default=default_event_types,
+                                   help_text="Any of: " + ", ".join(NOTIFIABLE_EVENT_TYPES))
+    secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False)
+    active = models.BooleanField(default=True)
+    description = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({', '.join(self.event_types)})"
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class NotificationChannel(models.TextChoices):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
+class Notification(models.Model):
+    """The outbox: one row per (subscription, event) or per emailed event,
+    written in the same transaction as the event (runs.notifications), then
+    delivered by the workers with retries. `id` is the webhook-id."""
+
+    id = models.CharField(primary_key=True, max_length=40)
+    channel = models.CharField(max_length=10, choices=NotificationChannel.choices)
+    # No database constraint: a subscription deleted while an event is being
+    # written must not fail the run's transaction (deliver() skips the row;
+    # the ORM's cascade deletes the rest).
+    subscription = models.ForeignKey(WebhookSubscription, null=True, blank=True, on_delete=models.CASCADE,
+                                     related_name="notifications", db_constraint=False)
+    recipients = models.JSONField(default=list, blank=True)  # email addresses (channel email)
+    run_id = models.CharField(max_length=40, db_index=True)
+    event_type = models.CharField(max_length=40)
+    event_seq = models.PositiveIntegerField()
+    body = models.JSONField()  # the redacted message: {type, timestamp, data}
+    status = models.CharField(max_length=10, choices=NotificationStatus.choices, default=NotificationStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Due time; a claim moves it forward (a crashed deliverer's claim simply expires).
+    next_attempt_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="notification_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.channel} {self.event_type} {self.status}"
+
+
+class NotificationAttempt(models.Model):
+    """One delivery attempt of a notification (visible in the admin)."""
+
+    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="attempt_rows")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    ok = models.BooleanField()
+    response_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["notification", "number"]
+
+    def __str__(self) -> str:
+        return f"{self.notification_id} #{self.number} {'ok' if self.ok else 'failed'}"

@@ -148,6 +148,39 @@ class RunDetail:
     audit: list[dict[str, Any]]
 
 
+def people_text(people: Any) -> str:
+    """{"users": ["ana"], "groups": ["legal"]} -> "ana, group legal"."""
+    value = people if isinstance(people, dict) else {}
+    return ", ".join([*(str(u) for u in value.get("users") or []),
+                      *(f"group {g}" for g in value.get("groups") or [])])
+
+
+def timeout_text(action: Any) -> str:
+    if not isinstance(action, dict):
+        return "reject (the default)"
+    if action.get("type") == "option":
+        return f"answer with option {action.get('optionId')}"
+    return str(action.get("type"))
+
+
+def governance_row(request: HitlRequest, shown: Any) -> dict[str, Any] | None:
+    """A request's governance as the console, the inbox and the history
+    pages show it (from the presenter's payload `shown`); None when the
+    request has none of it to show (a clarification without assignees or
+    deadlines)."""
+    row = {"request_id": request.id, "kind": request.kind, "assignees": people_text(shown["assignees"]),
+           "required": shown["requiredApprovals"], "approved": len(shown["approvals"]),
+           "approvers": [a["responderDisplayName"] or "someone" for a in shown["approvals"]],
+           "needed": shown["approvalsNeeded"], "allow_self": shown["allowSelfApproval"],
+           "due_at": request.due_at, "on_timeout": timeout_text(shown["onTimeout"]),
+           "escalate_at": request.escalate_at, "escalated": request.escalated, "escalated_at": request.escalated_at,
+           "escalate_to": people_text(shown["escalateTo"]),
+           "applied": timeout_text(shown["appliedAction"]) if shown["appliedAction"] else ""}
+    if request.kind != "approval" and not (row["assignees"] or row["due_at"] or row["escalate_at"]):
+        return None
+    return row
+
+
 def run_detail(run: Run) -> RunDetail:
     """Everything a run page shows, redacted, in a fixed number of queries
     (plan versions, nodes, requests + responses, events, audit)."""
@@ -176,6 +209,7 @@ def run_detail(run: Run) -> RunDetail:
             "resolution": request.resolution, "pending_node_id": request.pending_node_id,
             "operator_prompt": shown["operatorPrompt"], "plan_version": request.plan_version,
             "review": review_rows(request.review, schemas),
+            "governance": governance_row(request, shown),
             "created_at": request.created_at, "resolved_at": request.resolved_at,
             "latest_response_id": responses[-1].response_id if responses else "",
             "responses": [{
@@ -238,7 +272,12 @@ def event_summary(frame: dict[str, Any]) -> str:
     if kind == "hitl_update":
         return f"{p.get('requestId')} response #{p.get('responseCount')}: {(p.get('response') or {}).get('responseType')}"
     if kind == "hitl_resolved":
+        applied = p.get("appliedAction")
+        if isinstance(applied, dict):
+            return f"{p.get('requestId')} timed out: the system applied {timeout_text(applied)}"
         return f"{p.get('requestId')} {p.get('resolution')}"
+    if kind == "hitl_escalated":
+        return f"{p.get('requestId')} escalated to {people_text(p.get('escalateTo'))}; urgency {p.get('urgency')}"
     if kind == "plan_updated":
         return f"plan v{p.get('previousVersion')} → v{p.get('version')} ({p.get('reason')})"
     if kind == "plan_generated":
@@ -258,7 +297,7 @@ def event_summary(frame: dict[str, Any]) -> str:
 
 @login_required(login_url=LOGIN_URL)
 def run_list_page(request: HttpRequest) -> HttpResponse:
-    qs, errors = form_filtered(runs_annotated(runs_visible_to(user=request.user)), request.GET)
+    qs, errors = form_filtered(runs_annotated(runs_visible_to(user=request.user)), request.GET, request)
     page = Paginator(qs.order_by("-created_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
     params = request.GET.copy()
     params.pop("page", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from flexagents.errors import HitlRequestNotFound, RunNotFound
@@ -49,10 +49,14 @@ def run_events_after(*, run: Run, after: int, limit: int) -> list[RunEvent]:
 # --- HITL requests: lists filter on the runs the caller may view -----------------
 
 def hitl_pending_for_user(*, user: Any, kind: str | None = None, urgency: str | None = None,
-                          thread_id: str | None = None, brief_id: str | None = None) -> QuerySet[HitlRequest]:
+                          thread_id: str | None = None, brief_id: str | None = None,
+                          assigned_to_me: bool = False) -> QuerySet[HitlRequest]:
     """Pending requests on runs the user may view: most urgent first, then oldest
-    (index hitl_inbox_idx serves the order)."""
+    (index hitl_inbox_idx serves the order). `assigned_to_me`: only those
+    whose assignees name the user or one of the user's groups."""
     qs = HitlRequest.objects.filter(status=HitlStatus.PENDING, run__in=runs_visible_to(user=user))
+    if assigned_to_me:
+        qs = qs.filter(assigned_to(user))
     if kind:
         qs = qs.filter(kind=kind)
     if urgency:
@@ -62,6 +66,14 @@ def hitl_pending_for_user(*, user: Any, kind: str | None = None, urgency: str | 
     if brief_id:
         qs = qs.filter(brief_id=brief_id)
     return qs.select_related("run").prefetch_related("responses").order_by("urgency_rank", "created_at", "id")
+
+
+def assigned_to(user: Any) -> Q:
+    """Requests whose assignees name `user` or one of their groups."""
+    condition = Q(assignee_keys__contains=f"|u:{user.username}|")
+    for name in user.groups.values_list("name", flat=True):
+        condition |= Q(assignee_keys__contains=f"|g:{name}|")
+    return condition
 
 
 def hitl_run_id_for(*, user: Any, run_id: str | None, thread_id: str | None, request_id: str | None) -> str:
@@ -93,7 +105,11 @@ def requests_visible_to(*, user: Any) -> QuerySet[HitlRequest]:
     return qs
 
 
-def inbox_requests(*, user: Any, limit: int = 200) -> list[HitlRequest]:
-    """Pending requests, most urgent first, then oldest (hitl_inbox_idx)."""
-    return list(requests_visible_to(user=user).filter(status=HitlStatus.PENDING)
-                .select_related("run").order_by("urgency_rank", "created_at", "id")[:limit])
+def inbox_requests(*, user: Any, limit: int = 200, assigned_to_me: bool = False) -> list[HitlRequest]:
+    """Pending requests, most urgent first, then oldest (hitl_inbox_idx);
+    `assigned_to_me`: only those assigned to the user (by user or group)."""
+    qs = requests_visible_to(user=user).filter(status=HitlStatus.PENDING)
+    if assigned_to_me:
+        qs = qs.filter(assigned_to(user))
+    return list(qs.select_related("run").prefetch_related("responses")
+                .order_by("urgency_rank", "created_at", "id")[:limit])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -13,12 +13,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from flexagents import logging as flex_logging
-from flexagents.errors import (Forbidden, HitlResponseRequired, InvalidRunState, MissingSnapshot, RunAlreadyCompleted,
-                               ServerBusy, StalePlanVersion)
+from flexagents.ids import new_id
+from flexagents.errors import (Forbidden, HitlResponseRequired, InvalidRunState, MissingSnapshot, PolicyNotFound,
+                               RunAlreadyCompleted, ServerBusy, StalePlanVersion)
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
 from hitl.models import HitlRequest, HitlResponse
-from hitl.presenters import hitl_response_payload
-from hitl.services import (Resolution, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
+from hitl.presenters import approvals_of, hitl_response_payload
+from hitl.services import (Resolution, check_may_answer, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
                            hitl_request_resolve, hitl_requests_remove_pending, hitl_responses_append,
                            hitl_responses_of, validate_responses, validation_error)
 from planner.envelope import validate_envelope
@@ -84,8 +85,10 @@ def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     normalized = validate_envelope(envelope)
     _refuse_past_queue_caps(user)
     metadata = normalized.get("metadata", {})
+    deadline_seconds = normalized.get("constraints", {}).get("deadlineSeconds")
     with transaction.atomic():
         run = Run.objects.create(
+            deadline_at=timezone.now() + timedelta(seconds=deadline_seconds) if deadline_seconds else None,
             objective=normalized["objective"], envelope=normalized, created_by=user,
             thread_id=str(metadata.get("threadId") or "")[:200], brief_id=str(metadata.get("briefId") or "")[:200],
             correlation_id=(str(metadata.get("correlationId") or "")[:200]
@@ -210,6 +213,8 @@ def hitl_respond(*, user: Any, run_id: str, request_id: str, responses: Any,
         items = validate_responses(request=request, responses=answer.responses)
         if not items:
             raise validation_error("Send at least one response.", [{"path": "/responses", "message": "must not be empty"}])
+        check_may_answer(request=request, user=user, items=items, run_created_by_id=run.created_by_id,
+                         existing=existing)
         rows = hitl_responses_append(request=request, items=items, user=user,
                                      display_name=hitl_display_name(user=user, operator=answer.operator))
         run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version,
@@ -261,6 +266,24 @@ def run_resume(*, user: Any, run_id: str, expected_plan_version: int, responses:
         return _resume(user=user, run=run, request=request, answer=answer, audit_action="run_resumed")
 
 
+def resume_decided(*, run: Run, request: HitlRequest, resolved: Resolution, events: list[ev.PendingEvent],
+                   audit_action: str, actor_display: str) -> ResumeResult:
+    """Under the run's row lock: go on with a request the system resolved
+    (a deadline, `runs.governance`) as if a person had answered it."""
+    return _resume(user=None, run=run, request=request, answer=Answer(), audit_action=audit_action,
+                   decided=(resolved, events), actor_display=actor_display)
+
+
+def cancel_run_row(*, run: Run, events: list[ev.PendingEvent]) -> None:
+    """Under the run's row lock: the run becomes cancelled with `events`."""
+    _cancel(run=run, events=events)
+
+
+def removal_events(*, run: Run, reason: str) -> list[ev.PendingEvent]:
+    """Remove the run's pending requests (it is ending): their events."""
+    return _removal_events(run=run, reason=reason)
+
+
 def _check_waiting(run: Run, allowed: tuple[str, ...]) -> None:
     if run.is_terminal:
         raise RunAlreadyCompleted(details={"status": run.status})
@@ -286,15 +309,24 @@ class _Outcome:
     completing: list[ev.PendingEvent] = field(default_factory=list)
 
 
-def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer, audit_action: str) -> ResumeResult:
+def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer, audit_action: str,
+            decided: tuple[Resolution, list[ev.PendingEvent]] | None = None, actor_display: str = "") -> ResumeResult:
     """Under the run's row lock, with status and request already checked:
     resolve the request (if any), apply its follow-up to the nodes and the
-    run, record a new plan version and queue (or end) the run."""
+    run, record a new plan version and queue (or end) the run. `decided`:
+    the request was already resolved by the system (a deadline), with its
+    events."""
     now = timezone.now()
     events: list[ev.PendingEvent] = []
     resolved: Resolution | None = None
-    if request is not None:
-        resolved, events = _resolve(user=user, request=request, answer=answer, now=now)
+    if decided is not None:
+        resolved, events = decided
+    elif request is not None:
+        resolved, events = _resolve(user=user, request=request, answer=answer, now=now,
+                                   created_by_id=run.created_by_id)
+        if not resolved.resolution:
+            return _approval_counted(user=user, run=run, request=request, resolved=resolved, events=events,
+                                     answer=answer)
     action = resolved.action if resolved is not None else {"type": "continue"}
     node_id = request.pending_node_id if request is not None else ""
 
@@ -334,7 +366,7 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
     rows = run_transition(run_id=run.id, to=outcome.target, expect=[run.status], plan_version=version,
                           updates=outcome.updates, events=events)
     responses = resolved.responses if resolved is not None else []
-    audit_add(run=run, action=audit_action, actor=user, plan_version=version,
+    audit_add(run=run, action=audit_action, actor=user, plan_version=version, display_name=actor_display,
               details={"requestId": request.id if request else None,
                        "resolution": (resolved.resolution if resolved else "") or None,
                        "action": action.get("type", "continue"), "previousVersion": previous,
@@ -349,15 +381,34 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
                         first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
 
 
-def _resolve(*, user: Any, request: HitlRequest, answer: Answer,
-             now: datetime) -> tuple[Resolution, list[ev.PendingEvent]]:
+def _approval_counted(*, user: Any, run: Run, request: HitlRequest, resolved: Resolution,
+                      events: list[ev.PendingEvent], answer: Answer) -> ResumeResult:
+    """A resume whose approval does not reach the request's quorum yet: the
+    approval is stored (`hitl_update`), the run keeps waiting."""
+    rows = run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version, events=events)
+    approvals = len(approvals_of(resolved.responses))
+    audit_add(run=run, action="hitl_approval_counted", actor=user,
+              details={"requestId": request.id, "approvals": approvals,
+                       "requiredApprovals": request.required_approvals, "note": answer.note,
+                       "responseIds": [r.response_id for r in resolved.new_responses],
+                       "operator": answer.operator_details})
+    return ResumeResult(run=run, request=request, responses=resolved.responses, resolution="",
+                        first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
+
+
+def _resolve(*, user: Any, request: HitlRequest, answer: Answer, now: datetime,
+             created_by_id: Any) -> tuple[Resolution, list[ev.PendingEvent]]:
     """Check and store the answer, resolve the request; its events
     (`hitl_update` per response, then `hitl_resolved`)."""
     existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
     items = validate_responses(request=request, responses=answer.responses)
+    check_may_answer(request=request, user=user, items=items, run_created_by_id=created_by_id,
+                     existing=existing)
     resolved = hitl_request_resolve(request=request, existing=existing, items=items, user=user,
                                     display_name=hitl_display_name(user=user, operator=answer.operator), now=now)
     events = _update_events(request=request, rows=resolved.new_responses, before=len(existing))
+    if not resolved.resolution:
+        return resolved, events  # a quorum still short of approvals
     events.append(ev.event_hitl_resolved(request_id=request.id, resolution=resolved.resolution,
                                          responses=[hitl_response_payload(r) for r in resolved.responses],
                                          node_id=request.pending_node_id))
@@ -385,15 +436,22 @@ def _node_changes(*, graph: dict[str, Any], statuses: dict[str, str], node_id: s
     return changes
 
 
+# How a failing follow-up names the failure, by the request's resolution.
+FAIL_CODES: dict[str, tuple[str, str]] = {
+    "rejected": ("hitl_rejected", "A person rejected the request."),
+    "timed_out": ("hitl_timed_out", "Nobody answered the request before its deadline."),
+    "": ("policy_failed", "The approved action fails the run."),
+}
+
+
 def _outcome(*, request: HitlRequest | None, resolved: Resolution | None, action: dict[str, Any], node_id: str,
              now: datetime) -> _Outcome:
     outcome = _Outcome()
     resolution = resolved.resolution if resolved is not None else ""
     if action.get("type") == "fail":
         outcome.target = RunStatus.FAILED
-        code = "hitl_rejected" if resolution == "rejected" else "policy_failed"
-        error = {"code": code, "message": action.get("message") or (
-            "A person rejected the request." if resolution == "rejected" else "The approved action fails the run."),
+        code, default_message = FAIL_CODES.get(resolution, FAIL_CODES[""])
+        error = {"code": code, "message": action.get("message") or default_message,
             "requestId": request.id if request else None, "nodeId": node_id or None}
         outcome.updates.update(error=error, completed_at=now)
         outcome.completing.append(ev.event_complete(status="failed", error=error))
@@ -419,3 +477,84 @@ def _downstream(graph: dict[str, Any], node_id: str) -> set[str]:
                 seen.add(child)
                 stack.append(child)
     return seen
+
+
+# --- manual policies --------------------------------------------------------------
+
+@dataclass
+class TriggerResult:
+    run: Run
+    policy_id: str
+    trigger_id: str
+    # "queued": the worker driving the run applies it at its next step;
+    # "applied": applied at once (a waiting run: `fail` or `emit`).
+    state: str
+
+
+# What a manual policy may do to a run that waits for a person (paused or
+# awaiting_hitl): no worker holds it, so it is applied at once. `hitl`,
+# `replan` (and `pause` on a run awaiting a person) need the run running.
+WAITING_RUN_ACTIONS = ("fail", "emit", "pause")
+
+
+def policy_trigger(*, user: Any, run_id: str, policy_id: str, note: str = "") -> TriggerResult:
+    """POST /api/v1/flex/runs/{runId}/policies/{policyId}/trigger (docs/hitl.md,
+    "Manual policies"): operators and the run's owner (operate rights)."""
+    with transaction.atomic():
+        run = lock_run_for_operator(user=user, run_id=run_id, refusal="Your role may not trigger policies.")
+        policies = (run.envelope.get("policies") or {}).get("runtime") or []
+        policy = next((p for p in policies if p.get("id") == policy_id), None)
+        if policy is None:
+            raise PolicyNotFound(details={"runId": run.id, "policyId": policy_id,
+                                          "policyIds": [p.get("id") for p in policies]})
+        kind = (policy.get("trigger") or {}).get("kind")
+        if run.is_terminal:
+            raise InvalidRunState("The run has finished; its policies can no longer be triggered.",
+                                  details={"status": run.status, "policyId": policy_id})
+        if kind != "manual":
+            raise InvalidRunState(f"Policy {policy_id} fires on {kind}, not by hand.",
+                                  details={"status": run.status, "policyId": policy_id, "triggerKind": kind})
+        if policy.get("enabled", True) is False:
+            raise InvalidRunState(f"Policy {policy_id} is disabled in the run's envelope.",
+                                  details={"status": run.status, "policyId": policy_id, "enabled": False})
+        action = dict(policy.get("action") or {})
+        trigger_id = new_id("trg")
+        entry = {"id": trigger_id, "policyId": policy_id, "note": note, "by": getattr(user, "username", ""),
+                 "at": timezone.now().isoformat()}
+        if run.is_waiting:
+            state = _apply_to_waiting_run(run=run, policy=policy, action=action)
+        else:
+            run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version,
+                           updates={"manual_triggers": [*(run.manual_triggers or []), entry]})
+            state = "queued"
+            transaction.on_commit(notify.announce_work)
+        audit_add(run=run, action="policy_triggered_manually", actor=user,
+                  details={"policyId": policy_id, "note": note, "triggerId": trigger_id, "state": state,
+                           "action": action.get("type")})
+    run.refresh_from_db()
+    return TriggerResult(run=run, policy_id=policy_id, trigger_id=trigger_id, state=state)
+
+
+def _apply_to_waiting_run(*, run: Run, policy: dict[str, Any], action: dict[str, Any]) -> str:
+    kind = action.get("type")
+    if kind not in WAITING_RUN_ACTIONS or (kind == "pause" and run.status != RunStatus.PAUSED):
+        raise InvalidRunState(f"A {kind} policy applies to a running run; this one is {run.status}.",
+                              details={"status": run.status, "policyId": policy["id"], "action": kind})
+    events = [ev.event_policy_triggered(policy_id=policy["id"], trigger="manual", action=action)]
+    if kind == "emit":
+        events.append(ev.event_log(level="info", message=f"policy {policy['id']} emitted {action['event']}",
+                                   event=action["event"], payload=action.get("payload") or {}))
+        run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version, events=events)
+    elif kind == "pause":
+        run_transition(run_id=run.id, to=None, expect=[run.status], plan_version=run.plan_version, events=events)
+    else:
+        error = {"code": "policy_failed", "message": action.get("message")
+                 or f"Runtime policy {policy['id']} failed the run.", "policyId": policy["id"]}
+        events += _removal_events(run=run, reason=f"policy {policy['id']} failed the run")
+        events.append(ev.event_complete(status="failed", error=error))
+        nodes_update({node.pk: {"status": NodeStatus.FAILED, "completed_at": timezone.now()}
+                      for node in NodeRun.objects.filter(run_id=run.id, status=NodeStatus.AWAITING_HITL)})
+        run_transition(run_id=run.id, to=RunStatus.FAILED, expect=[run.status], plan_version=run.plan_version,
+                       updates={"error": error, "completed_at": timezone.now(), "lease_owner": "",
+                                "lease_expires_at": None}, events=events)
+    return "applied"

@@ -11,8 +11,10 @@ remove — changes a run and appends its events:
    WHERE id = … AND status IN (expected) [AND lease_token = …] RETURNING
    last_seq`, which also takes the run's row lock, so every writer of the run
    queues behind the others until commit and `seq` has no gap or repeat;
-3. it inserts the events numbered from the returned `last_seq` and
-   schedules their publication for after the commit;
+3. it inserts the events numbered from the returned `last_seq`, their
+   notification outbox rows (`runs.notifications.enqueue`: webhooks and
+   email, nothing for most event types) and schedules their publication
+   for after the commit;
 4. when the row was not in an expected state (or the lease moved on) it
    raises `Fenced`: the caller's transaction rolls back.
 
@@ -45,6 +47,7 @@ from django.db.models import F, Field, Q, Value
 from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
+from runs import notifications
 from runs.events import PendingEvent, publish_on_commit
 from runs.models import (NODE_TRANSITIONS, RUN_TRANSITIONS, STATUS_WRITER, TERMINAL_STATUSES, NodeRun, Run,
                          RunEvent, RunFacet)
@@ -122,6 +125,7 @@ def run_transition(
         return []
     rows = _event_rows(run_id, last_seq, pending, plan_version, now)
     RunEvent.objects.bulk_create(rows)
+    notifications.enqueue(rows)
     publish_on_commit(rows)
     return rows
 
@@ -196,18 +200,24 @@ def step_commit(
     if connection.vendor == "postgresql":
         # Alone, the statement is atomic by itself; in the caller's
         # transaction, a savepoint keeps a refused node from aborting it.
+        # An event that may notify someone takes its outbox rows in the same
+        # transaction, so such a step opens one; the others stay one statement.
+        notifying = notifications.may_notify(events)
         try:
-            with (transaction.atomic() if connection.in_atomic_block else nullcontext()), status_writer():
+            with (transaction.atomic() if connection.in_atomic_block or notifying else nullcontext()), \
+                    status_writer():
                 last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
                                             updates=values, nodes=node_changes, facets=facets, events=events,
                                             plan_version=plan_version, now=now)
+                if last_seq is None:
+                    raise Fenced(run_id)
+                rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+                if notifying:
+                    notifications.enqueue(rows)
         except DataError as exc:
             if _NODE_REFUSED in str(exc):
                 raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
             raise
-        if last_seq is None:
-            raise Fenced(run_id)
-        rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
     else:
         with transaction.atomic(), status_writer():
             last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token, statuses=expected,
@@ -217,6 +227,7 @@ def step_commit(
             rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
             _write_sqlite(connection, nodes=node_changes, rows=rows)
             facets_write(run_id, facets)
+            notifications.enqueue(rows)
     if rows:
         publish_on_commit(rows)  # at once when the statement was its own transaction
     return rows

@@ -10,6 +10,8 @@ urlpatterns = [
     path("run.resume", apis.RunResumeApi.as_view(), name="run-resume"),
     path("runs/<str:run_id>", apis.RunDebugApi.as_view(), name="run-debug"),
     path("runs/<str:run_id>/cancel", apis.RunCancelApi.as_view(), name="run-cancel"),
+    path("runs/<str:run_id>/policies/<str:policy_id>/trigger", apis.PolicyTriggerApi.as_view(),
+         name="policy-trigger"),
     path("runs/<str:run_id>/stream", apis.RunStreamGetApi.as_view(), name="run-stream"),
     path("runs/<str:run_id>/stream-ticket", apis.StreamTicketCreateApi.as_view(), name="stream-ticket"),
     path("runs/<str:run_id>/events", apis.RunEventsApi.as_view(), name="run-events"),

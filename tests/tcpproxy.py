@@ -20,6 +20,9 @@ class TcpProxy:
         # cut(bytes the client sent, bytes the server sent) on one connection
         # -> True: close both sides now (once).
         self.cut: Callable[[bytes, bytes], bool] | None = None
+        # True: the bytes that made `cut` true are dropped, not forwarded (a
+        # response lost after the server sent it).
+        self.drop_on_cut = False
         self.cuts = 0
         self.requests: list[bytes] = []  # each HTTP request head clients sent (keep-alive included)
         self._server: socket.socket | None = None
@@ -72,8 +75,11 @@ class TcpProxy:
                 seen += data
                 if request is None and data.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD"):
                     self.requests.append(data.split(b"\r\n\r\n", 1)[0])
-                dst.sendall(data)
-                if request is not None and self.cut is not None and self.cuts == 0 and self.cut(bytes(request), bytes(seen)):
+                cutting = (request is not None and self.cut is not None and self.cuts == 0
+                           and self.cut(bytes(request), bytes(seen)))
+                if not (cutting and self.drop_on_cut):
+                    dst.sendall(data)
+                if cutting:
                     self.cuts += 1
                     break
         except OSError:

@@ -68,7 +68,7 @@ def run(
         raise typer.Exit(2)
     client = State.client()
     try:
-        created = client.request("POST", "/api/v1/flex/runs", json=envelope)
+        created = client.post_once("/api/v1/flex/runs", envelope)
         if not follow:
             print_json(created)
             return
@@ -193,7 +193,7 @@ def answer(
             body["latestResponseId"] = earlier[-1]["responseId"]
         if note:
             body["note"] = note
-        result = client.request("POST", "/api/hitl/resume", json=body)
+        result = client.post_once("/api/hitl/resume", body)
     except FlexError as error:
         fail(error)
     finally:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,14 @@ class SSEFrame:
     id: str | None = None
     event: str = "message"
     data: str = ""
+
+
+def _code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[SSEFrame]:
@@ -92,6 +101,30 @@ class FlexClient:
         if response.status_code >= 400:
             raise _error_from(response)
         return response.json() if response.content else None
+
+    def post_once(self, path: str, body: Any, *, attempts: int = 4) -> Any:
+        """POST a state change with an Idempotency-Key (docs/api.md,
+        Idempotency), retried with the same key when the connection fails or
+        the first try is still executing: at most one effect, whatever
+        happens to the answer on its way back."""
+        headers = {"Idempotency-Key": f"flex-cli-{uuid.uuid4().hex}"}
+        failure: FlexError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(min(0.5 * 2 ** (attempt - 1), self.max_backoff))
+            try:
+                response = self._http.post(path, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                failure = FlexError("connection_failed", f"cannot reach {self.url}: {exc}")
+                continue
+            if response.status_code == 409 and _code(response) == "idempotency_in_progress":
+                failure = _error_from(response)
+                continue
+            if response.status_code >= 400:
+                raise _error_from(response)
+            return response.json() if response.content else None
+        assert failure is not None
+        raise failure
 
     def pages(self, path: str, key: str, params: dict[str, Any] | None = None,
               limit: int | None = None) -> list[dict[str, Any]]:

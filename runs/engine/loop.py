@@ -378,6 +378,32 @@ def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outco
          extra={"nodeId": node.node_id})
 
 
+def apply_manual_trigger(ctx: RunContext) -> bool:
+    """Apply the oldest manual policy trigger recorded on the run (by the
+    trigger endpoint, under the run's row lock) in one committed step, and
+    remove it from the run in that same step. True when one was applied."""
+    pending = Run.objects.filter(pk=ctx.run.id).values_list("manual_triggers", flat=True).first() or []
+    if not pending:
+        return False
+    entry = pending[0]
+    step = Step()
+    policy = policies.manual_policy(ctx, str(entry.get("policyId")))
+    if policy is not None:
+        policies.on_manual(ctx, step, policy)
+    else:
+        step.event(ev.event_log(level="warning", message=f"manual policy {entry.get('policyId')} is gone"))
+    run_id = ctx.run.id
+
+    def drop_trigger() -> None:
+        # After the fenced UPDATE of the commit: the run's row is locked.
+        current = Run.objects.filter(pk=run_id).values_list("manual_triggers", flat=True).get() or []
+        Run.objects.filter(pk=run_id).update(manual_triggers=[t for t in current if t.get("id") != entry.get("id")])
+
+    step.writes.append(drop_trigger)
+    commit(ctx, step)
+    return True
+
+
 # --- driver --------------------------------------------------------------------
 
 def load(claim: Claim) -> RunContext:
@@ -413,6 +439,8 @@ def _advance(ctx: RunContext, claim: Claim, *, heartbeat: Heartbeat | None,
         while ctx.run.status == RunStatus.RUNNING:
             if stop is not None and stop():
                 return "handed_back"
+            if apply_manual_trigger(ctx):
+                continue
             running = [n for n in ctx.nodes.values() if n.status == NodeStatus.RUNNING]
             if not running:
                 step = Step()

@@ -11,8 +11,9 @@ the normal flow (the run now waits for a person, is paused, or failed).
    `replan` and `fail` decide the step, and the first of them stops the
    evaluation of later policies.
 
-`manual` policies are never fired by the engine (they name an operator's
-intent; see docs/hitl.md). Policies never re-route the graph: flow changes
+`manual` policies fire only when someone triggers them (the trigger
+endpoint or the console button); the worker driving the run applies them
+at its next step (`on_manual`, docs/hitl.md). Policies never re-route the graph: flow changes
 only come from a new plan version (`replan`, or a resume).
 """
 from __future__ import annotations
@@ -119,6 +120,18 @@ def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "Clarificat
     step.status = RunStatus.AWAITING_HITL
     step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
                                      node_id=node.node_id))
+
+
+def on_manual(ctx: RunContext, step: Step, policy: dict[str, Any]) -> bool:
+    """A `manual` policy someone triggered (POST .../policies/{id}/trigger),
+    applied between two steps of the run: its action as any policy's
+    (`policy_triggered`, then hitl / pause / replan / fail / emit)."""
+    return _fire(ctx, step, policy, MANUAL, None, [], output={})
+
+
+def manual_policy(ctx: RunContext, policy_id: str) -> dict[str, Any] | None:
+    return next((p for p in runtime_policies(ctx.envelope)
+                 if p.get("id") == policy_id and (p.get("trigger") or {}).get("kind") == MANUAL), None)
 
 
 # --- selection -------------------------------------------------------------------
@@ -233,6 +246,8 @@ def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger
     rationale = action.get("rationale") or ""
     if trigger == ON_VALIDATION_FAIL:
         question = f"Node {node_id} produced output that fails its contract. Try it again?"
+    elif trigger == MANUAL:
+        question = f"Policy {policy['id']} was triggered by hand. Approve to let the run go on?"
     elif node is not None:
         question = f"Approve the output of {node_id} ({node.capability_id})?"
     else:
@@ -247,7 +262,7 @@ def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger
         allow_free_form=False, urgency="normal", pending_node_id=node_id, operator_prompt=rationale,
         contract_summary=summary, plan_version=ctx.run.plan_version, source=policy["id"],
         approve_action=_follow_up(action.get("approveAction")), reject_action=_follow_up(action.get("rejectAction")),
-        review=review)
+        review=review, governance={key: action[key] for key in hitl_services.GOVERNANCE_KEYS if key in action})
     step.writes.append(lambda: request.save(force_insert=True))
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())

@@ -2,7 +2,9 @@
 `manage.py flex_worker` process. Both run the same `Worker.run_forever` loop:
 
 1. claim a run: a queued one, or — at most every `FLEX_SWEEP_SECONDS` — one
-   whose lease expired (the takeover "sweep");
+   whose lease expired (the takeover "sweep"); the sweep also applies the
+   HITL escalations and timeouts and the run deadlines that are due
+   (`runs.governance`);
 2. advance it with a heartbeat thread renewing the lease;
 3. let go of it when it waits for a person or is terminal;
 4. when idle, sleep until woken (a run was queued in this process, or a
@@ -21,8 +23,9 @@ import weakref
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from runs import notify
+from runs import governance, notify
 from runs.engine import lease, loop
+from runs.notifications import Notifier
 from runs.ops import worker_beat
 
 logger = logging.getLogger("runs.engine.worker")
@@ -74,6 +77,9 @@ class Worker:
         sweep = now - self._last_sweep >= self.sweep_seconds
         if sweep:
             self._last_sweep = now
+            # Deadlines and escalations (state in the database; each applied
+            # once whatever the number of workers sweeping).
+            governance.sweep()
         claim = lease.claim_next(worker_id=self.worker_id, sweep=sweep)
         if claim is None:
             return False
@@ -133,6 +139,7 @@ def drain(*, worker_id: str = "drain", max_steps: int = 1000) -> int:
 
 
 _embedded: list[tuple[Worker, threading.Thread]] = []
+_embedded_notifier: list[Notifier] = []
 _embedded_lock = threading.Lock()
 
 
@@ -144,9 +151,12 @@ def start_embedded_workers_if_configured() -> None:
 
 
 def start_embedded_workers(count: int | None = None) -> list[Worker]:
-    """Worker threads inside this process (idempotent)."""
+    """Worker threads inside this process (idempotent), and the notification
+    deliverer beside them (runs.notifications)."""
     count = settings.FLEX_EMBEDDED_WORKERS if count is None else count
     with _embedded_lock:
+        if count and not _embedded_notifier:
+            _embedded_notifier.append(Notifier().start())
         while len(_embedded) < count:
             worker = Worker(worker_id=new_worker_id("embedded"))
             thread = threading.Thread(target=worker.run_forever, name=f"flex-worker-{len(_embedded)}", daemon=True)
@@ -157,6 +167,9 @@ def start_embedded_workers(count: int | None = None) -> list[Worker]:
 
 def stop_embedded_workers(timeout: float = 10.0) -> None:
     with _embedded_lock:
+        for notifier in _embedded_notifier:
+            notifier.stop()
+        _embedded_notifier.clear()
         for worker, _ in _embedded:
             worker.stop()
         for _, thread in _embedded:

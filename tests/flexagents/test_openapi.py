@@ -49,7 +49,7 @@ def api_paths() -> set[str]:
             if isinstance(pattern, URLResolver):
                 walk(pattern.url_patterns, route)
             elif isinstance(pattern, URLPattern) and (route.startswith("api/") or "/" + route in PROBES):
-                found.add("/" + route.replace("<str:run_id>", "{runId}"))
+                found.add("/" + route.replace("<str:run_id>", "{runId}").replace("<str:policy_id>", "{policyId}"))
 
     walk(get_resolver().url_patterns, "")
     return found - SCHEMA_PATHS_NOT_DESCRIBED
@@ -95,6 +95,24 @@ def test_no_operation_offers_the_format_parameter(schema):
              for p in op.get("parameters", [])]
     assert [n for n in names if n[1] == "format"] == []
     assert ("/api/v1/flex/runs/{runId}", "runId") in names  # path parameters keep API.md's names
+
+
+IDEMPOTENT = {("post", "/api/v1/flex/runs"), ("post", "/api/v1/flex/runs/{runId}/cancel"),
+              ("post", "/api/v1/flex/run.resume"), ("post", "/api/hitl/respond"), ("post", "/api/hitl/resume"),
+              ("post", "/api/hitl/remove"), ("post", "/api/v1/flex/runs/{runId}/policies/{policyId}/trigger")}
+
+
+def test_the_idempotent_operations_declare_the_key_its_errors_and_the_replay_header(schema):
+    declaring = {(method, path) for path, item in schema["paths"].items() for method, op in item.items()
+                 if any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in op.get("parameters", []))}
+    assert IDEMPOTENT <= declaring
+    for method, path in IDEMPOTENT:
+        responses = operation(schema, method, path)["responses"]
+        codes = {s: r["content"]["application/json"]["schema"]["allOf"][1]["properties"]["code"]["enum"]
+                 for s, r in responses.items() if s[0] in "45"}
+        assert "idempotency_in_progress" in codes["409"] and "idempotency_key_reused" in codes["422"]
+        ok = [r for s, r in responses.items() if s[0] == "2" and "application/json" in r.get("content", {})]
+        assert ok and all("Idempotent-Replayed" in r["headers"] for r in ok)
 
 
 def test_every_operation_declares_its_success_body_and_its_errors_with_the_error_body(schema):

@@ -58,8 +58,12 @@ def persona_api(request: Any, api_for: Callable[[Any], Any]) -> Callable[[str], 
 
 @pytest.fixture
 def waiting(api_for: Callable[[Any], Any], client_user: Any, drain: Callable[[], int]) -> Run:
-    """A run of the owning client, waiting for an approval."""
-    run_id = submit(api_for(client_user), load_envelope("approval-required"))
+    """A run of the owning client, waiting for an approval it may give
+    itself (`allowSelfApproval`: this matrix is about roles; separation of
+    duties has its own tests in test_governance.py)."""
+    envelope = load_envelope("approval-required")
+    envelope["policies"]["runtime"][0]["action"]["allowSelfApproval"] = True
+    run_id = submit(api_for(client_user), envelope)
     drain()
     run = Run.objects.get(pk=run_id)
     assert run.status == "awaiting_hitl"

@@ -27,7 +27,8 @@ def test_it_pauses_an_approval_required_run_after_the_copywriter(awaiting_approv
     assert event_types(run.id)[-2:] == ["policy_triggered", "hitl_request"]
     assert events_of(run.id, "policy_triggered")[0].payload == {
         "policyId": "approve-copy", "trigger": "onNodeComplete", "nodeId": "copywriter",
-        "action": {"type": "hitl", "rationale": "Copy must be approved before it is returned"}}
+        "action": {"type": "hitl", "rationale": "Copy must be approved before it is returned",
+                   "allowSelfApproval": True}}
 
 
 def test_approving_completes_the_run(api_for, operator, awaiting_approval, drain):
@@ -70,12 +71,31 @@ def test_rejecting_fails_the_run_with_a_complete_frame(api_for, operator, awaiti
     assert events_of(run.id, "hitl_resolved")[0].payload["resolution"] == "rejected"
 
 
-def test_the_owner_may_answer_their_own_run(api_for, client_user, awaiting_approval, drain):
-    response = resume(api_for(client_user), awaiting_approval, pending_request(awaiting_approval).id, [APPROVE])
+def test_the_owner_may_reject_but_not_approve_their_own_run(api_for, client_user, drain):
+    envelope = load_envelope("approval-required")
+    del envelope["policies"]["runtime"][0]["action"]["allowSelfApproval"]  # the default: false
+    awaiting_approval = submit(api_for(client_user), envelope)
+    drain()
+    request = pending_request(awaiting_approval)
+    refused = resume(api_for(client_user), awaiting_approval, request.id, [APPROVE])
+    assert refused.status_code == 403 and refused.json()["code"] == "self_approval_forbidden"
+    assert not HitlResponse.objects.filter(request=request).exists()
+
+    response = resume(api_for(client_user), awaiting_approval, request.id, [REJECT])
+
+    assert response.status_code == 200
+    assert Run.objects.get(pk=awaiting_approval).status == "failed"
+
+
+def test_the_owner_may_approve_their_own_run_when_the_policy_allows_it(api_for, client_user, drain):
+    run_id = submit(api_for(client_user), load_envelope("approval-required"))  # allowSelfApproval: true
+    drain()
+
+    response = resume(api_for(client_user), run_id, pending_request(run_id).id, [APPROVE])
 
     assert response.status_code == 200
     drain()
-    assert Run.objects.get(pk=awaiting_approval).status == "completed"
+    assert Run.objects.get(pk=run_id).status == "completed"
 
 
 def test_it_writes_an_audit_entry_with_the_authenticated_actor(api_for, operator, awaiting_approval):

@@ -122,6 +122,9 @@ def leaked(text: str) -> list[str]:
 @pytest.mark.django_db(transaction=True)
 def test_planted_secrets_appear_nowhere_a_person_can_read_them(leaky_capabilities, json_log, api_for, client_user,
                                                                operator, support, drain):
+    from runs.models import Notification, WebhookSubscription
+
+    WebhookSubscription.objects.create(url="https://hooks.example.com/flex")  # every notifiable event
     api = api_for(client_user)
     leaky = api.post("/api/v1/flex/runs", planted_envelope("leaky.Review"), format="json").json()["runId"]
     broken = api.post("/api/v1/flex/runs", planted_envelope("leaky.BrokenReview"), format="json").json()["runId"]
@@ -150,9 +153,18 @@ def test_planted_secrets_appear_nowhere_a_person_can_read_them(leaky_capabilitie
         assert listing.status_code == 200
         shown[f"list as {reader.username}"] = listing.content.decode()
     shown["logs"] = json_log.getvalue()
+    # Webhook bodies, as stored in the outbox and sent byte for byte.
+    for row in Notification.objects.all():
+        shown[f"webhook {row.event_type} {row.run_id}"] = json.dumps(row.body)
 
     assert {name: leaked(text) for name, text in shown.items() if leaked(text)} == {}
 
+    # The webhooks really carried the runs' ends, redacted.
+    assert {(r.run_id, r.event_type) for r in Notification.objects.all()} == {
+        (leaky, "complete"), (broken, "complete"), (cancelled, "complete")}
+    assert '"status": "completed"' in shown[f"webhook complete {leaky}"]
+    assert "review_refused" in shown[f"webhook complete {broken}"]
+    assert "token=[redacted]" in shown[f"webhook complete {cancelled}"]
     # The streams really carried the run (not an empty body that leaks nothing).
     assert '"status":"completed"' in shown[f"sse {leaky} as clara"]
     assert "review_refused" in shown[f"sse {broken} as clara"]
@@ -298,7 +310,7 @@ def approval_envelope() -> dict[str, Any]:
     envelope["policies"]["runtime"] = [{
         "id": "approve-review", "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "leaky.ApprovedReview"}},
         "action": {"type": "hitl", "rationale": "Check the report; the CMS uses token=abc-rationale-202",
-                   "approveAction": "continue"}}]
+                   "approveAction": "continue", "assignees": {"users": ["olivia"]}}}]
     return envelope
 
 
@@ -324,11 +336,22 @@ def link_in(html: str, pattern: str) -> str:
 
 @pytest.mark.django_db(transaction=True)
 def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_log, api_for, client_user, operator,
-                                                            support, drain):
+                                                            support, drain, settings):
     from django.test import Client
 
-    from hitl.models import HitlRequest, HitlResponse
+    from django.core import mail
 
+    from hitl.models import HitlRequest, HitlResponse
+    from runs import notifications
+    from runs.models import Notification, WebhookSubscription
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.FLEX_WEBHOOK_ALLOW_PRIVATE = False
+    mail.outbox = []
+    operator.email = "olivia@example.com"
+    operator.save()
+    notifications.invalidate_subscriptions()
+    WebhookSubscription.objects.create(url="http://127.0.0.1:9/hook")  # every notifiable event; never reached
     owner = api_for(client_user)
     approved = owner.post("/api/v1/flex/runs", approval_envelope(), format="json").json()["runId"]
     removed = owner.post("/api/v1/flex/runs", approval_envelope(), format="json").json()["runId"]
@@ -399,9 +422,19 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
         for run_id in (approved, removed):
             stream = api_for(person).get(f"/api/v1/flex/runs/{run_id}/stream")
             shown[f"sse {run_id} as {person.username}"] = read_stream(stream)
+    notifications.deliver_due(limit=100)  # the emails (the webhooks are refused: a private address)
+    for row in Notification.objects.all():
+        shown[f"{row.channel} {row.event_type} {row.run_id} {row.subscription_id}"] = json.dumps(row.body)
+    for index, message in enumerate(mail.outbox):
+        shown[f"email {index}"] = f"{message.subject}\n{message.body}"
     shown["logs"] = json_log.getvalue()
 
     assert {name: hitl_leaked(text) for name, text in shown.items() if hitl_leaked(text)} == {}
+    # The notifications really carried the dialogue (redacted), and the emails went out.
+    assert len(mail.outbox) == 2 and {m.to[0] for m in mail.outbox} == {"olivia@example.com"}
+    webhook_request = json.loads(next(v for k, v in shown.items() if k.startswith(f"webhook hitl_request {approved}")))
+    assert webhook_request["data"]["payload"]["review"]["qa_report"]["reviewerNote"] == "[redacted]"
+    assert {k.split()[1] for k in shown if k.startswith("webhook ")} == {"hitl_request", "hitl_resolved", "complete"}
 
     # The surfaces really showed the dialogue, redacted (not an empty page that leaks nothing).
     pending = json.loads(shown["waiting pending as olivia"])["runs"]
@@ -433,3 +466,58 @@ def test_hitl_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_l
     # Stored rows keep the real values (capabilities and clarifications need them).
     assert HitlResponse.objects.filter(run_id=approved, freeform_text__contains="hunter2-answer-606").exists()
     assert HitlRequest.objects.get(pk=request_id).review["qa_report"]["reviewerNote"] == "internal-note-404"
+
+
+# Planted in what the governance surfaces carry: a manual trigger's note (API
+# and console) and a manual policy's failure message.
+GOVERNANCE_SECRETS = {
+    "trigger note token": "abc-trigger-515",
+    "manual fail message password": "hunter2-stop-616",
+    "console trigger note apiKey": "sk-console-717",
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_governance_surfaces_are_redacted(json_log, api_for, client_user, operator, drain):
+    from django.test import Client
+
+    envelope = load_envelope("approval-required")
+    envelope["policies"]["runtime"][0]["action"].update({"timeoutSeconds": 3600, "escalateAfterSeconds": 600,
+                                                         "escalateTo": {"users": ["olivia"]}})
+    envelope["policies"]["runtime"].append({"id": "stop-now", "trigger": {"kind": "manual"}, "action": {
+        "type": "fail", "message": "Stopped; the vault password=hunter2-stop-616"}})
+    owner = api_for(client_user)
+    stopped = owner.post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    console_run = owner.post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    drain()
+    shown: dict[str, str] = {}
+    trigger = api_for(operator).post(f"/api/v1/flex/runs/{stopped}/policies/stop-now/trigger",
+                                     {"note": "asked by ops, token=abc-trigger-515"}, format="json")
+    assert trigger.status_code == 202, trigger.content
+    shown["trigger body"] = trigger.content.decode()
+    browser = Client()
+    browser.force_login(operator)
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    pressed = browser.post(reverse("admin:runs_run_trigger", args=[quote(console_run)]),
+                           {"policy_id": "stop-now", "note": "apiKey: sk-console-717"}, follow=True)
+    shown["console after trigger"] = pressed.content.decode()
+    for run_id in (stopped, console_run):
+        assert Run.objects.get(pk=run_id).status == "failed"
+        for person in (client_user, operator):
+            api = api_for(person)
+            shown[f"debug {run_id} as {person.username}"] = api.get(f"/api/v1/flex/runs/{run_id}").content.decode()
+            shown[f"events {run_id} as {person.username}"] = api.get(
+                f"/api/v1/flex/runs/{run_id}/events").content.decode()
+        shown[f"console {run_id}"] = browser.get(reverse("admin:runs_run_change", args=[quote(run_id)])).content.decode()
+        shown[f"history {run_id}"] = browser.get(f"/runs/{run_id}/").content.decode()
+    shown["logs"] = json_log.getvalue()
+
+    leaks = {name: [k for k, v in GOVERNANCE_SECRETS.items() if v in text] for name, text in shown.items()}
+    assert {name: found for name, found in leaks.items() if found} == {}
+    # The surfaces did show them, redacted.
+    debug = json.loads(shown[f"debug {stopped} as olivia"])
+    audit = next(a for a in debug["audit"] if a["action"] == "policy_triggered_manually")
+    assert audit["details"]["note"] == "asked by ops, token=[redacted]"
+    assert "Stopped; the vault password=[redacted]" in shown[f"events {stopped} as olivia"]

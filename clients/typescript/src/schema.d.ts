@@ -306,6 +306,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/flex/runs/{runId}/policies/{policyId}/trigger": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Trigger a manual runtime policy of a run
+         * @description POST /api/v1/flex/runs/{runId}/policies/{policyId}/trigger — fire a
+         *     `manual` runtime policy (operators and the run's owner).
+         */
+        post: operations["policyTrigger"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/flex/runs/{runId}/stream": {
         parameters: {
             query?: never;
@@ -372,6 +393,18 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        PolicyTriggerInputRequest: {
+            /** @default  */
+            note: string;
+        };
+        PolicyTriggerResult: {
+            runId: string;
+            policyId: string;
+            triggerId: string;
+            state: components["schemas"]["StateEnum"];
+            status: string;
+            streamUrl: string;
+        };
         Ready: {
             status: string;
             checks: {
@@ -464,6 +497,12 @@ export interface components {
             createdBy: string | null;
             pendingRequestId: string | null;
         };
+        /**
+         * @description * `queued` - queued
+         *     * `applied` - applied
+         * @enum {string}
+         */
+        StateEnum: "queued" | "applied";
         StreamTicket: {
             ticket: string;
             /** Format: date-time */
@@ -511,6 +550,23 @@ export interface components {
                 rationale?: string;
                 approveAction?: components["schemas"]["TaskEnvelopeFollowUp"];
                 rejectAction?: components["schemas"]["TaskEnvelopeFollowUp"];
+                assignees?: {
+                    users?: string[];
+                    groups?: string[];
+                };
+                requiredApprovals?: number;
+                allowSelfApproval?: boolean;
+                timeoutSeconds?: number;
+                onTimeout?: {
+                    /** @enum {unknown} */
+                    type: "approve" | "reject" | "fail" | "cancel" | "option";
+                    optionId?: string;
+                };
+                escalateAfterSeconds?: number;
+                escalateTo?: {
+                    users?: string[];
+                    groups?: string[];
+                };
             } | {
                 /** @enum {unknown} */
                 type: "replan";
@@ -897,6 +953,37 @@ export interface components {
             /** Format: date-time */
             createdAt: string;
             responses: components["schemas"]["HitlResponse"][];
+            assignees?: {
+                users?: string[];
+                groups?: string[];
+            };
+            requiredApprovals?: number;
+            approvals?: {
+                responseId: string;
+                responderId: string | null;
+                responderDisplayName: string;
+                /** Format: date-time */
+                approvedAt: string;
+            }[];
+            approvalsNeeded?: number;
+            allowSelfApproval?: boolean;
+            /** Format: date-time */
+            dueAt?: string | null;
+            /** Format: date-time */
+            escalateAt?: string | null;
+            escalated?: boolean;
+            /** Format: date-time */
+            escalatedAt?: string | null;
+            escalateTo?: {
+                users?: string[];
+                groups?: string[];
+            };
+            onTimeout?: {
+                [key: string]: unknown;
+            } | null;
+            appliedAction?: {
+                [key: string]: unknown;
+            } | null;
         } & {
             [key: string]: unknown;
         };
@@ -988,6 +1075,8 @@ export interface operations {
     hitlPending: {
         parameters: {
             query?: {
+                /** @description `me`: only requests assigned to you (by user or group) */
+                assignedTo?: "me";
                 briefId?: string;
                 cursor?: string;
                 kind?: "approval" | "clarify";
@@ -1063,7 +1152,10 @@ export interface operations {
     hitlRemove: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1076,6 +1168,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1106,7 +1200,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1114,7 +1208,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1142,7 +1236,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1150,7 +1244,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1178,7 +1272,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1186,7 +1280,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -1195,7 +1289,10 @@ export interface operations {
     hitlRespond: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1208,6 +1305,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1238,7 +1337,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1246,7 +1345,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1274,7 +1373,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1282,7 +1381,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1310,7 +1409,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1318,7 +1417,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -1327,7 +1426,10 @@ export interface operations {
     hitlResume: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1340,6 +1442,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1370,7 +1474,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1378,7 +1482,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1406,7 +1510,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1414,7 +1518,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1442,7 +1546,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed`, `hitl_response_required` */
+            /** @description Unprocessable content: `validation_failed`, `hitl_response_required`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1450,7 +1554,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed" | "hitl_response_required";
+                        code?: "validation_failed" | "hitl_response_required" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -1724,7 +1828,10 @@ export interface operations {
     runResume: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1754,6 +1861,8 @@ export interface operations {
             /** @description {"runId", "status", "planVersion", "streamUrl", "lastEventId"} */
             202: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -1784,7 +1893,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Forbidden: `permission_denied` */
+            /** @description Forbidden: `permission_denied`, `not_assignee`, `self_approval_forbidden` */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1792,7 +1901,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "permission_denied";
+                        code?: "permission_denied" | "not_assignee" | "self_approval_forbidden";
                     };
                 };
             };
@@ -1820,7 +1929,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `stale_plan_version`, `missing_snapshot` */
+            /** @description Conflict: `invalid_run_state`, `run_already_completed`, `stale_hitl_state`, `hitl_request_not_pending`, `already_approved`, `stale_plan_version`, `missing_snapshot`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1828,7 +1937,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "stale_plan_version" | "missing_snapshot";
+                        code?: "invalid_run_state" | "run_already_completed" | "stale_hitl_state" | "hitl_request_not_pending" | "already_approved" | "stale_plan_version" | "missing_snapshot" | "idempotency_in_progress";
                     };
                 };
             };
@@ -1856,7 +1965,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed`, `hitl_response_required` */
+            /** @description Unprocessable content: `validation_failed`, `hitl_response_required`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1864,7 +1973,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed" | "hitl_response_required";
+                        code?: "validation_failed" | "hitl_response_required" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -2113,7 +2222,10 @@ export interface operations {
     runCreate: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2125,6 +2237,8 @@ export interface operations {
         responses: {
             202: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -2191,6 +2305,18 @@ export interface operations {
                     };
                 };
             };
+            /** @description Conflict: `idempotency_in_progress` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "idempotency_in_progress";
+                    };
+                };
+            };
             /** @description Payload too large: `payload_too_large` */
             413: {
                 headers: {
@@ -2215,7 +2341,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract` */
+            /** @description Unprocessable content: `validation_failed`, `unknown_facet`, `unknown_capability`, `invalid_output_contract`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2223,7 +2349,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract";
+                        code?: "validation_failed" | "unknown_facet" | "unknown_capability" | "invalid_output_contract" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -2318,7 +2444,10 @@ export interface operations {
     runCancel: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 runId: string;
             };
@@ -2332,6 +2461,8 @@ export interface operations {
         responses: {
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -2398,7 +2529,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `run_already_completed`, `invalid_run_state` */
+            /** @description Conflict: `run_already_completed`, `invalid_run_state`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2406,7 +2537,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "run_already_completed" | "invalid_run_state";
+                        code?: "run_already_completed" | "invalid_run_state" | "idempotency_in_progress";
                     };
                 };
             };
@@ -2434,7 +2565,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2442,7 +2573,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
@@ -2531,6 +2662,145 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
                         code?: "throttled";
+                    };
+                };
+            };
+        };
+    };
+    policyTrigger: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                policyId: string;
+                runId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PolicyTriggerInputRequest"];
+            };
+        };
+        responses: {
+            202: {
+                headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PolicyTriggerResult"];
+                };
+            };
+            /** @description Bad request: `malformed_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "malformed_json";
+                    };
+                };
+            };
+            /** @description Not authenticated: `not_authenticated` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_authenticated";
+                    };
+                };
+            };
+            /** @description Forbidden: `permission_denied` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "permission_denied";
+                    };
+                };
+            };
+            /** @description Not found: `flex_disabled`, `run_not_found`, `policy_not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "flex_disabled" | "run_not_found" | "policy_not_found";
+                    };
+                };
+            };
+            /** @description Not acceptable: `not_acceptable` */
+            406: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "not_acceptable";
+                    };
+                };
+            };
+            /** @description Conflict: `invalid_run_state`, `idempotency_in_progress` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "invalid_run_state" | "idempotency_in_progress";
+                    };
+                };
+            };
+            /** @description Payload too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "payload_too_large";
+                    };
+                };
+            };
+            /** @description Unsupported media type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "unsupported_media_type";
+                    };
+                };
+            };
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };

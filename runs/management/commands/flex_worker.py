@@ -26,6 +26,7 @@ from django.db import connections
 
 from runs.engine import lease
 from runs.engine.worker import Worker, new_worker_id
+from runs.notifications import Notifier
 from runs.notify import start_work_listener
 
 
@@ -52,6 +53,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         start_work_listener()
+        notifier = Notifier().start()  # webhooks and email (runs.notifications)
         # Daemon threads: the main thread owns shutdown and may leave a thread
         # blocked in a capability behind (its run handed back, its token stale).
         threads = [threading.Thread(target=w.run_forever, name=w.worker_id, daemon=True) for w in workers]
@@ -63,6 +65,7 @@ class Command(BaseCommand):
         while not stop_requested.wait(0.5):
             if not any(t.is_alive() for t in threads):
                 break
+        notifier.stop()  # an attempt in flight finishes or its claim expires (then it is retried)
         deadline = time.monotonic() + max(options["grace"], 0.0)
         for thread in threads:
             while thread.is_alive() and time.monotonic() < deadline and signals_seen[0] < 2:

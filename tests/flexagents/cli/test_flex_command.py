@@ -130,3 +130,26 @@ def test_it_says_what_the_server_refused(procs: ProcGroup, token: str, tmp_path:
     neither = flex(url, token, "answer", "hitl_x")
     assert neither.returncode == 2
     assert "exactly one of" in neither.stderr
+
+
+def lose_the_first_submission_answer(request: bytes, response: bytes) -> bool:
+    return request.startswith(b"POST /api/v1/flex/runs ") and response.startswith(b"HTTP/")
+
+
+def test_a_lost_answer_is_retried_with_the_same_idempotency_key_and_submits_once(
+        procs: ProcGroup, token: str, tmp_path: Path) -> None:
+    from runs.models import Run
+
+    _, port = procs.daphne()
+    proxy = TcpProxy(port).start()
+    proxy.cut, proxy.drop_on_cut = lose_the_first_submission_answer, True
+    try:
+        done = flex(f"http://127.0.0.1:{proxy.port}", token, "run", write(tmp_path, load_envelope("approval-required")))
+    finally:
+        proxy.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert proxy.cuts == 1  # the server answered the first POST; the command never saw it
+    posts = [r for r in proxy.requests if r.startswith(b"POST /api/v1/flex/runs ")]
+    keys = {line for r in posts for line in r.lower().split(b"\r\n") if line.startswith(b"idempotency-key:")}
+    assert len(posts) == 2 and len(keys) == 1
+    assert Run.objects.count() == 1 and json.loads(done.stdout)["runId"] == Run.objects.get().pk
