@@ -11,7 +11,15 @@ evaluated on a worker thread, and Python cannot interrupt it):
 
 Past a bound, `JsonLogicError`: the engine treats the condition as false
 (logged). Semantics follow json-logic-js, including its truthiness (an empty
-list is false) and loose `==`.
+list is false) and loose `==`; the official test suite
+(https://jsonlogic.com/tests.json, vendored in tests/planner/data/) passes in
+full (tests/planner/test_jsonlogic_suite.py).
+
+Why not a library: the two PyPI evaluators that pass that suite too
+(`json-logic-qubit` 0.9.1, last released 2018; `panzi-json-logic` 1.0.1,
+last released 2021) are unmaintained, and neither bounds an evaluation —
+rules come from callers and run on a worker thread, so the bounds above are
+a requirement, not an extra.
 """
 from __future__ import annotations
 
