@@ -30,11 +30,10 @@ from planner import jsonlogic
 from planner.contracts import (
     check_schema, get_validator, join_pointer, json_depth, json_pointer, rule_message, validate_instance,
 )
-from planner.types import CAPABILITY_KINDS, Facet
+from planner.types import CAPABILITY_KINDS, OPTIMISATION_OBJECTIVES, Facet
 
 MAX_ENVELOPE_DEPTH = 64
 TRIGGER_KINDS = ("onStart", "onNodeComplete", "onValidationFail", "manual")
-OPTIMISATION_OBJECTIVES = ("speed", "quality", "diversity", "token_efficiency")
 FOLLOW_UP_ACTIONS = ("continue", "fail", "pause", "replan")
 
 _STRING = {"type": "string", "maxLength": 4000}
