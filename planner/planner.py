@@ -321,7 +321,7 @@ class _Planner:
                           and facet in self.all_classes[capability_id].output_facets)
         if replaced:
             message += f" (excluded by the replan: {', '.join(replaced)})"
-        diagnostic = {"code": "unsatisfiable_facet", "message": message, "facet": facet}
+        diagnostic: dict[str, Any] = {"code": "unsatisfiable_facet", "message": message, "facet": facet}
         if replaced:
             diagnostic["excludedCapabilities"] = replaced
         return diagnostic
