@@ -208,7 +208,7 @@ class _Selection:
         if not ahead and behind:
             source = "optimisation.objective" if self.objective_given else "the default objective"
             return (f"{self.objective} {self.traits.get(capability_id, 0.0):g} beats "
-                    f"{', '.join(f'{o} {self.traits.get(o, 0.0):g}' for o in behind)} ({source})")
+                    f"{', '.join(f'{o} {self.traits.get(o, 0.0):g}' for o in behind)} by {source}")
         if ahead:
             # An earlier-ranked producer could not be planned (its own inputs).
             return f"{', '.join(ahead)} could not be planned"
@@ -316,10 +316,9 @@ class _Planner:
                     if facet in self.all_classes[capability_id].output_facets]
         if excluded:
             message += f" (excluded by policy: {', '.join(excluded)})"
-        replaced = sorted(capability_id for capability_id in self.replan.exclude
-                          if capability_id in self.all_classes
-                          and facet in self.all_classes[capability_id].output_facets)
+        replaced = sorted(self.replan.exclude)
         if replaced:
+            # Directly (a producer of this facet) or not (a producer of its inputs).
             message += f" (excluded by the replan: {', '.join(replaced)})"
         diagnostic: dict[str, Any] = {"code": "unsatisfiable_facet", "message": message, "facet": facet}
         if replaced:

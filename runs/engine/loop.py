@@ -115,11 +115,23 @@ def log_node_events(ctx: RunContext, step: Step) -> None:
 
 # --- steps -------------------------------------------------------------------
 
-def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str]) -> None:
+def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str], *, goals: bool = True) -> None:
     """After a node completed (statuses already include it): start the next
-    ready node, or compose, validate and store the final output."""
+    ready node, or compose, validate and store the final output. Before the
+    output node starts, the envelope's goals are evaluated (they may replan,
+    ask a person or fail the run instead)."""
+    statuses = dict(statuses)
+    for changed, changes in step.node_updates.items():  # e.g. a replan in this step
+        if "status" in changes:
+            statuses[changed] = changes["status"]
     states = scheduling.node_states(ctx.graph["nodes"], statuses)
     ready = scheduling.ready_nodes(states)
+    if goals and ready and ready[0] == ctx.graph.get("outputNodeId", "output") and policies.goals_of(ctx.envelope):
+        if policies.check_goals(ctx, step):
+            if step.status is None:
+                # A goal replan: start what it made ready under the new version.
+                start_next_or_finish(ctx, step, statuses, goals=False)
+            return
     if ready:
         start_node(ctx, step, ready[0])
         return
@@ -286,7 +298,8 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
     bundle = executor.build_bundle(
         run_id=ctx.run.id, node=graph_node, objective=ctx.run.objective, facets=ctx.run.facets,
         envelope=ctx.envelope, clarifications=policies.clarifications_for(ctx, node.node_id),
-        attempt=node.attempts, plan_version=ctx.run.plan_version)
+        attempt=node.attempts, plan_version=ctx.run.plan_version,
+        goal_feedback=policies.goal_feedback_for(ctx, node.node_id))
     outcome = executor.execute(graph_node, bundle)
     if heartbeat is not None and heartbeat.lost.is_set():
         # Another worker owns the run now: whatever we got is discarded (the
@@ -367,6 +380,8 @@ def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outco
         start_node(ctx, step, node.node_id)
         return
     step.update_node(node.node_id, status=NodeStatus.FAILED, error=outcome.error, completed_at=timezone.now())
+    if policies.on_node_fail(ctx, step, node, outcome.error):
+        return  # an onNodeFail policy decided (replan, fail)
     error = outcome.error or {}
     fail(step, code=error.get("code", "node_failed"), message=f"Node {node.node_id} failed: {error.get('message')}",
          extra={"nodeId": node.node_id})
