@@ -48,10 +48,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     run = ctx.run
     now = timezone.now()
     # Node changes are applied to copies first, to compute the snapshot.
-    statuses = {k: n.status for k, n in ctx.nodes.items()}
-    for node_id, changes in step.node_updates.items():
-        if "status" in changes:
-            statuses[node_id] = changes["status"]
+    statuses = step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
     pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
     run_updates = {
         "facets": run.facets,
@@ -70,17 +67,19 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
                        lease_token=ctx.claim.token, updates=run_updates, events=step.events)
         for write in step.writes:
             write()
-        nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
+        for batch in step.node_batches():
+            nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in batch.items()})
     if step.status is not None:
         run_updates["status"] = step.status
     log_node_events(ctx, step)
     # Committed: bring memory up to date.
-    for node_id, changes in step.node_updates.items():
-        node = ctx.nodes[node_id]
-        for key, value in changes.items():
-            if hasattr(value, "resolve_expression"):
-                continue
-            setattr(node, key, value)
+    for batch in step.node_batches():
+        for node_id, changes in batch.items():
+            node = ctx.nodes[node_id]
+            for key, value in changes.items():
+                if hasattr(value, "resolve_expression"):
+                    continue
+                setattr(node, key, value)
     for key, value in run_updates.items():
         setattr(run, key, value)
 
@@ -99,7 +98,7 @@ def log_node_events(ctx: RunContext, step: Step) -> None:
         if level is None or not event.node_id:
             continue
         node = ctx.nodes.get(event.node_id)
-        status = step.node_updates.get(event.node_id, {}).get("status") or (node.status if node else None)
+        status = step.statuses_over({}).get(event.node_id) or (node.status if node else None)
         extra = {"run_id": ctx.run.id, "correlation_id": ctx.run.correlation_id or None,
                  "node_id": event.node_id, "capability_id": node.capability_id if node else None,
                  "attempt": event.payload.get("attempt"), "status": status, "plan_version": ctx.run.plan_version}
@@ -120,10 +119,7 @@ def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str], 
     ready node, or compose, validate and store the final output. Before the
     output node starts, the envelope's goals are evaluated (they may replan,
     ask a person or fail the run instead)."""
-    statuses = dict(statuses)
-    for changed, changes in step.node_updates.items():  # e.g. a replan in this step
-        if "status" in changes:
-            statuses[changed] = changes["status"]
+    statuses = step.statuses_over(statuses)  # e.g. a replan in this step
     states = scheduling.node_states(ctx.graph["nodes"], statuses)
     ready = scheduling.ready_nodes(states)
     if goals and ready and ready[0] == ctx.graph.get("outputNodeId", "output") and policies.goals_of(ctx.envelope):
@@ -306,7 +302,9 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
         # fenced commit would refuse it anyway).
         raise Halt("lease lost during node execution")
     step = Step()
-    if node.input is None:
+    if node.input is None or node.input.get("planVersion") != bundle.plan_version:
+        # The bundle of the node's first attempt under this plan version (a
+        # node re-run by a replan gets a new one: goal feedback, say).
         step.update_node(node.node_id, input=bundle.to_dict())
     if outcome.kind == executor.SUCCESS:
         on_success(ctx, step, node, outcome)

@@ -289,11 +289,7 @@ def _replan(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, n
 
 def _statuses(ctx: RunContext, step: Step) -> dict[str, str]:
     """Node statuses as this step leaves them."""
-    statuses = {k: n.status for k, n in ctx.nodes.items()}
-    for changed, changes in step.node_updates.items():
-        if "status" in changes:
-            statuses[changed] = changes["status"]
-    return statuses
+    return step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
 
 
 def replan(ctx: RunContext, step: Step, *, trigger: dict[str, Any], exclude: Iterable[str] = (),
@@ -328,8 +324,10 @@ def replan(ctx: RunContext, step: Step, *, trigger: dict[str, Any], exclude: Ite
              extra={"diagnostics": outcome.diagnostics, "trigger": trigger})
         return True
     graph = outcome.graph
+    step.barrier()  # after the changes already in the step (the node that just completed, say)
     for changed, changes in outcome.node_changes.items():
         step.update_node(changed, **changes)
+    step.barrier()  # before any start under the new version
     new_rows = list(outcome.new_rows)
     for row in new_rows:
         ctx.nodes[row.node_id] = row
