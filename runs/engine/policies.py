@@ -315,7 +315,8 @@ def replan(ctx: RunContext, step: Step, *, trigger: dict[str, Any], exclude: Ite
     step.event(ev.event_plan_requested(attempt=version, capabilities=outcome.considered))
     if outcome.graph is None:
         now = timezone.now()
-        for stuck in redo:
+        stuck_nodes = [*redo, *(n["id"] for n in ctx.graph.get("nodes", []) if n["capabilityId"] in excluded)]
+        for stuck in dict.fromkeys(stuck_nodes):
             if statuses.get(stuck) in (NodeStatus.RUNNING, NodeStatus.AWAITING_HITL):
                 step.update_node(stuck, status=NodeStatus.FAILED, completed_at=now,
                                  error={"code": "replan_rejected", "message": "No other plan could replace it."})
