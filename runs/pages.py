@@ -254,6 +254,8 @@ def event_summary(frame: dict[str, Any]) -> str:
         return f"{p.get('scope')} validation failed ({len(p.get('errors') or [])} errors)"
     if kind == "log":
         return str(p.get("message", ""))
+    if kind == "goal_evaluated":
+        return f"goal {p.get('goalId')} {'met' if p.get('met') else 'unmet'} (attempt {p.get('attempt')})"
     return ""
 
 
