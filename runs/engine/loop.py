@@ -247,6 +247,14 @@ def resume_started(ctx: RunContext) -> None:
         return
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     start_next_or_finish(ctx, step, statuses)
+    if step.status in (RunStatus.AWAITING_HITL, RunStatus.PAUSED):
+        # An unmet goal asked a person: the table has no queued -> awaiting_hitl,
+        # so the run first becomes running, then waits (two commits).
+        running = Step()
+        running.status = RunStatus.RUNNING
+        commit(ctx, running, expect=(RunStatus.QUEUED,))
+        commit(ctx, step)
+        return
     commit(ctx, step, expect=(RunStatus.QUEUED,))
 
 

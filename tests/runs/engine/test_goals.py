@@ -196,3 +196,21 @@ def test_goal_defaults_are_filled_in(api_for, client_user, drain):
     run_id = submit(api_for(client_user), body)
     assert Run.objects.get(pk=run_id).envelope["policies"]["planner"]["goals"] == [
         {"id": "quality-bar", "condition": QUALITY_BAR, "maxReplans": 2, "onUnmet": "hitl"}]
+
+
+def test_a_goal_unmet_after_a_resume_asks_a_person_through_the_state_machine(api_for, client_user, operator,
+                                                                             drain):
+    body = goal_envelope(condition={">=": [{"var": "qa_report.score"}, 2]}, maxReplans=0)
+    body["policies"]["runtime"] = [{"id": "check-review", "trigger": {"kind": "onNodeComplete",
+                                                                      "selector": {"nodeId": "qa"}},
+                                    "action": {"type": "hitl"}}]
+    run = run_of(api_for, client_user, drain, body)
+    first = pending_request(run.id)
+    assert first.source == "check-review"
+
+    assert resume(api_for(operator), run.id, first.id, [APPROVE]).status_code == 200
+    drain()
+
+    run.refresh_from_db()
+    assert run.status == "awaiting_hitl" and goal_events(run.id) == [(False, 1)]
+    assert pending_request(run.id).source == "goal:quality-bar"
