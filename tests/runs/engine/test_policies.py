@@ -330,3 +330,19 @@ def test_pause_on_validation_fail_reruns_the_node_on_resume(api_for, client_user
 
     assert Run.objects.get(pk=run.id).status == "completed"
     assert not HitlRequest.objects.filter(run=run).exists()
+
+
+def test_a_hitl_replan_with_no_alternative_fails_the_run_after_the_resume(api_for, client_user, operator, drain):
+    body = load_envelope("approval-required")
+    body["policies"]["runtime"][0]["action"]["rejectAction"] = "replan"
+    body["policies"]["planner"]["selection"] = {"forbid": ["copywriter.ShortformDrafting"]}
+    run = run_with(api_for, client_user, drain, body)
+
+    assert resume(api_for(operator), run.id, pending_request(run.id).id, [REJECT]).status_code == 200
+
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error["code"] == "replan_rejected"
+    types = event_types(run.id)
+    assert types[types.index("hitl_resolved"):] == ["hitl_resolved", "plan_updated", "policy_triggered",
+                                                    "plan_requested", "plan_rejected", "complete"]
+    assert events_of(run.id, "plan_updated")[0].payload["reason"] == "resume"
