@@ -317,8 +317,7 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
         # A real replan (docs/planning.md): the node the request was about is
         # redone by an alternative to its capability, completed nodes kept.
         node_changes, replanned = _replan_on_resume(run=run, graph=current.graph, nodes=nodes, node_id=node_id,
-                                                    version=version, trigger=trigger, events=events,
-                                                    outcome=outcome, now=now)
+                                                    version=version, trigger=trigger, outcome=outcome, now=now)
         statuses = {k: n.status for k, n in nodes.items()}
         for changed, changes in node_changes.items():
             statuses[changed] = changes["status"]
@@ -394,8 +393,7 @@ def _resolve(*, user: Any, request: HitlRequest, answer: Answer,
 
 
 def _replan_on_resume(*, run: Run, graph: dict[str, Any], nodes: dict[str, NodeRun], node_id: str, version: int,
-                      trigger: dict[str, Any], events: list[ev.PendingEvent], outcome: _Outcome,
-                      now: datetime) -> tuple[dict[str, dict[str, Any]], ReplanOutcome]:
+                      trigger: dict[str, Any], outcome: _Outcome, now: datetime) -> tuple[dict[str, dict[str, Any]], ReplanOutcome]:
     """A `replan` follow-up: plan again without the asking node's capability
     (nothing is excluded for a run-level request). No other plan: the node
     fails and the run with it (`plan_rejected`, then `complete` failed)."""
