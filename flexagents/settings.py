@@ -247,6 +247,7 @@ FLEX_MAX_QUEUED_RUNS = env_int("FLEX_MAX_QUEUED_RUNS", 200, minimum=1)
 FLEX_CAPABILITIES = [
     "planner.capabilities.strategist.SocialPosting",
     "planner.capabilities.copywriter.SocialpostDrafting",
+    "planner.capabilities.shortform.ShortformDrafting",
     "planner.capabilities.qa.ContentReview",
     "planner.capabilities.output.OutputMapper",
 ]

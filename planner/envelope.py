@@ -10,9 +10,12 @@
    policy selectors (`trigger.selector.capabilityId`) is registered — a typo
    there would silently drop the policy's step, a person's approval say;
 5. the output contract: a safe, valid Draft 2020-12 schema describing an object;
-6. runtime policies: unique ids, JSON-Logic conditions with known operators;
+6. runtime policies: unique ids, JSON-Logic conditions with known operators,
+   `onNodeFail` policies that replan, fail or emit;
 7. `hitl` actions' governance: assignees and escalation targets name existing
-   users and groups, `onTimeout` and the deadlines fit together.
+   users and groups, `onTimeout` and the deadlines fit together;
+8. goals (`policies.planner.goals`): unique ids, JSON-Logic conditions whose
+   every data path starts with a catalog facet.
 
 It returns a normalised copy with defaults filled in; the caller stores that.
 
@@ -32,11 +35,15 @@ from planner import jsonlogic
 from planner.contracts import (
     check_schema, get_validator, join_pointer, json_depth, json_pointer, rule_message, validate_instance,
 )
-from planner.types import CAPABILITY_KINDS, Facet
+from planner.types import CAPABILITY_KINDS, OPTIMISATION_OBJECTIVES, Facet
 
 MAX_ENVELOPE_DEPTH = 64
-TRIGGER_KINDS = ("onStart", "onNodeComplete", "onValidationFail", "manual")
-OPTIMISATION_OBJECTIVES = ("speed", "quality", "diversity", "token_efficiency")
+TRIGGER_KINDS = ("onStart", "onNodeComplete", "onValidationFail", "onNodeFail", "manual")
+# A node failed for good (permanent error, or retries exhausted): only these
+# actions can follow (a `hitl` or `pause` on a failed node has nothing to resume).
+NODE_FAIL_ACTIONS = ("replan", "fail", "emit")
+GOAL_ON_UNMET = ("replan", "hitl", "fail")
+DEFAULT_MAX_REPLANS = 2
 FOLLOW_UP_ACTIONS = ("continue", "fail", "pause", "replan")
 TIMEOUT_ACTIONS = ("approve", "reject", "fail", "cancel", "option")
 # The options of a policy's approval request (runs.engine.policies).
@@ -143,6 +150,18 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
                     "properties": {"objective": {"enum": list(OPTIMISATION_OBJECTIVES)}},
                 },
                 "directives": {"type": "object"},
+                "goals": {"type": "array", "maxItems": 20, "items": {"$ref": "#/$defs/goal"}},
+            },
+        },
+        "goal": {
+            "type": "object",
+            "required": ["id", "condition"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": 100},
+                "condition": True,  # JSON-Logic over the facets; checked by _check_goals
+                "maxReplans": {"type": "integer", "minimum": 0, "maximum": 10},
+                "onUnmet": {"enum": list(GOAL_ON_UNMET)},
             },
         },
         "runtimePolicy": {
@@ -234,6 +253,7 @@ def validate_envelope(data: Any, *, catalog: dict[str, Facet] | None = None, reg
     _check_output_contract(envelope)
     _check_runtime_policies(envelope)
     _check_hitl_governance(envelope, directory or DjangoPeopleDirectory())
+    _check_goals(envelope, catalog)
     return envelope
 
 
@@ -249,6 +269,10 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
     planner_policy.setdefault("topology", {}).setdefault("variantCount", 1)
     for runtime_policy in policies.setdefault("runtime", []):
         runtime_policy.setdefault("enabled", True)
+    for goal in planner_policy.get("goals") or []:
+        if isinstance(goal, dict):
+            goal.setdefault("maxReplans", DEFAULT_MAX_REPLANS)
+            goal.setdefault("onUnmet", "hitl")
     envelope.setdefault("specialInstructions", [])
     envelope.setdefault("metadata", {})
     return envelope
@@ -409,6 +433,10 @@ def _check_runtime_policies(envelope: dict[str, Any]) -> None:
         if "condition" in policy["trigger"]:
             errors += [{"path": f"/policies/runtime/{index}/trigger/condition", "message": problem}
                        for problem in jsonlogic.validate_rule(policy["trigger"]["condition"])]
+        if policy["trigger"]["kind"] == "onNodeFail" and policy["action"]["type"] not in NODE_FAIL_ACTIONS:
+            errors.append({"path": f"/policies/runtime/{index}/action/type",
+                           "message": f"an onNodeFail policy can only {', '.join(NODE_FAIL_ACTIONS)}; "
+                                      f"{policy['action']['type']!r} has no node to come back to"})
     if errors:
         raise ValidationFailed("Some runtime policies are not valid.", details={"errors": errors})
 
@@ -487,6 +515,44 @@ def _check_hitl_governance(envelope: dict[str, Any], directory: PeopleDirectory)
     if errors:
         raise ValidationFailed("Some hitl actions name people or deadlines that cannot work.",
                                details={"errors": errors})
+# --- 8. goals ------------------------------------------------------------------------------------
+
+def goal_facets(condition: Any) -> list[str]:
+    """The facets a goal's condition reads: the first segment of each data path."""
+    return list(dict.fromkeys(path.split(".", 1)[0] for path in jsonlogic.data_paths(condition) if path))
+
+
+def _check_goals(envelope: dict[str, Any], catalog: dict[str, Facet]) -> None:
+    """Goals are JSON-Logic over the facets: known operators, and every data
+    path starts with a catalog facet (a typo would make a goal never met)."""
+    errors: list[dict[str, Any]] = []
+    unknown: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for index, goal in enumerate(envelope["policies"]["planner"].get("goals") or []):
+        base = f"/policies/planner/goals/{index}"
+        if goal["id"] in seen:
+            errors.append({"path": f"{base}/id", "message": f"duplicate goal id {goal['id']!r}"})
+        seen.add(goal["id"])
+        problems = jsonlogic.validate_rule(goal["condition"])
+        errors += [{"path": f"{base}/condition", "message": problem} for problem in problems]
+        if problems:
+            continue
+        paths = jsonlogic.data_paths(goal["condition"])
+        if not paths:
+            errors.append({"path": f"{base}/condition",
+                           "message": "the condition reads no facet (use {\"var\": \"<facet>.<field>\"})"})
+        elif "" in paths:
+            errors.append({"path": f"{base}/condition",
+                           "message": "every var of a goal must name a facet (no computed or empty paths)"})
+        unknown += [(f"{base}/condition", name) for name in goal_facets(goal["condition"]) if name not in catalog]
+    if unknown:
+        names = list(dict.fromkeys(name for _path, name in unknown))
+        raise UnknownFacet(f"Goal conditions read unknown facet(s): {', '.join(names)}.",
+                           details={"unknownFacets": names, "knownFacets": sorted(catalog),
+                                    "errors": [{"path": path, "message": f"{name!r} is not a facet in the catalog"}
+                                               for path, name in unknown]})
+    if errors:
+        raise ValidationFailed("Some goals are not valid.", details={"errors": errors})
 
 
 # --- selectors the plan cannot match (warnings, not errors) ------------------------------------

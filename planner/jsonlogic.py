@@ -11,7 +11,15 @@ evaluated on a worker thread, and Python cannot interrupt it):
 
 Past a bound, `JsonLogicError`: the engine treats the condition as false
 (logged). Semantics follow json-logic-js, including its truthiness (an empty
-list is false) and loose `==`.
+list is false) and loose `==`; the official test suite
+(https://jsonlogic.com/tests.json, vendored in tests/planner/data/) passes in
+full (tests/planner/test_jsonlogic_suite.py).
+
+Why not a library: the two PyPI evaluators that pass that suite too
+(`json-logic-qubit` 0.9.1, last released 2018; `panzi-json-logic` 1.0.1,
+last released 2021) are unmaintained, and neither bounds an evaluation —
+rules come from callers and run on a worker thread, so the bounds above are
+a requirement, not an extra.
 """
 from __future__ import annotations
 
@@ -397,3 +405,35 @@ def validate_rule(rule: Any) -> list[str]:
         elif isinstance(node, dict):
             stack.extend((item, depth + 1) for item in node.values())
     return sorted(set(problems))
+
+
+_SCOPED = frozenset({"map", "filter", "all", "none", "some", "reduce"})
+
+
+def data_paths(rule: Any) -> list[str]:
+    """The literal `var` paths a rule reads from its data, in order of first
+    appearance. Vars inside the per-item rule of `map`, `filter`, `all`,
+    `none`, `some` and `reduce` read the item, not the data, and are left
+    out; a computed path (`{"var": {"cat": …}}`) reads "" (anything)."""
+    found: list[str] = []
+    stack: list[Any] = [rule]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+        elif _is_rule(node):
+            (op, args), = node.items()
+            if op == "var":
+                path = args[0] if isinstance(args, list) and args else args
+                if isinstance(path, (int, float)) and not isinstance(path, bool):
+                    path = str(path)
+                found.append(path if isinstance(path, str) else "")
+                if isinstance(args, list):
+                    stack.extend(reversed(args[1:]))
+            elif op in _SCOPED and isinstance(args, list):
+                stack.extend(reversed(args[:1] + args[2:] if op == "reduce" else args[:1]))
+            else:
+                stack.append(args)
+        elif isinstance(node, dict):
+            stack.extend(reversed(list(node.values())))
+    return list(dict.fromkeys(found))

@@ -21,7 +21,7 @@ from typing import Any
 
 from planner.capabilities.output import OUTPUT_FACET, OUTPUT_MAPPER_ID, output_node_contract
 from planner.contracts import canonical_json, compile_facets, schema_hash
-from planner.types import Capability, Facet
+from planner.types import DEFAULT_OBJECTIVE, Capability, Facet
 
 OUTPUT_NODE_ID = "output"
 
@@ -111,6 +111,26 @@ class PlanGraph:
         )
 
 
+@dataclass(frozen=True)
+class Replan:
+    """What a replan keeps and leaves out (docs/planning.md).
+
+    - `keep`: graph node dicts (`PlanNode.to_dict()`) of completed nodes: they
+      stay in the new plan as they are, their facets count as produced, and
+      they never run again;
+    - `exclude`: capability ids the planner must not choose (failed, inactive);
+    - `node_ids`: capability id -> node id of an existing node row the new
+      plan reuses for that capability (a node that runs again keeps its id);
+    - `taken_ids`: every node id the run has used, so a new node never takes
+      the id of an old one (e.g. the failed node of an excluded capability).
+    """
+
+    keep: tuple[dict[str, Any], ...] = ()
+    exclude: frozenset[str] = frozenset()
+    node_ids: dict[str, str] = field(default_factory=dict)
+    taken_ids: frozenset[str] = frozenset()
+
+
 @dataclass
 class PlanResult:
     graph: PlanGraph | None
@@ -128,8 +148,13 @@ def graph_schema_hash(nodes: tuple[PlanNode, ...]) -> str:
 class _Selection:
     """The selection policy and topology filters, applied to the registered capabilities."""
 
-    def __init__(self, envelope: dict[str, Any], classes: list[type[Capability]]) -> None:
+    def __init__(self, envelope: dict[str, Any], classes: list[type[Capability]],
+                 exclude: frozenset[str] = frozenset()) -> None:
         planner_policy = (envelope.get("policies") or {}).get("planner") or {}
+        self.objective: str = (planner_policy.get("optimisation") or {}).get("objective") or DEFAULT_OBJECTIVE
+        self.objective_given = bool((planner_policy.get("optimisation") or {}).get("objective"))
+        self.replan_excluded = set(exclude)
+        self.traits = {cls.capability_id: cls.trait(self.objective) for cls in classes}
         selection = planner_policy.get("selection") or {}
         topology = planner_policy.get("topology") or {}
         self.require = list(selection.get("require") or [])
@@ -144,12 +169,15 @@ class _Selection:
             cls.capability_id: cls for cls in classes
             if cls.capability_id != OUTPUT_MAPPER_ID
             and cls.capability_id not in self.forbid and cls.kind not in self.forbidden_kinds
+            and cls.capability_id not in self.replan_excluded
         }
         self.excluded = sorted(cls.capability_id for cls in classes
-                               if cls.capability_id != OUTPUT_MAPPER_ID and cls.capability_id not in self.usable)
+                               if cls.capability_id != OUTPUT_MAPPER_ID and cls.capability_id not in self.usable
+                               and cls.capability_id not in self.replan_excluded)
 
-    def rank(self, capability_id: str) -> tuple[int, str]:
-        # required > preferred > neither > avoided; then stable by id.
+    def rank(self, capability_id: str) -> tuple[int, float, str]:
+        # required > preferred > neither > avoided; then the objective's trait,
+        # highest first; then stable by id.
         if capability_id in self.require:
             order = 0
         elif capability_id in self.prefer:
@@ -158,7 +186,7 @@ class _Selection:
             order = 3
         else:
             order = 2
-        return order, capability_id
+        return order, -self.traits.get(capability_id, 0.0), capability_id
 
     def why(self, capability_id: str, producers: list[type[Capability]]) -> str:
         """Why this producer rather than the others (the plan's rationale)."""
@@ -174,6 +202,13 @@ class _Selection:
             return f"chosen over {', '.join(avoided)}, avoided by selection.avoid"
         ids = [cls.capability_id for cls in producers]
         ahead = ids[:ids.index(capability_id)]
+        behind = [o for o in ids[ids.index(capability_id) + 1:]
+                  if self.rank(o)[0] == self.rank(capability_id)[0]
+                  and self.traits.get(o, 0.0) < self.traits.get(capability_id, 0.0)]
+        if not ahead and behind:
+            source = "optimisation.objective" if self.objective_given else "the default objective"
+            return (f"{self.objective} {self.traits.get(capability_id, 0.0):g} beats "
+                    f"{', '.join(f'{o} {self.traits.get(o, 0.0):g}' for o in behind)} by {source}")
         if ahead:
             # An earlier-ranked producer could not be planned (its own inputs).
             return f"{', '.join(ahead)} could not be planned"
@@ -200,15 +235,39 @@ class _State:
 
 
 class _Planner:
-    def __init__(self, envelope: dict[str, Any], catalog: dict[str, Facet], classes: list[type[Capability]]) -> None:
+    def __init__(self, envelope: dict[str, Any], catalog: dict[str, Facet], classes: list[type[Capability]],
+                 replan: Replan | None = None) -> None:
         self.envelope = envelope
         self.catalog = catalog
-        self.selection = _Selection(envelope, classes)
+        self.replan = replan or Replan()
+        self.selection = _Selection(envelope, classes, self.replan.exclude)
         self.available = set((envelope.get("inputs") or {}).keys())
         self.all_classes = {cls.capability_id: cls for cls in classes}
         self.state = _State()
         self.diagnostics: list[dict[str, Any]] = []
         self.cycle_seen = False
+        # Kept nodes come first: their facets are produced, they are never re-planned.
+        self.kept: dict[str, PlanNode] = {}
+        for data in self.replan.keep:
+            node = PlanNode.from_dict(data)
+            self.kept[node.capability_id] = node
+            self.state.chosen.append(node.capability_id)
+            self.state.reasons[node.capability_id] = node.rationale
+            for facet in node.output_facets:
+                if facet not in self.available:
+                    self.state.producer_of.setdefault(facet, node.capability_id)
+
+    def kind_of(self, capability_id: str) -> str:
+        kept = self.kept.get(capability_id)
+        return kept.kind if kept is not None else self.all_classes[capability_id].kind
+
+    def inputs_of(self, capability_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) input facets: a kept node's as planned, else its class's."""
+        kept = self.kept.get(capability_id)
+        if kept is not None:
+            return kept.input_facets, kept.optional_input_facets
+        cls = self.all_classes[capability_id]
+        return cls.input_facets, cls.optional_input_facets
 
     # Backward search. Both functions work on a trial state and report success;
     # the caller adopts the trial only on success, which is the backtracking.
@@ -257,7 +316,14 @@ class _Planner:
                     if facet in self.all_classes[capability_id].output_facets]
         if excluded:
             message += f" (excluded by policy: {', '.join(excluded)})"
-        return {"code": "unsatisfiable_facet", "message": message, "facet": facet}
+        replaced = sorted(self.replan.exclude)
+        if replaced:
+            # Directly (a producer of this facet) or not (a producer of its inputs).
+            message += f" (excluded by the replan: {', '.join(replaced)})"
+        diagnostic: dict[str, Any] = {"code": "unsatisfiable_facet", "message": message, "facet": facet}
+        if replaced:
+            diagnostic["excludedCapabilities"] = replaced
+        return diagnostic
 
 
 def output_facets_needed(envelope: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -273,8 +339,11 @@ def output_facets_needed(envelope: dict[str, Any]) -> tuple[list[str], list[str]
 
 
 def build_plan(envelope: dict[str, Any], *, catalog: dict[str, Facet] | None = None,
-               registry: Any = None) -> PlanResult:
-    """Plan the envelope; with any diagnostic the graph is None (see the module docstring)."""
+               registry: Any = None, replan: Replan | None = None) -> PlanResult:
+    """Plan the envelope; with any diagnostic the graph is None (see the module docstring).
+
+    With `replan`, plan again around the kept nodes and without the excluded
+    capabilities (docs/planning.md)."""
     if catalog is None:
         from planner.facets import get_catalog
 
@@ -284,7 +353,7 @@ def build_plan(envelope: dict[str, Any], *, catalog: dict[str, Facet] | None = N
 
         registry = get_registry()
     classes = registry.classes()
-    planner = _Planner(envelope, catalog, classes)
+    planner = _Planner(envelope, catalog, classes, replan)
     considered = sorted([*planner.selection.usable, OUTPUT_MAPPER_ID])
 
     required, optional = output_facets_needed(envelope)
@@ -327,6 +396,7 @@ def _add_required_capabilities(planner: _Planner) -> None:
         cls = selection.usable.get(capability_id)
         if cls is None:
             why = "it is also forbidden" if capability_id in selection.forbid else (
+                "the replan excludes it" if capability_id in selection.replan_excluded else
                 "its kind is forbidden" if capability_id in planner.all_classes else "it is not registered")
             planner.diagnostics.append({"code": "required_capability_unavailable", "capabilityId": capability_id,
                                         "message": f"Capability '{capability_id}' is required but {why}"})
@@ -343,7 +413,7 @@ def _add_required_capabilities(planner: _Planner) -> None:
 
 def _add_required_kinds(planner: _Planner) -> None:
     for kind in planner.selection.required_kinds:
-        if kind == "transformation" or any(planner.all_classes[c].kind == kind for c in planner.state.chosen):
+        if kind == "transformation" or any(planner.kind_of(c) == kind for c in planner.state.chosen):
             continue  # the output mapper is a transformation node in every plan
         candidates = sorted((cls for cls in planner.selection.usable.values() if cls.kind == kind),
                             key=lambda cls: planner.selection.rank(cls.capability_id))
@@ -365,7 +435,8 @@ def _assemble(planner: _Planner, envelope: dict[str, Any],
     state = planner.state
     consumes = _consumption(planner)
     order = _topological(state.chosen, consumes, state.producer_of)
-    ids = _node_ids(order)
+    ids = _node_ids(order, kept={cid: node.id for cid, node in planner.kept.items()},
+                    reuse=planner.replan.node_ids, taken=set(planner.replan.taken_ids))
 
     # Wire first, so that each node's rationale can name what it feeds.
     wiring = {cid: _wire(ids[cid], [*consumes[cid][0], *consumes[cid][1]], state.producer_of, ids)
@@ -395,7 +466,11 @@ def _assemble(planner: _Planner, envelope: dict[str, Any],
         "variantCount": (((envelope.get("policies") or {}).get("planner") or {}).get("topology") or {}).get(
             "variantCount", 1),
         "facetProducers": {facet: ids[cid] for facet, cid in sorted(state.producer_of.items())},
+        "objective": planner.selection.objective,
     }
+    if planner.replan.keep or planner.replan.exclude:
+        metadata["replan"] = {"keptNodes": [node.id for node in planner.kept.values()],
+                              "excludedCapabilities": sorted(planner.replan.exclude)}
     mode = (envelope.get("outputContract") or {}).get("mode", "json_schema")
     graph = PlanGraph(nodes=frozen_nodes, edges=tuple(edges), output_mode=mode, output_node_id=OUTPUT_NODE_ID,
                       metadata=metadata, schema_hash=graph_schema_hash(frozen_nodes))
@@ -404,6 +479,9 @@ def _assemble(planner: _Planner, envelope: dict[str, Any],
 
 def _work_node(cid: str, ids: dict[str, str], consumes: tuple[list[str], list[str]], depends: list[str],
                planner: _Planner, *, fed: list[str]) -> PlanNode:
+    kept = planner.kept.get(cid)
+    if kept is not None:
+        return kept  # as it ran: same id, contract and wiring
     cls = planner.all_classes[cid]
     contract = compile_facets(cls.output_facets, catalog=planner.catalog).schema
     reason = planner.state.reasons[cid]
@@ -425,20 +503,27 @@ def _consumption(planner: _Planner) -> dict[str, tuple[list[str], list[str]]]:
     dependencies accepted before it, so two optional inputs cannot form a loop.
     """
     state = planner.state
-    deps = {cid: {state.producer_of[f] for f in planner.all_classes[cid].input_facets
+    deps = {cid: {state.producer_of[f] for f in planner.inputs_of(cid)[0]
                   if f in state.producer_of and state.producer_of[f] != cid} for cid in state.chosen}
     result: dict[str, tuple[list[str], list[str]]] = {}
     for cid in state.chosen:
-        cls = planner.all_classes[cid]
+        required_inputs, optional_inputs = planner.inputs_of(cid)
+        if cid in planner.kept:
+            # A kept node consumed what it consumed; its producers are kept too.
+            for facet in optional_inputs:
+                if state.producer_of.get(facet) not in (None, cid):
+                    deps[cid].add(state.producer_of[facet])
+            result[cid] = (list(required_inputs), list(optional_inputs))
+            continue
         optional = []
-        for facet in cls.optional_input_facets:
+        for facet in optional_inputs:
             producer = state.producer_of.get(facet)
             if facet in planner.available:
                 optional.append(facet)
             elif producer and producer != cid and cid not in _upstream(producer, deps):
                 optional.append(facet)
                 deps[cid].add(producer)
-        result[cid] = (list(cls.input_facets), optional)
+        result[cid] = (list(required_inputs), optional)
     return result
 
 
@@ -471,11 +556,20 @@ def _topological(chosen: list[str], consumes: dict[str, tuple[list[str], list[st
     return order
 
 
-def _node_ids(order: list[str]) -> dict[str, str]:
-    """Short, stable ids: the capability id up to its first dot, de-duplicated with -2, -3…"""
-    taken = {OUTPUT_NODE_ID}
-    ids: dict[str, str] = {}
+def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: dict[str, str] | None = None,
+              taken: set[str] | None = None) -> dict[str, str]:
+    """Short, stable ids: the capability id up to its first dot, de-duplicated with -2, -3…
+
+    On a replan, kept nodes keep their ids, a capability that runs again
+    reuses its node's id (`reuse`), and new nodes avoid every id the run has
+    used (`taken`)."""
+    kept, reuse = kept or {}, reuse or {}
+    ids: dict[str, str] = {cid: kept[cid] for cid in order if cid in kept}
+    ids.update({cid: reuse[cid] for cid in order if cid in reuse and cid not in ids})
+    taken = {OUTPUT_NODE_ID, *(taken or set()), *ids.values()}
     for cid in order:
+        if cid in ids:
+            continue
         base = cid.split(".", 1)[0] or "node"
         candidate, suffix = base, 2
         while candidate in taken:

@@ -47,6 +47,12 @@ class ContextBundle:
     attempt: int = 1
     plan_version: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
+    # `policies.planner.directives` of the envelope, for every node (a
+    # model-backed capability puts them in its prompt).
+    directives: dict[str, Any] = field(default_factory=dict)
+    # Set when this node runs again because a goal was unmet (docs/planning.md):
+    # [{goalId, condition, attempt, maxReplans, facets, values}], oldest first.
+    goal_feedback: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase form, stored as the node's input."""
@@ -63,10 +69,18 @@ class ContextBundle:
             "attempt": self.attempt,
             "planVersion": self.plan_version,
             "metadata": self.metadata,
+            "directives": self.directives,
+            "goalFeedback": self.goal_feedback,
         }
 
 
 CAPABILITY_KINDS = ("structuring", "execution", "validation", "transformation", "routing")
+
+# What `policies.planner.optimisation.objective` can ask for; each is also the
+# name of a trait a capability may declare (`Capability.traits`).
+OPTIMISATION_OBJECTIVES = ("speed", "quality", "diversity", "token_efficiency")
+DEFAULT_OBJECTIVE = "quality"
+DEFAULT_TRAIT = 0.5
 
 
 class Capability:
@@ -84,6 +98,14 @@ class Capability:
     optional_input_facets: ClassVar[tuple[str, ...]] = ()
     output_facets: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # How well it serves each optimisation objective, from 0 to 1 (missing:
+    # DEFAULT_TRAIT). The planner ranks alternative producers of a facet by
+    # the envelope's objective (docs/planning.md).
+    traits: ClassVar[dict[str, float]] = {}
+
+    @classmethod
+    def trait(cls, objective: str) -> float:
+        return float(cls.traits.get(objective, DEFAULT_TRAIT))
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         """Return `{facet_name: value}` for this capability's output facets."""

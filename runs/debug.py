@@ -25,7 +25,7 @@ from flexagents.redaction import FREE_TEXT_KEYS, is_sensitive_key, redact, redac
 from hitl.models import HitlRequest, HitlResponse
 from hitl.services import hitl_request_payload, hitl_response_payload
 from planner.facets import get_catalog
-from runs.events import event_frame, iso
+from runs.events import event_frame, iso, redact_trigger
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent
 
 LATEST_EVENTS = 50
@@ -83,6 +83,9 @@ def _redact_bundle(bundle: Any, schemas: dict[str, dict[str, Any]]) -> Any:
     out = _scrub({k: v for k, v in bundle.items() if k != "facets"})
     if "facets" in bundle:
         out["facets"] = redact_facet_values(bundle["facets"], schemas)
+    if isinstance(bundle.get("goalFeedback"), list):
+        # The facet values a goal judged (docs/planning.md).
+        out["goalFeedback"] = [_scrub(redact_trigger(item)) for item in bundle["goalFeedback"]]
     return out
 
 
@@ -92,7 +95,7 @@ def _plan_version(pv: PlanVersion) -> dict[str, Any]:
         "version": pv.version,
         "createdAt": _iso(pv.created_at),
         "reason": pv.reason,
-        "trigger": pv.trigger,
+        "trigger": redact_trigger(pv.trigger),
         "pendingNodeIds": pv.pending_node_ids,
         "nodeStatuses": pv.node_statuses,
         "nodes": [{"nodeId": n.get("id"), "capabilityId": n.get("capabilityId"), "kind": n.get("kind"),

@@ -41,9 +41,11 @@ HITL_RESOLVED = "hitl_resolved"
 HITL_ESCALATED = "hitl_escalated"
 COMPLETE = "complete"
 LOG = "log"
+GOAL_EVALUATED = "goal_evaluated"
 
 EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATED, NODE_START, NODE_COMPLETE,
-               NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, HITL_ESCALATED, COMPLETE, LOG)
+               NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, HITL_ESCALATED,
+               COMPLETE, LOG, GOAL_EVALUATED)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,17 @@ class PlanUpdatedPayload(TypedDict):
     reason: str
     trigger: dict[str, Any]
     nodes: list[dict[str, Any]]
+    # A replan (reason "replan"): how the graph changed.
+    addedNodes: NotRequired[list[str]]
+    removedNodes: NotRequired[list[str]]
+    keptNodes: NotRequired[list[str]]
+
+
+class GoalEvaluatedPayload(TypedDict):
+    goalId: str
+    met: bool
+    attempt: int
+    facets: list[str]
 
 
 class NodeStartPayload(TypedDict):
@@ -174,6 +187,7 @@ PAYLOADS: dict[str, type] = {
     NODE_COMPLETE: NodeCompletePayload, NODE_ERROR: NodeErrorPayload, VALIDATION_ERROR: ValidationErrorPayload,
     POLICY_TRIGGERED: PolicyTriggeredPayload, HITL_REQUEST: HitlRequestPayload, HITL_UPDATE: HitlUpdatePayload,
     HITL_RESOLVED: HitlResolvedPayload, HITL_ESCALATED: HitlEscalatedPayload, COMPLETE: CompletePayload, LOG: LogPayload,
+    GOAL_EVALUATED: GoalEvaluatedPayload,
 }
 
 
@@ -202,10 +216,22 @@ def event_plan_generated(*, version: int, nodes: list[dict[str, Any]], edges: li
 
 
 def event_plan_updated(*, previous_version: int, version: int, reason: str, trigger: dict[str, Any],
-                       nodes: list[dict[str, Any]], node_id: str = "") -> PendingEvent:
+                       nodes: list[dict[str, Any]], node_id: str = "", added: list[str] | None = None,
+                       removed: list[str] | None = None, kept: list[str] | None = None) -> PendingEvent:
+    """A new plan version; a replan also says which nodes it added, removed and kept."""
     payload: PlanUpdatedPayload = {"previousVersion": previous_version, "version": version, "reason": reason,
                                    "trigger": trigger, "nodes": nodes}
+    if added is not None:
+        payload["addedNodes"] = added
+        payload["removedNodes"] = removed or []
+        payload["keptNodes"] = kept or []
     return PendingEvent(PLAN_UPDATED, payload, node_id)
+
+
+def event_goal_evaluated(*, goal_id: str, met: bool, attempt: int, facets: list[str]) -> PendingEvent:
+    """A goal of `policies.planner.goals` was checked (`attempt` 1 = the first plan's result)."""
+    payload: GoalEvaluatedPayload = {"goalId": goal_id, "met": met, "attempt": attempt, "facets": facets}
+    return PendingEvent(GOAL_EVALUATED, payload)
 
 
 def event_node_start(*, node_id: str, capability_id: str, attempt: int) -> PendingEvent:
@@ -329,6 +355,18 @@ def redact_payload(type_: str, payload: Any) -> Any:
         # The output's top-level properties are facet names (API.md, TaskEnvelope).
         schemas = {name: facet.schema for name, facet in get_catalog().items()}
         out["output"] = redact_facets(out["output"], schemas)
+    if type_ == PLAN_UPDATED and isinstance(out, dict):
+        out["trigger"] = redact_trigger(out.get("trigger"))
+    return out
+
+
+def redact_trigger(trigger: Any) -> Any:
+    """A plan version's trigger as people see it: a goal replan's `values`
+    are facet values (their `x-sensitive` fields redacted)."""
+    out = redact(trigger)
+    if isinstance(out, dict) and isinstance(out.get("values"), dict):
+        schemas = {name: facet.schema for name, facet in get_catalog().items()}
+        out["values"] = redact_facets(out["values"], schemas)
     return out
 
 

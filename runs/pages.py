@@ -32,7 +32,7 @@ from hitl.models import HitlRequest, HitlResponse, HitlStatus
 from hitl.presenters import hitl_request_payload, review_rows
 from planner.facets import get_catalog
 from runs.debug import redact_envelope, redact_facet_values, redact_output
-from runs.events import event_frame
+from runs.events import event_frame, redact_trigger
 from runs.filters import capability_choices, form_filtered
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent, RunStatus
 from runs.selectors import run_get_for_user, runs_visible_to
@@ -226,9 +226,12 @@ def run_detail(run: Run) -> RunDetail:
         run=run,
         envelope_json=pretty(redact_envelope(envelope, schemas), redacted=True),
         policies_json=pretty(envelope.get("policies", {})),
-        plan_versions=[{"version": v.version, "reason": v.reason, "trigger": json.dumps(scrub(v.trigger)),
+        plan_versions=[{"version": v.version, "reason": v.reason,
+                        "trigger": json.dumps(scrub(redact_trigger(v.trigger))),
                         "created_at": v.created_at, "pending": ", ".join(v.pending_node_ids or []),
-                        "nodes": ", ".join(n.get("id", "") for n in (v.graph or {}).get("nodes", []))}
+                        # Each node with its capability: a replan's different graph shows.
+                        "nodes": ", ".join(f"{n.get('id', '')} ({n.get('capabilityId', '')})"
+                                           for n in (v.graph or {}).get("nodes", []))}
                        for v in versions],
         graph_svg=plan_graph_svg(graph, statuses),
         node_statuses=statuses,
@@ -290,6 +293,8 @@ def event_summary(frame: dict[str, Any]) -> str:
         return f"{p.get('scope')} validation failed ({len(p.get('errors') or [])} errors)"
     if kind == "log":
         return str(p.get("message", ""))
+    if kind == "goal_evaluated":
+        return f"goal {p.get('goalId')} {'met' if p.get('met') else 'unmet'} (attempt {p.get('attempt')})"
     return ""
 
 

@@ -26,6 +26,7 @@ from planner.envelope import validate_envelope
 from runs import events as ev
 from runs import notify
 from runs.models import AuditEntry, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
+from runs.replanning import ReplanOutcome, plan_again, plan_nodes_payload
 from runs.selectors import run_get_for_user
 from runs.transitions import nodes_update, run_transition, run_transition_allowed
 
@@ -343,13 +344,40 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
     trigger = {"kind": "manual" if request is None else "hitl", "requestId": request.id if request else None,
                "resolution": (resolved.resolution if resolved else "") or None,
                "action": action.get("type", "continue"), "actorId": getattr(user, "pk", None)}
-    pending = [n["id"] for n in current.graph.get("nodes", []) if statuses.get(n["id"]) not in ("completed", "skipped")]
-    PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.RESUME, trigger=trigger,
-                               graph=current.graph, node_statuses=statuses, pending_node_ids=pending,
-                               schema_hash=current.schema_hash)
-    events.append(ev.event_plan_updated(
-        previous_version=previous, version=version, reason="resume", trigger=trigger,
-        nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")} for n in current.graph.get("nodes", [])]))
+    replanned = None
+    if action.get("type") == "replan":
+        # A real replan (docs/planning.md): the node the request was about is
+        # redone by an alternative to its capability, completed nodes kept.
+        node_changes, replanned = _replan_on_resume(run=run, graph=current.graph, nodes=nodes, node_id=node_id,
+                                                    version=version, trigger=trigger, outcome=outcome, now=now)
+        statuses = {k: n.status for k, n in nodes.items()}
+        for changed, changes in node_changes.items():
+            statuses[changed] = changes["status"]
+    if replanned is not None and replanned.graph is not None:
+        graph, statuses = replanned.graph, {**statuses, **replanned.statuses}
+        pending = replanned.pending
+        for row in replanned.new_rows:
+            row.save(force_insert=True)
+        PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.REPLAN,
+                                   trigger=trigger, graph=graph, node_statuses=replanned.statuses,
+                                   pending_node_ids=pending, schema_hash=graph.get("schemaHash", ""))
+        events.append(ev.event_plan_updated(
+            previous_version=previous, version=version, reason="replan", trigger=trigger,
+            nodes=plan_nodes_payload(replanned), added=replanned.added, removed=replanned.removed,
+            kept=replanned.kept))
+    else:
+        pending = [n["id"] for n in current.graph.get("nodes", [])
+                   if statuses.get(n["id"]) not in ("completed", "skipped")]
+        PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.RESUME, trigger=trigger,
+                                   graph=current.graph, node_statuses=statuses, pending_node_ids=pending,
+                                   schema_hash=current.schema_hash)
+        events.append(ev.event_plan_updated(
+            previous_version=previous, version=version, reason="resume", trigger=trigger,
+            nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")}
+                   for n in current.graph.get("nodes", [])]))
+        if replanned is not None:  # no other plan: the run fails after the resume's own events
+            outcome.completing.insert(0, ev.event_plan_rejected(attempt=version, diagnostics=replanned.diagnostics))
+            outcome.completing.insert(0, ev.event_plan_requested(attempt=version, capabilities=replanned.considered))
     follow_up = resolved.follow_up if resolved is not None else None
     if follow_up is not None and action.get("type") != "pause":
         events.append(ev.event_policy_triggered(
@@ -415,6 +443,30 @@ def _resolve(*, user: Any, request: HitlRequest, answer: Answer, now: datetime,
     return resolved, events
 
 
+def _replan_on_resume(*, run: Run, graph: dict[str, Any], nodes: dict[str, NodeRun], node_id: str, version: int,
+                      trigger: dict[str, Any], outcome: _Outcome, now: datetime) -> tuple[dict[str, dict[str, Any]], ReplanOutcome]:
+    """A `replan` follow-up: plan again without the asking node's capability
+    (nothing is excluded for a run-level request). No other plan: the node
+    fails and the run with it (`plan_rejected`, then `complete` failed)."""
+    statuses = {k: n.status for k, n in nodes.items()}
+    exclude = [nodes[node_id].capability_id] if node_id in nodes else []
+    trigger["excludedCapabilities"] = exclude
+    replanned = plan_again(run_id=run.id, envelope=run.envelope, graph=graph, rows=nodes, statuses=statuses,
+                           version=version, exclude=exclude, redo=[node_id] if node_id in nodes else [])
+    if replanned.graph is not None:
+        # The resume's stream starts hitl_resolved, plan_updated (API.md): no plan_requested before it.
+        return replanned.node_changes, replanned
+    changes: dict[str, dict[str, Any]] = {}
+    if node_id in nodes and statuses[node_id] in (NodeStatus.AWAITING_HITL, NodeStatus.RUNNING):
+        changes[node_id] = {"status": NodeStatus.FAILED, "completed_at": now}
+    error = {"code": "replan_rejected", "message": "No other plan can satisfy the output contract.",
+             "diagnostics": replanned.diagnostics, "nodeId": node_id or None}
+    outcome.target = RunStatus.FAILED
+    outcome.updates.update(error=error, completed_at=now)
+    outcome.completing = [ev.event_complete(status="failed", error=error)]
+    return changes, replanned
+
+
 def _node_changes(*, graph: dict[str, Any], statuses: dict[str, str], node_id: str, action: str,
                   now: datetime) -> dict[str, dict[str, Any]]:
     """What a follow-up does to the node the request was about."""
@@ -425,11 +477,7 @@ def _node_changes(*, graph: dict[str, Any], statuses: dict[str, str], node_id: s
         if statuses[node_id] == NodeStatus.AWAITING_HITL:
             changes[node_id] = {"status": NodeStatus.FAILED, "completed_at": now}
     elif action == "replan":
-        # The node's work is discarded and done again, with everything
-        # downstream of it (normally still pending).
-        for dependent in _downstream(graph, node_id) | {node_id}:
-            if statuses.get(dependent) not in (NodeStatus.PENDING, None):
-                changes[dependent] = {"status": NodeStatus.PENDING}
+        pass  # `_replan_on_resume` decides
     elif statuses[node_id] == NodeStatus.AWAITING_HITL:
         # clarify answered, approved validation escalation, pause: run it again.
         changes[node_id] = {"status": NodeStatus.PENDING}

@@ -54,8 +54,13 @@ class RunView:
                 state.capability_id = node.get("capabilityId", "")
                 state.kind = node.get("kind", "")
         elif kind == "plan_updated":
+            for removed in payload.get("removedNodes") or []:  # a replan's new graph drops them
+                self.nodes.pop(removed, None)
             for node in payload.get("nodes", []):
-                self.node(node["id"]).status = node.get("status") or self.node(node["id"]).status
+                state = self.node(node["id"])
+                state.status = node.get("status") or state.status
+                state.capability_id = node.get("capabilityId") or state.capability_id
+                state.kind = node.get("kind") or state.kind
             self.status = "running"
             self.waiting_for = None
         elif kind == "node_start":

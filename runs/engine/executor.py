@@ -38,7 +38,7 @@ class Outcome:
 
 def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: dict[str, Any],
                  envelope: dict[str, Any], clarifications: list[dict[str, Any]], attempt: int,
-                 plan_version: int) -> ContextBundle:
+                 plan_version: int, goal_feedback: list[dict[str, Any]] | None = None) -> ContextBundle:
     wanted = list(node.get("inputFacets", [])) + list(node.get("optionalInputFacets", []))
     return ContextBundle(
         run_id=run_id,
@@ -55,6 +55,9 @@ def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: d
         attempt=attempt,
         plan_version=plan_version,
         metadata=envelope.get("metadata", {}),
+        # Every node gets the envelope's directives (docs/planning.md).
+        directives=dict(((envelope.get("policies") or {}).get("planner") or {}).get("directives") or {}),
+        goal_feedback=list(goal_feedback or []),
     )
 
 

@@ -48,10 +48,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     run = ctx.run
     now = timezone.now()
     # Node changes are applied to copies first, to compute the snapshot.
-    statuses = {k: n.status for k, n in ctx.nodes.items()}
-    for node_id, changes in step.node_updates.items():
-        if "status" in changes:
-            statuses[node_id] = changes["status"]
+    statuses = step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
     pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
     run_updates = {
         "pending_node_ids": pending,
@@ -63,17 +60,20 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     }
     if step.status is not None and step.status in TERMINAL_STATUSES:
         run_updates["completed_at"] = now
-    if step.writes:
+    if step.writes or step.earlier_node_updates:
         with transaction.atomic():
             # Writes of their own (plan version and node rows, HITL request)
-            # come after the fenced run update and before the node updates.
+            # come after the fenced run update and before the node updates;
+            # node changes go batch by batch (a replan's completed -> pending
+            # before the same step starts the node again).
             run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
                            lease_token=ctx.claim.token, updates=run_updates, events=step.events)
             facets_write(run.id, step.facets)
             for write in step.writes:
                 write()
             # After the writes: the plan's node rows get their pks there.
-            nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()})
+            for batch in step.node_batches():
+                nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in batch.items()})
     else:
         # The hot path: one statement, one round trip, one commit on PostgreSQL.
         step_commit(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
@@ -84,12 +84,13 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
         run_updates["status"] = step.status
     log_node_events(ctx, step)
     # Committed: bring memory up to date.
-    for node_id, changes in step.node_updates.items():
-        node = ctx.nodes[node_id]
-        for key, value in changes.items():
-            if hasattr(value, "resolve_expression"):
-                continue
-            setattr(node, key, value)
+    for batch in step.node_batches():
+        for node_id, changes in batch.items():
+            node = ctx.nodes[node_id]
+            for key, value in changes.items():
+                if hasattr(value, "resolve_expression"):
+                    continue
+                setattr(node, key, value)
     for key, value in run_updates.items():
         setattr(run, key, value)
 
@@ -108,7 +109,7 @@ def log_node_events(ctx: RunContext, step: Step) -> None:
         if level is None or not event.node_id:
             continue
         node = ctx.nodes.get(event.node_id)
-        status = step.node_updates.get(event.node_id, {}).get("status") or (node.status if node else None)
+        status = step.statuses_over({}).get(event.node_id) or (node.status if node else None)
         extra = {"run_id": ctx.run.id, "correlation_id": ctx.run.correlation_id or None,
                  "node_id": event.node_id, "capability_id": node.capability_id if node else None,
                  "attempt": event.payload.get("attempt"), "status": status, "plan_version": ctx.run.plan_version}
@@ -124,11 +125,20 @@ def log_node_events(ctx: RunContext, step: Step) -> None:
 
 # --- steps -------------------------------------------------------------------
 
-def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str]) -> None:
+def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str], *, goals: bool = True) -> None:
     """After a node completed (statuses already include it): start the next
-    ready node, or compose, validate and store the final output."""
+    ready node, or compose, validate and store the final output. Before the
+    output node starts, the envelope's goals are evaluated (they may replan,
+    ask a person or fail the run instead)."""
+    statuses = step.statuses_over(statuses)  # e.g. a replan in this step
     states = scheduling.node_states(ctx.graph["nodes"], statuses)
     ready = scheduling.ready_nodes(states)
+    if goals and ready and ready[0] == ctx.graph.get("outputNodeId", "output") and policies.goals_of(ctx.envelope):
+        if policies.check_goals(ctx, step):
+            if step.status is None:
+                # A goal replan: start what it made ready under the new version.
+                start_next_or_finish(ctx, step, statuses, goals=False)
+            return
     if ready:
         start_node(ctx, step, ready[0])
         return
@@ -247,6 +257,14 @@ def resume_started(ctx: RunContext) -> None:
         return
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     start_next_or_finish(ctx, step, statuses)
+    if step.status in (RunStatus.AWAITING_HITL, RunStatus.PAUSED):
+        # An unmet goal asked a person: the table has no queued -> awaiting_hitl,
+        # so the run first becomes running, then waits (two commits).
+        running = Step()
+        running.status = RunStatus.RUNNING
+        commit(ctx, running, expect=(RunStatus.QUEUED,))
+        commit(ctx, step)
+        return
     commit(ctx, step, expect=(RunStatus.QUEUED,))
 
 
@@ -294,14 +312,17 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
     bundle = executor.build_bundle(
         run_id=ctx.run.id, node=graph_node, objective=ctx.run.objective, facets=ctx.run.facets,
         envelope=ctx.envelope, clarifications=policies.clarifications_for(ctx, node.node_id),
-        attempt=node.attempts, plan_version=ctx.run.plan_version)
+        attempt=node.attempts, plan_version=ctx.run.plan_version,
+        goal_feedback=policies.goal_feedback_for(ctx, node.node_id))
     outcome = executor.execute(graph_node, bundle)
     if heartbeat is not None and heartbeat.lost.is_set():
         # Another worker owns the run now: whatever we got is discarded (the
         # fenced commit would refuse it anyway).
         raise Halt("lease lost during node execution")
     step = Step()
-    if node.input is None:
+    if node.input is None or node.input.get("planVersion") != bundle.plan_version:
+        # The bundle of the node's first attempt under this plan version (a
+        # node re-run by a replan gets a new one: goal feedback, say).
         step.update_node(node.node_id, input=bundle.to_dict())
     if outcome.kind == executor.SUCCESS:
         on_success(ctx, step, node, outcome)
@@ -373,6 +394,8 @@ def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outco
         start_node(ctx, step, node.node_id)
         return
     step.update_node(node.node_id, status=NodeStatus.FAILED, error=outcome.error, completed_at=timezone.now())
+    if policies.on_node_fail(ctx, step, node, outcome.error):
+        return  # an onNodeFail policy decided (replan, fail)
     error = outcome.error or {}
     fail(step, code=error.get("code", "node_failed"), message=f"Node {node.node_id} failed: {error.get('message')}",
          extra={"nodeId": node.node_id})

@@ -19,15 +19,17 @@ only come from a new plan version (`replan`, or a resume).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from django.utils import timezone
 
 from hitl import services as hitl_services
-from hitl.models import HitlKind
+from hitl.models import HitlKind, HitlRequest
 from hitl.presenters import hitl_request_payload
 from planner import jsonlogic
+from planner.envelope import goal_facets
 from runs import events as ev
+from runs.replanning import plan_again, plan_nodes_payload
 from runs.engine.step import RunContext, Step, fail, start_node
 from runs.models import NodeRun, NodeStatus, PlanVersion, RunStatus
 
@@ -39,6 +41,7 @@ logger = logging.getLogger("runs.engine.policies")
 ON_START = "onStart"
 ON_NODE_COMPLETE = "onNodeComplete"
 ON_VALIDATION_FAIL = "onValidationFail"
+ON_NODE_FAIL = "onNodeFail"
 MANUAL = "manual"
 
 
@@ -279,44 +282,235 @@ def _follow_up(value: Any) -> dict[str, Any] | None:
 
 
 def _replan(ctx: RunContext, step: Step, policy: dict[str, Any], trigger: str, node: NodeRun | None) -> bool:
-    """Record a new plan version for the remaining work. Completed nodes stay
-    locked (their results and statuses are kept); after onValidationFail the
-    failed node is put back to pending, once per (policy, node), so a node
-    that never validates still ends the run instead of looping."""
+    """A `replan` policy fired. The node it fired on (if any) is treated as
+    failed: its capability is excluded and it is redone, with everything
+    downstream, by whatever the planner chooses instead (docs/planning.md).
+    Without a node (onStart) nothing is excluded. Fired after
+    onValidationFail it happens once per (policy, node) — see `_fire`."""
     node_id = node.node_id if node is not None else ""
-    statuses = {k: n.status for k, n in ctx.nodes.items()}
-    for changed, changes in step.node_updates.items():
-        if "status" in changes:
-            statuses[changed] = changes["status"]
-    if trigger == ON_VALIDATION_FAIL and node is not None:
-        step.update_node(node_id, status=NodeStatus.PENDING)
-        statuses[node_id] = NodeStatus.PENDING
-    previous = ctx.run.plan_version
-    version = previous + 1
-    graph = ctx.graph
     trigger_info = {"kind": "policy", "policyId": policy["id"], "trigger": trigger, "nodeId": node_id or None,
                     "rationale": policy["action"].get("rationale")}
-    pending = [n["id"] for n in graph.get("nodes", []) if statuses.get(n["id"]) not in ("completed", "skipped")]
-    run_id = ctx.run.id
+    exclude = [node.capability_id] if node is not None else []
+    redo = [node_id] if node is not None else []
+    if replan(ctx, step, trigger=trigger_info, exclude=exclude, redo=redo, node_id=node_id):
+        return True
+    # onStart / onNodeComplete: the flow goes on under the new version. After
+    # onValidationFail / onNodeFail the node's step is decided: the loop
+    # starts what is ready next under the new version.
+    return trigger in (ON_VALIDATION_FAIL, ON_NODE_FAIL)
+
+
+# --- replanning ------------------------------------------------------------------
+
+def _statuses(ctx: RunContext, step: Step) -> dict[str, str]:
+    """Node statuses as this step leaves them."""
+    return step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
+
+
+def replan(ctx: RunContext, step: Step, *, trigger: dict[str, Any], exclude: Iterable[str] = (),
+           redo: Iterable[str] = (), node_id: str = "") -> bool:
+    """Plan the run again, in the step being committed: the entry point of
+    every replan the engine makes (a `replan` policy, a node failed for good
+    under one, an unmet goal, `capability_inactive`). Completed nodes are
+    kept and never re-run; `exclude` capability ids are not planned; `redo`
+    node ids (and what depends on them) run again.
+
+    A different plan: version N+1 (reason `replan`, this `trigger`),
+    `plan_requested` then `plan_updated` with the new nodes; returns False
+    (the flow goes on). No plan: `plan_requested`, `plan_rejected` and
+    `complete` failed (`replan_rejected`); returns True."""
+    excluded = sorted(set(exclude))
+    redo = list(dict.fromkeys(redo))
+    statuses = _statuses(ctx, step)
+    previous = ctx.run.plan_version
+    version = previous + 1
+    outcome = plan_again(run_id=ctx.run.id, envelope=ctx.envelope, graph=ctx.graph, rows=ctx.nodes,
+                         statuses=statuses, version=version, exclude=excluded, redo=redo)
+    trigger = {**trigger, "excludedCapabilities": excluded}
+    step.event(ev.event_plan_requested(attempt=version, capabilities=outcome.considered))
+    if outcome.graph is None:
+        now = timezone.now()
+        stuck_nodes = [*redo, *(n["id"] for n in ctx.graph.get("nodes", []) if n["capabilityId"] in excluded)]
+        for stuck in dict.fromkeys(stuck_nodes):
+            if statuses.get(stuck) in (NodeStatus.RUNNING, NodeStatus.AWAITING_HITL):
+                step.update_node(stuck, status=NodeStatus.FAILED, completed_at=now,
+                                 error={"code": "replan_rejected", "message": "No other plan could replace it."})
+        step.event(ev.event_plan_rejected(attempt=version, diagnostics=outcome.diagnostics))
+        fail(step, code="replan_rejected", message="No other plan can satisfy the output contract.",
+             extra={"diagnostics": outcome.diagnostics, "trigger": trigger})
+        return True
+    graph = outcome.graph
+    step.barrier()  # after the changes already in the step (the node that just completed, say)
+    for changed, changes in outcome.node_changes.items():
+        step.update_node(changed, **changes)
+    step.barrier()  # before any start under the new version
+    new_rows = list(outcome.new_rows)
+    for row in new_rows:
+        ctx.nodes[row.node_id] = row
+    run_id, statuses_after, pending = ctx.run.id, dict(outcome.statuses), outcome.pending
 
     def write_version() -> None:
+        for row in new_rows:
+            row.save(force_insert=True)
         PlanVersion.objects.create(run_id=run_id, version=version, reason=PlanVersion.Reason.REPLAN,
-                                   trigger=trigger_info, graph=graph, node_statuses=dict(statuses),
+                                   trigger=trigger, graph=graph, node_statuses=statuses_after,
                                    pending_node_ids=pending, schema_hash=graph.get("schemaHash", ""))
 
     step.writes.append(write_version)
+    ctx.graph = graph
     ctx.run.plan_version = version
     step.run_updates["plan_version"] = version
-    step.event(ev.event_plan_updated(previous_version=previous, version=version, reason="replan",
-                                     trigger=trigger_info,
-                                     nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")}
-                                            for n in graph.get("nodes", [])], node_id=node_id))
-    if trigger == ON_VALIDATION_FAIL and node is not None:
-        # The failed node is ready again: start it in this same step.
-        start_node(ctx, step, node_id)
-        return True
-    # onStart / onNodeComplete: the flow goes on under the new version.
+    step.event(ev.event_plan_updated(previous_version=previous, version=version, reason="replan", trigger=trigger,
+                                     nodes=plan_nodes_payload(outcome), node_id=node_id, added=outcome.added,
+                                     removed=outcome.removed, kept=outcome.kept))
+    logger.info("replanned", extra={"run_id": run_id, "plan_version": version, "trigger": trigger.get("kind"),
+                                    "added": outcome.added, "removed": outcome.removed})
     return False
+
+
+def replan_capability_inactive(ctx: RunContext, step: Step, capability_ids: Iterable[str]) -> bool:
+    """Capabilities went inactive (an agent stopped heartbeating): plan the
+    run again without them. Nodes of theirs that had not completed are
+    redone by an alternative; completed ones are kept. Same return as `replan`."""
+    ids = sorted(set(capability_ids))
+    return replan(ctx, step, trigger={"kind": "capability_inactive", "capabilityIds": ids}, exclude=ids)
+
+
+def on_node_fail(ctx: RunContext, step: Step, node: NodeRun, error: dict[str, Any] | None) -> bool:
+    """A node failed for good (a permanent error, or its retries ran out;
+    the node is already `failed` in the step). `onNodeFail` policies decide:
+    `replan` (the node's capability excluded), `fail`, or `emit`. Returns
+    True when one decided; otherwise the run fails as it always did."""
+    errors = [{"path": "", "message": str((error or {}).get("message") or ""), "code": (error or {}).get("code")}]
+    return _fire_matching(ctx, step, ON_NODE_FAIL, node=node, output={}, errors=errors)
+
+
+# --- goals -----------------------------------------------------------------------
+
+def goals_of(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+    goals: list[dict[str, Any]] = ((envelope.get("policies") or {}).get("planner") or {}).get("goals") or []
+    return goals
+
+
+def _goal_replans(ctx: RunContext) -> list[dict[str, Any]]:
+    """The triggers of the run's goal replans, oldest first."""
+    triggers: list[dict[str, Any]] = list(
+        PlanVersion.objects.filter(run_id=ctx.run.id, reason=PlanVersion.Reason.REPLAN, trigger__kind="goal")
+        .order_by("version").values_list("trigger", flat=True))
+    return triggers
+
+
+def _accepted_goals(ctx: RunContext) -> set[str]:
+    """Goals a person accepted unmet (an approved `goal:<id>` request)."""
+    sources = HitlRequest.objects.filter(run_id=ctx.run.id, source__startswith="goal:", resolution="approved",
+                                         ).values_list("source", flat=True)
+    return {source.split(":", 1)[1] for source in sources}
+
+
+def check_goals(ctx: RunContext, step: Step) -> bool:
+    """The plan's work nodes are done and its output is next: evaluate the
+    envelope's goals, in order, against the facets (one `goal_evaluated`
+    each). All met (or accepted by a person): False, the output is composed.
+    The first unmet goal decides — a goal replan, a person, or failure —
+    and True is returned (docs/planning.md)."""
+    goals = goals_of(ctx.envelope)
+    if not goals:
+        return False
+    accepted = _accepted_goals(ctx)
+    history = _goal_replans(ctx)
+    attempt = len(history) + 1
+    for goal in goals:
+        if goal["id"] in accepted:
+            continue
+        names = goal_facets(goal["condition"])
+        met = condition_holds(goal["condition"], ctx.run.facets)
+        step.event(ev.event_goal_evaluated(goal_id=goal["id"], met=met, attempt=attempt, facets=names))
+        if not met:
+            mine = [t for t in history if t.get("goalId") == goal["id"]]
+            return _goal_unmet(ctx, step, goal, names, attempt=attempt, replans=mine)
+    return False
+
+
+def _goal_unmet(ctx: RunContext, step: Step, goal: dict[str, Any], names: list[str], *, attempt: int,
+                replans: list[dict[str, Any]]) -> bool:
+    max_replans = int(goal.get("maxReplans", 2))
+    regular = [t for t in replans if not t.get("escalated")]
+    redo, feeders = _goal_work(ctx, names)
+    # A goal about facets no node of the plan produces (the inputs): nothing
+    # to run again, so straight to onUnmet.
+    if redo and len(regular) < max_replans:
+        return _goal_replan(ctx, step, goal, names, attempt=attempt, redo=redo, exclude=[])
+    on_unmet = goal.get("onUnmet", "hitl")
+    if redo and on_unmet == "replan" and len(regular) == len(replans):
+        by_id = {n["id"]: n for n in ctx.graph.get("nodes", [])}
+        exclude = sorted({by_id[i]["capabilityId"] for i in (feeders or redo)})
+        return _goal_replan(ctx, step, goal, names, attempt=attempt, redo=redo, exclude=exclude)
+    values = {name: ctx.run.facets.get(name) for name in names}
+    if on_unmet == "hitl":
+        _raise_goal_approval(ctx, step, goal, names, attempt=attempt, replans=len(replans), values=values)
+        return True
+    fail(step, code="goal_unmet",
+         message=f"Goal {goal['id']!r} is still unmet after {len(replans)} replan(s).",
+         extra={"goalId": goal["id"], "attempt": attempt, "facets": names})
+    return True
+
+
+def _goal_work(ctx: RunContext, names: list[str]) -> tuple[list[str], list[str]]:
+    """(nodes to redo, of which the feeders): the nodes that produce the
+    goal's facets and the work nodes that feed them directly."""
+    output_id = ctx.graph.get("outputNodeId", "output")
+    work = [n for n in ctx.graph.get("nodes", []) if n["id"] != output_id]
+    producers = [n["id"] for n in work if set(n.get("outputFacets", [])) & set(names)]
+    work_ids = {n["id"] for n in work}
+    feeders = list(dict.fromkeys(dep for n in work if n["id"] in producers for dep in n.get("dependsOn", [])
+                                 if dep in work_ids and dep not in producers))
+    return list(dict.fromkeys([*producers, *feeders])), feeders
+
+
+def _goal_replan(ctx: RunContext, step: Step, goal: dict[str, Any], names: list[str], *, attempt: int,
+                 redo: list[str], exclude: list[str]) -> bool:
+    """Redo the nodes that produce the goal's facets and the nodes that feed
+    them directly (and, by `plan_again`, everything downstream), with
+    `goalFeedback` in their bundles. Escalated (`onUnmet: "replan"` once
+    `maxReplans` is spent), the feeders' capabilities — or the producers'
+    when nothing feeds them — are excluded, for a different graph."""
+    escalate = bool(exclude)
+    trigger = {"kind": "goal", "goalId": goal["id"], "attempt": attempt, "condition": goal["condition"],
+               "maxReplans": goal.get("maxReplans", 2), "onUnmet": goal.get("onUnmet", "hitl"),
+               "facets": names, "values": {name: ctx.run.facets.get(name) for name in names},
+               "escalated": escalate}
+    return replan(ctx, step, trigger=trigger, exclude=exclude, redo=redo) or True
+
+
+def _raise_goal_approval(ctx: RunContext, step: Step, goal: dict[str, Any], names: list[str], *, attempt: int,
+                         replans: int, values: dict[str, Any]) -> None:
+    """`onUnmet: "hitl"`: a person decides. Approve accepts the result as it
+    is (the output is composed); reject fails the run (`hitl_rejected`)."""
+    request = hitl_services.hitl_request_build(
+        run=ctx.run, kind=HitlKind.APPROVAL,
+        question=f"Goal {goal['id']} is still unmet after {replans} replan(s). Accept the result as it is?",
+        options=[{"id": "approve", "label": "Accept", "description": "Compose the output from these results."},
+                 {"id": "reject", "label": "Reject", "description": "Fail the run."}],
+        allow_free_form=False, urgency="normal", pending_node_id="",
+        operator_prompt=f"The goal's condition is not met by the facets under review ({', '.join(names)}).",
+        contract_summary={"goalId": goal["id"], "condition": goal["condition"], "attempt": attempt,
+                          "replans": replans, "maxReplans": goal.get("maxReplans", 2), "facets": names,
+                          "outputFacets": names, "nodeId": None},
+        plan_version=ctx.run.plan_version, source=f"goal:{goal['id']}", review=values)
+    step.writes.append(lambda: request.save(force_insert=True))
+    step.status = RunStatus.AWAITING_HITL
+    step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]), node_id=""))
+
+
+def goal_feedback_for(ctx: RunContext, node_id: str) -> list[dict[str, Any]]:
+    """`goalFeedback` of a node's bundle: every goal replan that made this
+    node run again, oldest first — the goal and the facet values it judged."""
+    if ctx.run.plan_version <= 1 or not goals_of(ctx.envelope):
+        return []
+    rows = (PlanVersion.objects.filter(run_id=ctx.run.id, reason=PlanVersion.Reason.REPLAN, trigger__kind="goal")
+            .order_by("version").values_list("trigger", "pending_node_ids"))
+    return [{key: trigger.get(key) for key in ("goalId", "condition", "attempt", "maxReplans", "facets", "values")}
+            for trigger, pending in rows if node_id in (pending or [])]
 
 
 def _replanned_before(ctx: RunContext, policy: dict[str, Any], node: NodeRun) -> bool:

@@ -68,8 +68,31 @@ class Step:
         """Add an event made by one of the `runs.events.event_*` builders."""
         self.events.append(event)
 
+    # Node changes written before `node_updates`, batch by batch: a replan
+    # moves a node completed -> pending and the same step may start it
+    # (pending -> running); each move must be allowed on its own.
+    earlier_node_updates: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+
     def update_node(self, node_id: str, **changes: Any) -> None:
         self.node_updates.setdefault(node_id, {}).update(changes)
+
+    def barrier(self) -> None:
+        """Later node changes are written after the ones made so far."""
+        if self.node_updates:
+            self.earlier_node_updates.append(self.node_updates)
+            self.node_updates = {}
+
+    def node_batches(self) -> list[dict[str, dict[str, Any]]]:
+        return [*self.earlier_node_updates, self.node_updates]
+
+    def statuses_over(self, statuses: dict[str, str]) -> dict[str, str]:
+        """`statuses` with this step's node status changes applied."""
+        out = dict(statuses)
+        for batch in self.node_batches():
+            for node_id, changes in batch.items():
+                if "status" in changes:
+                    out[node_id] = changes["status"]
+        return out
 
 
 class Halt(Exception):

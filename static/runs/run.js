@@ -14,7 +14,7 @@
   Array.prototype.forEach.call(list.querySelectorAll("li[data-id]"), function (li) { seen[li.dataset.id] = true; });
   var TYPES = ["start", "plan_requested", "plan_rejected", "plan_generated", "plan_updated", "node_start",
     "node_complete", "node_error", "validation_error", "policy_triggered", "hitl_request", "hitl_update",
-    "hitl_resolved", "complete", "log"];
+    "hitl_resolved", "complete", "log", "goal_evaluated"];
   var COLOURS = { pending: "#9aa5b1", running: "#2f80ed", completed: "#27ae60", failed: "#eb5757",
     awaiting_hitl: "#f2994a", skipped: "#cfd6dd" };
   var source = null;
@@ -34,6 +34,7 @@
       case "policy_triggered": return "policy " + p.policyId + " \u2192 " + ((p.action || {}).type || "");
       case "validation_error": return p.scope + " validation failed (" + (p.errors || []).length + " errors)";
       case "log": return String(p.message || "");
+      case "goal_evaluated": return "goal " + p.goalId + (p.met ? " met" : " unmet") + " (attempt " + p.attempt + ")";
       default: return "";
     }
   }

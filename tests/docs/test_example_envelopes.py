@@ -59,3 +59,23 @@ def test_the_pause_example_pauses_after_the_strategist_and_completes_on_resume(w
     started = [f["data"]["payload"]["nodeId"] for f in resumed if f["event"] == "node_start"]
     assert "strategist" not in started and "copywriter" in started
     assert NodeRun.objects.get(run=run, node_id="strategist").attempts == 1
+
+
+def test_the_goal_example_is_replanned_once_then_meets_its_goal(workers, api_for, client_user):
+    frames = streamed(api_for(client_user).post("/api/v1/flex/run.stream", example("goal-quality"),
+                                                format="json", HTTP_ACCEPT="text/event-stream"))
+
+    seen = types(frames)
+    assert seen[-1] == "complete" and frames[-1]["data"]["payload"]["status"] == "completed"
+    goals = [(f["data"]["payload"]["met"], f["data"]["payload"]["attempt"]) for f in frames
+             if f["event"] == "goal_evaluated"]
+    assert goals == [(False, 1), (True, 2)]
+    updated = next(f["data"]["payload"] for f in frames if f["event"] == "plan_updated")
+    assert updated["reason"] == "replan" and updated["trigger"]["kind"] == "goal"
+    started = [f["data"]["payload"]["nodeId"] for f in frames if f["event"] == "node_start"]
+    assert started == ["strategist", "copywriter", "qa", "copywriter", "qa", "output"]
+    [plan] = [f["data"]["payload"] for f in frames if f["event"] == "plan_generated"]
+    assert plan["nodes"][1]["capabilityId"] == "copywriter.ShortformDrafting"
+    run = Run.objects.get(pk=frames[0]["data"]["runId"])
+    directives = example("goal-quality")["policies"]["planner"]["directives"]
+    assert all(node.input["directives"] == directives for node in NodeRun.objects.filter(run=run))

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 BASE_DIR = Path(settings.BASE_DIR)
 # Documents whose examples talk to a running server, in the order a reader meets them.
-DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/runbook.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/planning.md", "docs/runbook.md"]
 _BLOCK = re.compile(r"^[ \t]*```sh\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
 _EXPECTED = re.compile(r"^#\s*(\d{3})\b")
 

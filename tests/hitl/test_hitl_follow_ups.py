@@ -89,7 +89,8 @@ def test_an_approve_action_pause_goes_through_running_to_paused(api_for, client_
 
 
 @pytest.mark.parametrize("follow_ups, answer, action, follow_up, final", [
-    ({"approveAction": "replan"}, APPROVE, {"type": "replan"}, "approveAction", "awaiting_hitl"),
+    # replan: the copywriter's capability is excluded; the alternative's copy needs no approval
+    ({"approveAction": "replan"}, APPROVE, {"type": "replan"}, "approveAction", "completed"),
     ({"approveAction": {"type": "fail", "message": "stop here"}}, APPROVE, {"type": "fail", "message": "stop here"},
      "approveAction", "failed"),
     ({"rejectAction": "continue"}, REJECT, {"type": "continue"}, "rejectAction", "completed"),

@@ -73,7 +73,7 @@ def test_an_unsatisfiable_output_is_rejected_with_a_diagnostic_naming_the_facet(
 
 def test_it_lists_the_capabilities_it_considered() -> None:
     assert plan("linkedin-variants").considered == [
-        "copywriter.SocialpostDrafting", "flex.OutputMapper", "qa.ContentReview", "strategist.SocialPosting"]
+        "copywriter.ShortformDrafting", "copywriter.SocialpostDrafting", "flex.OutputMapper", "qa.ContentReview", "strategist.SocialPosting"]
 
 
 # --- the graph's shape --------------------------------------------------------------------
@@ -258,12 +258,14 @@ def test_a_forbidden_capability_is_never_used() -> None:
 
 
 def test_forbidding_the_only_producer_makes_the_plan_unsatisfiable_and_says_why() -> None:
-    data = with_selection("linkedin-variants", forbid=["copywriter.SocialpostDrafting"])
+    data = with_selection("linkedin-variants",
+                          forbid=["copywriter.SocialpostDrafting", "copywriter.ShortformDrafting"])
     result = plan(data)
     assert result.graph is None
     assert result.diagnostics[0]["code"] == "unsatisfiable_facet"
     assert result.diagnostics[0]["facet"] == "copyVariants"
-    assert "excluded by policy: copywriter.SocialpostDrafting" in result.diagnostics[0]["message"]
+    assert ("excluded by policy: copywriter.ShortformDrafting, copywriter.SocialpostDrafting"
+            in result.diagnostics[0]["message"])
 
 
 def test_a_required_capability_that_nothing_needs_is_added() -> None:

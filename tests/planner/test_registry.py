@@ -18,7 +18,7 @@ from planner.registry import (
 from planner.types import Capability
 from tests.planner import fakes
 
-BUILT_IN = ["copywriter.SocialpostDrafting", "flex.OutputMapper", "qa.ContentReview", "strategist.SocialPosting"]
+BUILT_IN = ["copywriter.ShortformDrafting", "copywriter.SocialpostDrafting", "flex.OutputMapper", "qa.ContentReview", "strategist.SocialPosting"]
 
 
 @pytest.fixture(autouse=True)

@@ -9,11 +9,13 @@ from planner.types import Capability, CapabilityError, ClarificationNeeded, Cont
 def test_a_bundle_serialises_with_camel_case_keys() -> None:
     bundle = ContextBundle(run_id="r", node_id="n", objective="o", facets={"a": 1}, special_instructions=["s"],
                            policies={}, contract={}, clarifications=[], idempotency_key="r:n:2", attempt=2,
-                           plan_version=3, metadata={"threadId": "t"})
+                           plan_version=3, metadata={"threadId": "t"}, directives={"voice": "plain"},
+                           goal_feedback=[{"goalId": "g"}])
     assert bundle.to_dict() == {
         "runId": "r", "nodeId": "n", "objective": "o", "facets": {"a": 1}, "specialInstructions": ["s"],
         "policies": {}, "contract": {}, "clarifications": [], "idempotencyKey": "r:n:2", "attempt": 2,
-        "planVersion": 3, "metadata": {"threadId": "t"},
+        "planVersion": 3, "metadata": {"threadId": "t"}, "directives": {"voice": "plain"},
+        "goalFeedback": [{"goalId": "g"}],
     }
 
 

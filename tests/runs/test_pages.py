@@ -211,3 +211,20 @@ def test_with_flex_disabled_the_run_page_says_actions_are_off(settings: Any, ope
     body = browser(operator).get(page_url(run)).content.decode()
     assert 'id="flex-disabled"' in body and "FLEX_ENABLED=0" in body
     assert "act in the admin console" not in body
+
+
+def test_the_run_page_lists_every_plan_version_with_its_nodes(support: Any, client_user: Any, submit: Any) -> None:
+    envelope = load_envelope("linkedin-variants")
+    runtime = [{"id": "redo-copy", "trigger": {"kind": "onNodeComplete", "selector": {"nodeId": "copywriter"}},
+                "action": {"type": "replan"}}]
+    run = submit(client_user, "linkedin-variants", policies={**envelope["policies"], "runtime": runtime})
+    assert run.status == "completed" and run.plan_version == 2
+
+    body = html.unescape(browser(support).get(page_url(run)).content.decode())
+
+    assert "strategist (strategist.SocialPosting), copywriter (copywriter.SocialpostDrafting)" in body
+    assert "strategist (strategist.SocialPosting), copywriter-2 (copywriter.ShortformDrafting)" in body
+    assert '"kind": "policy"' in body and '"excludedCapabilities": ["copywriter.SocialpostDrafting"]' in body
+    # The graph drawn is the current version's.
+    assert 'data-node-id="copywriter-2" data-status="completed"' in body
+    assert 'data-node-id="copywriter"' not in body

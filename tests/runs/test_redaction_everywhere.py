@@ -521,3 +521,52 @@ def test_governance_surfaces_are_redacted(json_log, api_for, client_user, operat
     audit = next(a for a in debug["audit"] if a["action"] == "policy_triggered_manually")
     assert audit["details"]["note"] == "asked by ops, token=[redacted]"
     assert "Stopped; the vault password=[redacted]" in shown[f"events {stopped} as olivia"]
+# --- goals: the judged facet values in plan versions, bundles and the goal's request ---------------------------
+
+GOAL_SECRETS = {key: HITL_SECRETS[key] for key in (
+    "review nested password", "review token list", "review x-sensitive field", "review free text password")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_goal_feedback_secrets_appear_nowhere_a_person_can_read_them(hitl_catalog, json_log, api_for, client_user,
+                                                                     operator, drain):
+    from django.test import Client
+
+    envelope = load_envelope("facets-output")
+    envelope["policies"]["planner"]["selection"] = {"require": ["leaky.ApprovedReview"],
+                                                    "forbid": ["qa.ContentReview"]}
+    envelope["policies"]["planner"]["goals"] = [
+        {"id": "never", "condition": {">=": [{"var": "qa_report.score"}, 2]}, "maxReplans": 1}]
+    api = api_for(operator)
+    run_id = api_for(client_user).post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    drain()
+    assert Run.objects.get(pk=run_id).status == "awaiting_hitl"  # replanned once, then a person decides
+
+    browser = Client()
+    browser.force_login(operator)
+    shown = {
+        "debug": api.get(f"/api/v1/flex/runs/{run_id}").content.decode(),
+        "events": api.get(f"/api/v1/flex/runs/{run_id}/events").content.decode(),
+        "pending": api.get("/api/hitl/pending").content.decode(),
+        "history": page(browser, link_in(page(browser, "/runs/"), f"/runs/{run_id}/")),
+        "logs": json_log.getvalue(),
+    }
+    leaks = {name: [key for key, secret in GOAL_SECRETS.items() if secret in text] for name, text in shown.items()}
+    assert {name: found for name, found in leaks.items() if found} == {}
+
+    # They were shown, redacted: the plan version's trigger, the re-run node's bundle, the request's review.
+    debug = json.loads(shown["debug"])
+    judged = debug["planVersions"][1]["trigger"]["values"]["qa_report"]
+    assert judged["reviewerNote"] == "[redacted]" and judged["reviewer"]["account"]["password"] == "[redacted]"
+    rerun = next(n for n in debug["nodes"] if n["capabilityId"] == "leaky.ApprovedReview")
+    assert rerun["input"]["goalFeedback"][0]["values"]["qa_report"]["reviewerNote"] == "[redacted]"
+    updated = next(e for e in json.loads(shown["events"])["events"] if e["type"] == "plan_updated")
+    assert updated["payload"]["trigger"]["values"]["qa_report"]["reviewerNote"] == "[redacted]"
+    review_shown = json.loads(shown["pending"])["runs"][0]["pendingRequest"]["review"]["qa_report"]
+    assert review_shown["reviewerNote"] == "[redacted]"
+    assert "v2" in shown["history"] and "goal" in shown["history"]
+    # The stored trigger keeps the real values (the capability that re-runs needs them).
+    from runs.models import PlanVersion
+
+    stored = PlanVersion.objects.get(run_id=run_id, version=2).trigger["values"]["qa_report"]
+    assert stored["reviewerNote"] == "internal-note-404"

@@ -229,3 +229,32 @@ def test_a_run_with_two_plan_versions_lists_both_with_their_reasons(api_for, ope
     assert [(a["action"], a["actor"], a["planVersion"]) for a in body["audit"]] == [
         ("run_created", "clara", 0), ("run_replanned", "olivia", 2)]
     assert AuditEntry.objects.filter(run_id=run_id).count() == 2
+
+
+def test_the_debug_view_shows_each_plan_version_with_its_own_graph(api_for, client_user, support, drain):
+    envelope = load_envelope("linkedin-variants")
+    envelope["policies"]["runtime"] = [{"id": "redo-copy", "trigger": {"kind": "onNodeComplete",
+                                                                      "selector": {"nodeId": "copywriter"}},
+                                        "action": {"type": "replan", "rationale": "try the other style"}}]
+    run_id = api_for(client_user).post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    drain()
+
+    body = api_for(support).get(debug_url(run_id)).json()
+
+    first, second = body["planVersions"]
+    assert (first["version"], first["reason"], second["version"], second["reason"]) == (1, "initial", 2, "replan")
+    assert [(n["nodeId"], n["capabilityId"]) for n in first["nodes"]] == [
+        ("strategist", "strategist.SocialPosting"), ("copywriter", "copywriter.SocialpostDrafting"),
+        ("output", "flex.OutputMapper")]
+    assert [(n["nodeId"], n["capabilityId"]) for n in second["nodes"]] == [
+        ("strategist", "strategist.SocialPosting"), ("copywriter-2", "copywriter.ShortformDrafting"),
+        ("output", "flex.OutputMapper")]
+    assert second["trigger"]["policyId"] == "redo-copy"
+    assert second["trigger"]["excludedCapabilities"] == ["copywriter.SocialpostDrafting"]
+    assert second["nodes"][1]["dependsOn"] == ["strategist"] and second["nodes"][1]["rationale"]
+    assert first["schemaHash"] != second["schemaHash"]
+    # Every node row is there, with the version it last ran under.
+    assert [(n["nodeId"], n["status"], n["planVersion"]) for n in body["nodes"]] == [
+        ("strategist", "completed", 1), ("copywriter", "completed", 1), ("output", "completed", 2),
+        ("copywriter-2", "completed", 2)]
+    assert body["facetProvenance"]["copyVariants"]["nodeId"] == "copywriter-2"

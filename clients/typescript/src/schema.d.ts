@@ -518,29 +518,37 @@ export interface components {
                 forbiddenKinds?: ("structuring" | "execution" | "validation" | "transformation" | "routing")[];
             };
             selection?: {
-                require?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
-                forbid?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
-                prefer?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
-                avoid?: ("copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                require?: ("copywriter.ShortformDrafting" | "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                forbid?: ("copywriter.ShortformDrafting" | "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                prefer?: ("copywriter.ShortformDrafting" | "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
+                avoid?: ("copywriter.ShortformDrafting" | "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting")[];
             };
             optimisation?: {
                 /** @enum {unknown} */
                 objective?: "speed" | "quality" | "diversity" | "token_efficiency";
             };
             directives?: Record<string, never>;
+            goals?: components["schemas"]["TaskEnvelopeGoal"][];
+        };
+        TaskEnvelopeGoal: {
+            id: string;
+            condition: unknown;
+            maxReplans?: number;
+            /** @enum {unknown} */
+            onUnmet?: "replan" | "hitl" | "fail";
         };
         TaskEnvelopeRuntimePolicy: {
             id: string;
             enabled?: boolean;
             trigger: {
                 /** @enum {unknown} */
-                kind: "onStart" | "onNodeComplete" | "onValidationFail" | "manual";
+                kind: "onStart" | "onNodeComplete" | "onValidationFail" | "onNodeFail" | "manual";
                 selector?: {
                     nodeId?: string;
                     /** @enum {unknown} */
                     kind?: "structuring" | "execution" | "validation" | "transformation" | "routing";
                     /** @enum {string} */
-                    capabilityId?: "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting";
+                    capabilityId?: "copywriter.ShortformDrafting" | "copywriter.SocialpostDrafting" | "flex.OutputMapper" | "qa.ContentReview" | "strategist.SocialPosting";
                 };
                 condition?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
             };

@@ -76,7 +76,8 @@ def test_the_planners_rationale_for_each_node_is_in_plan_generated_and_the_debug
     assert rationale["test.FlakyReview"] == ("Produces qa_report (preferred by selection.prefer over "
                                              "qa.ContentReview); feeds output")
     assert rationale["copywriter.SocialpostDrafting"].startswith(
-        "Produces copyVariants (the only usable capability that produces it); feeds ")
+        "Produces copyVariants (quality 0.8 beats copywriter.ShortformDrafting 0.5 by the default objective); "
+        "feeds ")
     assert all(rationale.values())
     [version] = api.get(f"/api/v1/flex/runs/{run_id}").json()["planVersions"]
     assert {n["capabilityId"]: n["rationale"] for n in version["nodes"]} == rationale

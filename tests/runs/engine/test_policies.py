@@ -144,33 +144,62 @@ def test_pause_stops_the_run_until_it_is_resumed(api_for, client_user, operator,
     assert Run.objects.get(pk=run.id).status == "completed"
 
 
-def test_replan_records_a_new_plan_version_and_keeps_completed_nodes(api_for, client_user, drain):
+def test_replan_excludes_the_node_it_fired_on_and_plans_an_alternative(api_for, client_user, drain):
     run = run_with(api_for, client_user, drain, with_policies(
-        policy({"type": "replan", "rationale": "brief changed"}, selector={"nodeId": "strategist"})))
+        policy({"type": "replan", "rationale": "copy too long"}, selector={"nodeId": "copywriter"})))
 
     assert run.status == "completed" and run.plan_version == 2
     version = PlanVersion.objects.get(run=run, version=2)
     assert version.reason == "replan" and version.trigger["policyId"] == "p1"
+    assert version.trigger["excludedCapabilities"] == ["copywriter.SocialpostDrafting"]
+    assert [(n["id"], n["capabilityId"]) for n in version.graph["nodes"]] == [
+        ("strategist", "strategist.SocialPosting"), ("copywriter-2", "copywriter.ShortformDrafting"),
+        ("output", "flex.OutputMapper")]
     assert version.node_statuses["strategist"] == "completed" and "strategist" not in version.pending_node_ids
     updated = events_of(run.id, "plan_updated")[0].payload
     assert (updated["previousVersion"], updated["version"], updated["reason"]) == (1, 2, "replan")
-    assert {"id": "strategist", "status": "completed"} in updated["nodes"]
-    assert NodeRun.objects.get(run=run, node_id="strategist").commits == 1
-    assert NodeRun.objects.get(run=run, node_id="copywriter").plan_version == 2
+    assert (updated["addedNodes"], updated["removedNodes"], updated["keptNodes"]) == (
+        ["copywriter-2"], ["copywriter"], ["strategist"])
+    assert [(n["id"], n["status"]) for n in updated["nodes"]] == [
+        ("strategist", "completed"), ("copywriter-2", "pending"), ("output", "pending")]
+    strategist = NodeRun.objects.get(run=run, node_id="strategist")
+    assert (strategist.commits, strategist.attempts, strategist.plan_version) == (1, 1, 1)
+    assert [e.payload["nodeId"] for e in events_of(run.id, "node_start")] == [
+        "strategist", "copywriter", "copywriter-2", "output"]
+    assert run.provenance["copyVariants"]["nodeId"] == "copywriter-2"
 
 
-def test_a_hitl_reject_action_can_rerun_the_node(api_for, client_user, operator, drain):
+def test_replan_with_no_alternative_rejects_the_plan_and_fails_the_run(api_for, client_user, drain):
+    run = run_with(api_for, client_user, drain, with_policies(
+        policy({"type": "replan"}, selector={"nodeId": "strategist"})))
+
+    assert run.status == "failed" and run.error["code"] == "replan_rejected"
+    types = event_types(run.id)
+    assert types[types.index("policy_triggered"):] == ["policy_triggered", "plan_requested", "plan_rejected",
+                                                      "complete"]
+    assert events_of(run.id, "plan_rejected")[0].payload["diagnostics"][0]["excludedCapabilities"] == [
+        "strategist.SocialPosting"]
+    assert events_of(run.id, "complete")[0].payload["status"] == "failed"
+    assert run.plan_version == 1 and not PlanVersion.objects.filter(run=run, version=2).exists()
+
+
+def test_a_hitl_reject_action_replans_onto_an_alternative(api_for, client_user, operator, drain):
     body = load_envelope("approval-required")
     body["policies"]["runtime"][0]["action"]["rejectAction"] = {"type": "replan"}
+    body["policies"]["runtime"][0]["trigger"]["selector"] = {"kind": "execution"}  # any copywriter
     run = run_with(api_for, client_user, drain, body)
     first = pending_request(run.id)
 
     assert resume(api_for(operator), run.id, first.id, [REJECT]).status_code == 200
+    version = PlanVersion.objects.get(run=run, version=2)
+    assert version.reason == "replan" and version.trigger["kind"] == "hitl"
+    assert version.trigger["excludedCapabilities"] == ["copywriter.SocialpostDrafting"]
     drain()
 
-    # The copywriter ran again and asks for approval again.
+    # The alternative copywriter wrote the copy; its output is asked about in turn.
     second = pending_request(run.id)
-    assert second.id != first.id and NodeRun.objects.get(run=run, node_id="copywriter").attempts == 2
+    assert second.id != first.id and second.pending_node_id == "copywriter-2"
+    assert NodeRun.objects.get(run=run, node_id="copywriter").attempts == 1
     assert resume(api_for(operator), run.id, second.id, [APPROVE]).status_code == 200
     drain()
     assert Run.objects.get(pk=run.id).status == "completed"
@@ -246,15 +275,49 @@ def test_rejecting_a_validation_escalation_fails_the_run_and_the_node(api_for, c
     assert NodeRun.objects.get(run=run, node_id="test").status == "failed"
 
 
-def test_replan_on_validation_fail_retries_the_node_once_under_a_new_version(api_for, client_user, drain):
+def test_replan_on_validation_fail_replaces_the_node_by_an_alternative(api_for, client_user, drain):
+    body = invalid_review(policy({"type": "replan"}, kind="onValidationFail"))
+    body["policies"]["planner"]["selection"] = {"prefer": ["test.NeverValidReview"]}  # qa.ContentReview remains
+    run = run_with(api_for, client_user, drain, body)
+
+    assert run.status == "completed" and run.plan_version == 2
+    version = PlanVersion.objects.get(run=run, version=2)
+    assert version.reason == "replan" and version.trigger["trigger"] == "onValidationFail"
+    replaced = NodeRun.objects.get(run=run, node_id="test")
+    assert (replaced.status, replaced.attempts, replaced.error["code"]) == ("failed", 2, "replaced_by_replan")
+    assert NodeRun.objects.get(run=run, node_id="qa").status == "completed"
+    assert run.provenance["qa_report"]["nodeId"] == "qa"
+
+
+def test_replan_on_validation_fail_without_an_alternative_fails_the_run(api_for, client_user, drain):
     run = run_with(api_for, client_user, drain, invalid_review(policy({"type": "replan"}, kind="onValidationFail")))
 
-    # Replanned once; invalid again, the policy does not fire twice and the default applies: a person decides.
-    assert run.status == "awaiting_hitl" and run.plan_version == 2
-    assert PlanVersion.objects.get(run=run, version=2).reason == "replan"
-    assert NodeRun.objects.get(run=run, node_id="test").attempts == 3
-    assert len(triggered(run.id)) == 1
-    assert pending_request(run.id).source == "validation_retries_exhausted"
+    # test.NeverValidReview is required by selection.require: excluding it leaves no plan.
+    assert run.status == "failed" and run.error["code"] == "replan_rejected"
+    assert events_of(run.id, "plan_rejected")[0].payload["diagnostics"][0]["code"] == \
+        "required_capability_unavailable"
+    assert NodeRun.objects.get(run=run, node_id="test").status == "failed"
+
+
+def test_a_node_failed_for_good_under_an_on_node_fail_replan_policy_is_replaced(api_for, client_user, drain,
+                                                                                 settings):
+    settings.FLEX_EXTRA_CAPABILITIES = ["tests.capabilities.BrokenReview"]
+    body = review_envelope(load_envelope("linkedin-variants"), "test.BrokenReview")
+    body["policies"]["planner"]["selection"] = {"prefer": ["test.BrokenReview"]}
+    body["policies"]["runtime"] = [policy({"type": "replan"}, kind="onNodeFail", selector={"kind": "validation"})]
+    run = run_with(api_for, client_user, drain, body)
+
+    assert run.status == "completed" and run.plan_version == 2
+    assert NodeRun.objects.get(run=run, node_id="test").status == "failed"
+    assert PlanVersion.objects.get(run=run, version=2).trigger["excludedCapabilities"] == ["test.BrokenReview"]
+    assert [p["trigger"] for p in triggered(run.id)] == ["onNodeFail"]
+
+
+def test_an_on_node_fail_policy_may_not_ask_a_person(api_for, client_user):
+    body = with_policies(policy({"type": "hitl"}, kind="onNodeFail"))
+    response = api_for(client_user).post("/api/v1/flex/runs", body, format="json")
+    assert response.status_code == 422
+    assert response.json()["details"]["errors"][0]["path"] == "/policies/runtime/0/action/type"
 
 
 def test_pause_on_validation_fail_reruns_the_node_on_resume(api_for, client_user, operator, drain):
@@ -267,3 +330,19 @@ def test_pause_on_validation_fail_reruns_the_node_on_resume(api_for, client_user
 
     assert Run.objects.get(pk=run.id).status == "completed"
     assert not HitlRequest.objects.filter(run=run).exists()
+
+
+def test_a_hitl_replan_with_no_alternative_fails_the_run_after_the_resume(api_for, client_user, operator, drain):
+    body = load_envelope("approval-required")
+    body["policies"]["runtime"][0]["action"]["rejectAction"] = "replan"
+    body["policies"]["planner"]["selection"] = {"forbid": ["copywriter.ShortformDrafting"]}
+    run = run_with(api_for, client_user, drain, body)
+
+    assert resume(api_for(operator), run.id, pending_request(run.id).id, [REJECT]).status_code == 200
+
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error["code"] == "replan_rejected"
+    types = event_types(run.id)
+    assert types[types.index("hitl_resolved"):] == ["hitl_resolved", "plan_updated", "policy_triggered",
+                                                    "plan_requested", "plan_rejected", "complete"]
+    assert events_of(run.id, "plan_updated")[0].payload["reason"] == "resume"
