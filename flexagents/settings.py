@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "guardian",
     "django_eventstream",
+    "django_jsonform",  # the human-task form widget (runs/task_forms.py)
     "flexagents",
     "planner",
     "hitl",
