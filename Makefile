@@ -17,11 +17,15 @@ setup: $(STAMP)
 migrate: setup
 	$(PY) manage.py migrate --noinput
 
-# Serve API, admin, history pages, SSE and worker threads on SQLite.
+# Serve API, admin, history pages, SSE and worker threads on SQLite. The demo's
+# human capability (human.CopyEdit, done in the console's task inbox) comes from
+# examples/capabilities/human.json unless FLEX_HUMAN_CAPABILITIES says otherwise.
 run: migrate
 	rm -rf db/prometheus  # metrics of earlier runs (PROMETHEUS_MULTIPROC_DIR default)
 	DEBUG=1 $(PY) manage.py flex_demo --port $(PORT)
-	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
+	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} \
+	  FLEX_HUMAN_CAPABILITIES="$${FLEX_HUMAN_CAPABILITIES:-$$(cat examples/capabilities/human.json)}" \
+	  $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
 
 # The layering contracts and the types, then the whole suite (SQLite unless
 # DATABASE_URL says otherwise).

@@ -72,6 +72,8 @@ def widget_schema(schema: Mapping[str, Any], *, title: str = "", help_text: str 
         if kind is None:
             out["type"] = "string"
             kind = "string"
+        if kind == "boolean":
+            out.setdefault("default", False)  # an unticked box is `false`, not "left empty"
         if help_text:
             out.setdefault("help_text", help_text)
         if kind == "string" and "enum" not in out and "format" not in out \
@@ -115,6 +117,7 @@ class TaskOutputForm(forms.Form):
     def __init__(self, *args: Any, output_facets: Iterable[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         schema = output_form_schema(output_facets)
+        self.form_schema = schema
         field = self.fields["output"]
         field.widget = JSONFormWidget(schema=schema)
         field.widget.is_required = True
@@ -122,8 +125,10 @@ class TaskOutputForm(forms.Form):
         field.help_text = "The values this task produces; they are checked against the run's contract on submit."
 
     def output_value(self) -> dict[str, Any]:
+        """What the person entered; an optional field left empty (the editor
+        posts `null`) is left out, as it would be from an agent."""
         value = self.cleaned_data.get("output")
-        return value if isinstance(value, dict) else {}
+        return drop_empty_optionals(value, self.form_schema) if isinstance(value, dict) else {}
 
     def add_contract_errors(self, errors: Iterable[Mapping[str, Any]], *, output_facets: Iterable[str]) -> None:
         """The service's `details.errors` (`{path, message}`, JSON pointers)
@@ -142,6 +147,19 @@ class TaskOutputForm(forms.Form):
             widget.add_error(error_map)
         for line in listed:
             self.add_error("output", line)
+
+
+def drop_empty_optionals(value: Any, schema: Mapping[str, Any]) -> Any:
+    """`null` under a key its object does not require is removed, at any depth."""
+    if isinstance(value, dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+        required = schema.get("required") if isinstance(schema.get("required"), list) else []
+        return {k: drop_empty_optionals(v, props.get(k) or {}) for k, v in value.items()
+                if not (v is None and k not in required)}
+    if isinstance(value, list):
+        items = schema.get("items") if isinstance(schema.get("items"), Mapping) else {}
+        return [drop_empty_optionals(v, items) for v in value]
+    return value
 
 
 def pointer_coords(path: str, facets: set[str]) -> list[str]:

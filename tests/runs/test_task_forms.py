@@ -79,3 +79,16 @@ def test_pointer_coords() -> None:
     assert pointer_coords("/copyVariants/0/body", {"copyVariants"}) == ["copyVariants", "0", "body"]
     assert pointer_coords("/a~1b", {"a/b"}) == ["a/b"]
     assert pointer_coords("/", {"x"}) == []
+
+
+def test_optional_fields_left_empty_are_left_out_and_an_unticked_box_is_false() -> None:
+    schema = output_form_schema(["final_copy", "qa_report"])
+    assert schema["properties"]["final_copy"]["properties"]["readyToPublish"]["default"] is False
+    posted = {"final_copy": {"headline": "", "text": "x" * 30, "changes": [], "readyToPublish": False},
+              "qa_report": {"score": None, "findings": [{"severity": "info", "message": "m", "variant": None}]}}
+    form = TaskOutputForm({"output": json.dumps(posted), "lease_token": "t"}, output_facets=["final_copy", "qa_report"])
+    assert form.is_valid()
+    value = form.output_value()
+    assert value["qa_report"]["findings"] == [{"severity": "info", "message": "m"}]  # optional: dropped
+    assert value["qa_report"]["score"] is None  # required: kept, the contract reports it
+    assert value["final_copy"]["headline"] == ""
