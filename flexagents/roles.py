@@ -70,6 +70,32 @@ def user_may_operate_run(user: Any, run: Any) -> bool:
     return user_may_operate_all_runs(user) or (_active(user) and user.has_perm("runs.operate_run", run))
 
 
+# A user in the group `capability:<capabilityId>` does the tasks of that human
+# capability (docs/agents.md, "Human tasks"); operators do every one.
+HUMAN_CAPABILITY_GROUP_PREFIX = "capability:"
+
+
+def human_capabilities_granted(user: Any) -> set[str] | None:
+    """The human capabilities whose tasks this user may do; None: all of them
+    (operators, superusers). One query per request (cached on the user)."""
+    if not _active(user):
+        return set()
+    if user_may_operate_all_runs(user):
+        return None
+    cached = getattr(user, "_flex_human_capabilities", None)
+    if cached is None:
+        prefix = HUMAN_CAPABILITY_GROUP_PREFIX
+        cached = {name[len(prefix):] for name in
+                  user.groups.filter(name__startswith=prefix).values_list("name", flat=True)}
+        user._flex_human_capabilities = cached
+    return set(cached)
+
+
+def user_may_do_human_capability(user: Any, capability_id: str) -> bool:
+    granted = human_capabilities_granted(user)
+    return granted is None or capability_id in granted
+
+
 def grant_run_to_owner(*, run: Any, user: Any) -> None:
     """Give the submitter view/change/operate on their run.
 

@@ -253,6 +253,8 @@ FLEX_CAPABILITIES = [
 ]
 FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
 FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
+# A person's claim on a human task (the console's task inbox): a form takes minutes.
+FLEX_HUMAN_TASK_LEASE_SECONDS = env_float("FLEX_HUMAN_TASK_LEASE_SECONDS", 1800.0, minimum=1.0)
 
 # --- Operations (runs/ops.py, runs/metrics.py) ---------------------------------
 # A worker writes its heartbeat row at most this often; /api/ready wants one
