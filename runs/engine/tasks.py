@@ -59,8 +59,9 @@ logger = logging.getLogger("runs.engine.tasks")
 LIVE_STATUSES = (TaskStatus.OPEN, TaskStatus.CLAIMED)
 
 
-def task_lease_duration() -> timedelta:
-    return timedelta(seconds=settings.FLEX_TASK_LEASE_SECONDS)
+def task_lease_duration(*, person: bool = False) -> timedelta:
+    """An agent's lease, or a person's (a form takes minutes: FLEX_HUMAN_TASK_LEASE_SECONDS)."""
+    return timedelta(seconds=settings.FLEX_HUMAN_TASK_LEASE_SECONDS if person else settings.FLEX_TASK_LEASE_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _take(task: Task, *, agent_id: str, user: Any, now: datetime) -> ClaimedTask
     """open -> claimed, node_start, in the caller's transaction; None when
     someone else took it or its run is no longer running."""
     token = secrets.token_urlsafe(24)
-    expires = now + task_lease_duration()
+    expires = now + task_lease_duration(person=not agent_id)
     taken = Task.objects.filter(pk=task.pk, status=TaskStatus.OPEN).update(
         status=TaskStatus.CLAIMED, agent_id=agent_id, claimed_by=user, lease_token=token, lease_expires_at=expires,
         claimed_at=now)
@@ -180,12 +181,12 @@ def task_claim_for_agent(*, user: Any, agent_id: str, now: datetime | None = Non
 def task_claim_for_person(*, user: Any, task_id: str, now: datetime | None = None) -> ClaimedTask:
     """A person claims one task of a human capability (console). The same
     lease and fencing rules as agents; the person is the recorded actor."""
-    from flexagents.roles import user_may_operate_all_runs
+    from flexagents.roles import user_may_do_human_capability
 
     now = now or timezone.now()
     with transaction.atomic():
         task = Task.objects.select_for_update(of=("self",)).filter(pk=task_id).first()
-        if task is None or task.agent_type != "human" or not user_may_operate_all_runs(user):
+        if task is None or task.agent_type != "human" or not user_may_do_human_capability(user, task.capability_id):
             raise NotFound("No such task.", code="task_not_found")
         if task.status != TaskStatus.OPEN:
             raise LeaseLost("The task is not open any more.", details={"status": task.status})
@@ -205,7 +206,7 @@ def task_for_actor(*, user: Any, task_id: str) -> Task:
     """The task if `user` may act on it: the agent that registered its
     capability (its owner's token), an operator for a human task, a
     superuser; else 404 (never reveal existence)."""
-    from flexagents.roles import user_may_operate_all_runs
+    from flexagents.roles import user_may_do_human_capability
     from planner.models import AgentCapability
 
     task = Task.objects.select_related("claimed_by").filter(pk=task_id).first()
@@ -217,7 +218,7 @@ def task_for_actor(*, user: Any, task_id: str) -> Task:
         "agent__owner_id", flat=True).first()
     if owner is not None and owner == user.pk:
         return task
-    if task.agent_type == "human" and user_may_operate_all_runs(user):
+    if task.agent_type == "human" and user_may_do_human_capability(user, task.capability_id):
         return task
     raise NotFound("No such task.", code="task_not_found")
 
@@ -234,7 +235,7 @@ def _fence(task: Task, *, lease_token: str, to: str, now: datetime, **fields: An
 def task_heartbeat(*, user: Any, task_id: str, lease_token: str) -> Task:
     task = task_for_actor(user=user, task_id=task_id)
     now = timezone.now()
-    expires = now + task_lease_duration()
+    expires = now + task_lease_duration(person=not task.agent_id)
     with transaction.atomic():
         if not Task.objects.filter(pk=task.pk, status=TaskStatus.CLAIMED, lease_token=lease_token,
                                    lease_expires_at__gt=now, run__status=RunStatus.RUNNING).update(
