@@ -31,7 +31,7 @@ run: migrate
 # DATABASE_URL says otherwise).
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/task_wait.py planner/ hitl/services.py hitl/presenters.py flexagents/startup.py runs/task_forms.py
+	$(VENV)/bin/mypy flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/task_wait.py planner/ hitl/services.py hitl/presenters.py flexagents/startup.py runs/task_forms.py runs/task_pages.py runs/human_tasks.py
 	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly

@@ -152,12 +152,15 @@ class TaskOutputForm(forms.Form):
 def drop_empty_optionals(value: Any, schema: Mapping[str, Any]) -> Any:
     """`null` under a key its object does not require is removed, at any depth."""
     if isinstance(value, dict):
-        props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-        required = schema.get("required") if isinstance(schema.get("required"), list) else []
+        found = schema.get("properties")
+        props: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        listed = schema.get("required")
+        required: list[Any] = listed if isinstance(listed, list) else []
         return {k: drop_empty_optionals(v, props.get(k) or {}) for k, v in value.items()
                 if not (v is None and k not in required)}
     if isinstance(value, list):
-        items = schema.get("items") if isinstance(schema.get("items"), Mapping) else {}
+        found_items = schema.get("items")
+        items: Mapping[str, Any] = found_items if isinstance(found_items, Mapping) else {}
         return [drop_empty_optionals(v, items) for v in value]
     return value
 
