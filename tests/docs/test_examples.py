@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 BASE_DIR = Path(settings.BASE_DIR)
 # Documents whose examples talk to a running server, in the order a reader meets them.
-DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/runbook.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/runbook.md", "docs/agents.md"]
 _BLOCK = re.compile(r"^[ \t]*```sh\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
 _EXPECTED = re.compile(r"^#\s*(\d{3})\b")
 
@@ -94,7 +94,9 @@ def server() -> Iterator[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEX_", "DJANGO_"))}
     env.update({"DATABASE_URL": f"sqlite:///{folder / 'flexagents.sqlite3'}", "DEBUG": "1",
                 "SECRET_KEY": "docs-examples", "FLEX_EMBEDDED_WORKERS": "2", "PYTHONUNBUFFERED": "1",
-                "DJANGO_SETTINGS_MODULE": "flexagents.settings"})
+                "DJANGO_SETTINGS_MODULE": "flexagents.settings",
+                # As `make run` does: the demo's human capability (Makefile).
+                "FLEX_HUMAN_CAPABILITIES": (BASE_DIR / "examples" / "capabilities" / "human.json").read_text()})
     port = free_port()
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=BASE_DIR, check=True, capture_output=True)
