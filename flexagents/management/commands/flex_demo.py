@@ -96,6 +96,8 @@ class Command(BaseCommand):
         operator_token = lines[0][3]
         out.write("")
         out.write(f"  Admin console:  {base}/admin/   (log in as operator)")
+        out.write(f"  Task inbox:     {base}/admin/runs/run/tasks/   (work for people, e.g. human.CopyEdit; "
+                  "submit examples/envelopes/human-task.json)")
         out.write(f"  Run history:    {base}/runs/")
         out.write(f"  API docs:       {base}/api/docs/")
         out.write(f"  Operator token: {operator_token}")
