@@ -120,7 +120,7 @@ def main() -> None:
                  "`.venv/bin/python manage.py flex_user hashtags-agent --role agent --token | tail -n1`.")
     agent = build_agent(os.environ.get("FLEX_URL", "http://127.0.0.1:8000"), token,
                         agent_id=os.environ.get("FLEX_AGENT_ID") or "acme-hashtags",
-                        heartbeat_seconds=_env_number("FLEX_HEARTBEAT_SECONDS", 15),
+                        heartbeat_seconds=int(_env_number("FLEX_HEARTBEAT_SECONDS", 15)),
                         max_concurrency=int(_env_number("FLEX_MAX_CONCURRENCY", 4)))
     try:
         agent.run()

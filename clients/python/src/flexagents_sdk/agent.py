@@ -133,14 +133,14 @@ class Agent:
     """
 
     def __init__(self, url: str, token: str, *, agent_id: str, display_name: str | None = None,
-                 heartbeat_seconds: float = 15, max_concurrency: int = 4,
+                 heartbeat_seconds: int = 15, max_concurrency: int = 4,
                  claim_wait_seconds: float = MAX_WAIT_SECONDS, stop_grace_seconds: float = 20.0,
                  lease_renew_seconds: float | None = None, request_timeout: float = 15.0,
                  backoff: Callable[[], Backoff] = Backoff) -> None:
         if not agent_id or not agent_id.strip():
             raise ValueError("agent_id must not be empty")
-        if heartbeat_seconds <= 0:
-            raise ValueError("heartbeat_seconds must be positive")
+        if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
+            raise ValueError(f"heartbeat_seconds must be a whole number of seconds >= 1, got {heartbeat_seconds!r}")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         if not 0 <= claim_wait_seconds <= MAX_WAIT_SECONDS:
@@ -209,11 +209,10 @@ class Agent:
 
     def registration(self) -> dict[str, Any]:
         """The body of ``POST /agents/register``."""
-        heartbeat = self.heartbeat_seconds
         return {
             "agentId": self.agent_id,
             "displayName": self.display_name,
-            "heartbeatSeconds": int(heartbeat) if float(heartbeat).is_integer() else heartbeat,
+            "heartbeatSeconds": self.heartbeat_seconds,
             "maxConcurrency": self.max_concurrency,
             "capabilities": [spec.to_json() for spec in self.capabilities.values()],
         }
@@ -345,7 +344,7 @@ class Agent:
                 self._needs_register.clear()
                 self.registered.set()
                 granted = body.get("heartbeatSeconds")
-                if isinstance(granted, (int, float)) and not isinstance(granted, bool) and granted > 0:
+                if isinstance(granted, int) and not isinstance(granted, bool) and granted > 0:
                     self.heartbeat_seconds = granted
                 logger.info("agent %s registered at %s: %s", self.agent_id, self.url,
                             ", ".join(self.capabilities))
