@@ -27,7 +27,7 @@ run: migrate
 # DATABASE_URL says otherwise).
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py hitl/services.py hitl/presenters.py flexagents/startup.py \
+	$(VENV)/bin/mypy flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/task_wait.py planner/ hitl/services.py hitl/presenters.py flexagents/startup.py \
 		clients/python/src/flexagents_sdk examples/agents/hashtags.py
 	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh

@@ -132,6 +132,21 @@ class HitlResponseRequired(Unprocessable):
     default_message = "The pending request must be resolved by the responses in this body."
 
 
+class CapabilityInactive(Unprocessable):
+    code = "capability_inactive"
+    default_message = "The run needs a capability whose agent is inactive."
+
+
+class CapabilityConflict(Conflict):
+    code = "capability_conflict"
+    default_message = "The capability id belongs to a built-in or to another agent."
+
+
+class LeaseLost(Conflict):
+    code = "lease_lost"
+    default_message = "This task's lease expired, was taken over, or its run is no longer running."
+
+
 class ServerBusy(FlexError):
     code = "server_busy"
     status_code = 503
