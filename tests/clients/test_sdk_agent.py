@@ -3,6 +3,7 @@ the test database, the agent in a thread of this process (or, to signal it,
 a process of its own: tests/multiprocess/agent_proc.py)."""
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -140,18 +141,22 @@ def test_sigterm_lets_a_running_function_finish_and_report(procs, token, tmp_pat
     assert (node_of(run_id).attempts, node_of(run_id).commits) == (1, 1)
 
 
-def test_it_reconnects_when_the_server_comes_back(procs, token):
+def test_it_reconnects_when_the_server_comes_back(procs, token, caplog):
+    caplog.set_level(logging.INFO, logger="flexagents_sdk")
     web, port = procs.daphne()
     procs.worker()
-    agent = make_agent(port, agent_token())
+    # A heartbeat interval longer than the outage and a restart on a busy machine.
+    agent = make_agent(port, agent_token(), heartbeat_seconds=10)
     declare(agent, lambda bundle: {"hashtags": ["#Akkuro"]})
     with running(agent):
         web.stop()
         time.sleep(1.5)  # claims and heartbeats fail meanwhile, and back off
         procs.daphne(port=port)
+        wait_for(lambda: "reachable again" in caplog.text, timeout=30, what="the heartbeat to get through again")
         run_id = submit(port, token, hashtags_envelope())
         assert wait_run_status(run_id, ("completed", "failed", "awaiting_hitl"), timeout=60) == "completed"
     assert agent.stats["completed"] == 1
+    assert "cannot reach" in caplog.text
     [started] = RunEvent.objects.filter(run_id=run_id, type="node_start", payload__capabilityId=HASHTAGS)
     assert started.payload["agentId"] == "sdk-hashtags"
 

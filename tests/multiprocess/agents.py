@@ -29,7 +29,8 @@ def agent_token(username: str = "mp-agent") -> str:
 
 
 def _agent_env(port: int, token: str, env: dict[str, str]) -> dict[str, str]:
-    return {"FLEX_URL": f"http://127.0.0.1:{port}", "FLEX_TOKEN": token, **env}
+    # INFO: the tests read the agents' log lines ("registered at", "lease lost").
+    return {"FLEX_URL": f"http://127.0.0.1:{port}", "FLEX_TOKEN": token, "LOG_LEVEL": "INFO", **env}
 
 
 def start_test_agent(procs: ProcGroup, port: int, token: str, *, ready: bool = True, **env: str) -> Proc:

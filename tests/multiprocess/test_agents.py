@@ -156,13 +156,13 @@ def test_an_agent_that_stops_heartbeating_becomes_inactive_and_its_runs_end(proc
     assert complete.payload["error"]["code"] == "capability_inactive", complete.payload
     assert hashtags_node(waiting).commits == 0
 
-    # A new run that needs only it is rejected by the planner.
-    rejected = submit(port, token, hashtags_envelope())
-    assert wait_run_status(rejected, ("completed", "failed"), timeout=30) == "failed"
-    [plan_rejected] = RunEvent.objects.filter(run_id=rejected, type="plan_rejected")
-    codes = {d["code"] for d in plan_rejected.payload["diagnostics"]}
-    assert "capability_inactive" in codes, plan_rejected.payload
-    assert not NodeRun.objects.filter(run_id=rejected, capability_id=HASHTAGS).exists()
+    # A new run that needs only it is refused before it exists.
+    refused = httpx.post(f"http://127.0.0.1:{port}/api/v1/flex/runs", json=hashtags_envelope(), timeout=30,
+                         headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "capability_inactive"
+    assert {d["capabilityId"] for d in refused.json()["details"]["diagnostics"]} == {HASHTAGS}
+    assert Run.objects.count() == 1
 
     # Heartbeating again makes it active again.
     silent.resume()
@@ -179,13 +179,14 @@ def test_invalid_output_from_an_agent_is_refused_retried_then_escalated_to_a_per
     run_id = submit(port, token, hashtags_envelope(constraints={"maxRetries": 1}))
     assert wait_run_status(run_id, ("completed", "failed", "awaiting_hitl"), timeout=60) == "awaiting_hitl"
 
-    invalid = hashtag_events(run_id, "validation_error") or list(
-        RunEvent.objects.filter(run_id=run_id, type="validation_error", node_id=hashtags_node(run_id).node_id))
-    assert len(invalid) == 2  # two attempts (maxRetries 1), each refused with the errors
+    node_id = hashtags_node(run_id).node_id
+    invalid = list(RunEvent.objects.filter(run_id=run_id, type="validation_error").order_by("seq"))
+    # Two attempts (maxRetries 1), each refused with the errors, both about the agent's node.
+    assert [(e.payload["scope"], e.payload["nodeId"], e.payload["attempt"]) for e in invalid] == \
+        [("node", node_id, 1), ("node", node_id, 2)]
     assert all(e.payload["errors"] for e in invalid)
     [request] = HitlRequest.objects.filter(run_id=run_id)
-    assert (request.kind, request.status, request.pending_node_id) == ("approval", "pending",
-                                                                       hashtags_node(run_id).node_id)
+    assert (request.kind, request.status, request.pending_node_id) == ("approval", "pending", node_id)
     assert request.contract_summary["validationErrors"]
     assert "no hash sign" in str(request.review)
     node = hashtags_node(run_id)

@@ -356,8 +356,13 @@ class Agent:
         client = AgentHeartbeatClient(self.url, self._token, timeout=min(self.request_timeout,
                                                                          max(1.0, self.heartbeat_seconds)))
         unreachable = False
+        backoff = self._new_backoff()
+        wait = float(self.heartbeat_seconds)
         try:
-            while not stopped.wait(self.heartbeat_seconds):
+            while not stopped.wait(wait):
+                # After a failure, try again sooner (backoff, at most one
+                # interval): the server must hear from us before 3 intervals pass.
+                wait = min(float(self.heartbeat_seconds), backoff.next_delay())
                 try:
                     body = client.heartbeat(self.agent_id)
                 except httpx.TransportError as exc:
@@ -373,6 +378,8 @@ class Agent:
                     else:
                         logger.warning("heartbeat: %s", exc)
                     continue
+                backoff.reset()
+                wait = float(self.heartbeat_seconds)
                 if unreachable:
                     logger.info("heartbeat: %s reachable again", self.url)
                     unreachable = False
@@ -548,8 +555,8 @@ class Agent:
                     return
                 if exc.status == 422 and exc.code == "validation_failed":
                     self.stats["rejected"] += 1
-                    logger.warning("task %s: the server rejected the output (the attempt counts; the task is "
-                                   "offered again): %s", task.task_id, _errors(exc.details))
+                    logger.warning("task %s: the server rejected the output (the attempt counts; the server "
+                                   "retries the node or asks a person): %s", task.task_id, _errors(exc.details))
                     return
                 if not exc.transient:
                     self.stats["errors"] += 1
