@@ -409,13 +409,14 @@ class Agent:
                 slots.release()
                 if isinstance(exc, ApiError) and exc.status in (401, 403):
                     raise AgentError(f"the server refused to hand tasks to agent {self.agent_id!r}: {exc}") from exc
-                if isinstance(exc, ApiError) and exc.status == 404:
-                    logger.warning("claim: the server does not know agent %s; registering again", self.agent_id)
-                    self._needs_register.set()
-                    continue
                 retry_after = exc.retry_after if isinstance(exc, ApiError) else None
                 delay = backoff.next_delay(retry_after=retry_after)
-                logger.warning("claim: %s; trying again in %.1f s", _describe(exc), delay)
+                if isinstance(exc, ApiError) and exc.status == 404:
+                    logger.warning("claim: the server does not know agent %s; registering again in %.1f s",
+                                   self.agent_id, delay)
+                    self._needs_register.set()
+                else:
+                    logger.warning("claim: %s; trying again in %.1f s", _describe(exc), delay)
                 try:
                     await self._sleep(delay)
                 except _Stopped:
