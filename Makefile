@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test test-fast bench migrate clean spa
 
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml clients/python/pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
 	touch $(STAMP)
 
@@ -31,7 +31,8 @@ run: migrate
 # DATABASE_URL says otherwise).
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/task_wait.py planner/ hitl/services.py hitl/presenters.py flexagents/startup.py runs/task_forms.py runs/task_pages.py runs/human_tasks.py
+	$(VENV)/bin/mypy flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/task_wait.py planner/ hitl/services.py hitl/presenters.py flexagents/startup.py runs/task_forms.py runs/task_pages.py runs/human_tasks.py \
+		clients/python/src/flexagents_sdk examples/agents/hashtags.py
 	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly
