@@ -80,6 +80,7 @@ def test_an_operator_claims_a_human_task_from_the_inbox_fills_the_generated_form
     row = page.locator(f"tr.task-row[data-task-id='{task.id}']")
     assert row.get_attribute("data-status") == "open"
     assert "human.CopyEdit" in row.inner_text()
+    screenshot(page, "task-inbox")
     row.locator("a.task-link").click()
     page.wait_for_selector(f"#task[data-task-id='{task.id}']")
     # The inputs are shown (the drafted post), and nothing to fill before the claim.
