@@ -269,3 +269,52 @@ def test_the_person_is_the_recorded_actor(task: Task, operator: Any) -> None:
     assert actions == ["task_claimed", "task_completed"]
     start = Run.objects.get(pk=task.run_id).events.filter(type="node_start", node_id=held.node_id).last()
     assert start.payload.get("claimedBy") == "olivia"
+
+
+AGENT_CAPABILITY = {
+    "capabilityId": "acme.CopyEdit", "displayName": "Copy editor (agent)", "kind": "transformation",
+    "agentType": "ai", "inputFacets": ["post_copy"], "optionalInputFacets": [], "outputFacets": ["final_copy"],
+    "version": "1.0.0",
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_clarification_asked_by_an_agent_is_answered_with_the_console_form_and_the_task_comes_back_with_it(
+        api_for: Any, make_user: Any, operator: Any, client_user: Any, drain: Any) -> None:
+    from django.contrib.admin.utils import quote
+
+    agent = api_for(make_user("acme-bot", "agent"))
+    assert agent.post("/api/v1/flex/agents/register", {
+        "agentId": "acme-editor", "heartbeatSeconds": 300, "maxConcurrency": 1,
+        "capabilities": [AGENT_CAPABILITY]}, format="json").status_code == 200
+    run = run_create(user=client_user, envelope=load_envelope("human-task"))
+    drain()
+    task = agent.post("/api/v1/flex/agents/acme-editor/tasks/claim", {"waitSeconds": 0}, format="json").json()["task"]
+    asked = agent.post(f"/api/v1/flex/tasks/{task['taskId']}/clarify", {
+        "leaseToken": task["leaseToken"], "question": "Which call to action?", "allowFreeForm": True}, format="json")
+    assert asked.status_code == 200, asked.content
+    request_id = asked.json()["requestId"]
+    from hitl.models import HitlRequest
+    assert HitlRequest.objects.get(pk=request_id).pending_node_id == task["nodeId"]
+
+    console = browser(operator)
+    inbox = console.get("/admin/runs/run/inbox/").content.decode()
+    assert "Which call to action?" in inbox and quote(run.id) in inbox
+    answered = console.post(f"/admin/runs/run/{quote(run.id)}/answer/", {
+        "request_id": request_id, "answer": "freeform", "text": "Book a 15-minute demo", "mode": "resume"},
+        follow=True)
+    assert "answered" in answered.content.decode()
+    drain()
+    again = agent.post("/api/v1/flex/agents/acme-editor/tasks/claim", {"waitSeconds": 0}, format="json")
+    assert again.status_code == 200, again.content
+    offered = again.json()["task"]
+    assert offered["nodeId"] == task["nodeId"] and offered["attempt"] > task["attempt"]
+    assert [(c["question"], c["answer"]) for c in offered["bundle"]["clarifications"]] == [
+        ("Which call to action?", "Book a 15-minute demo")]
+    done = agent.post(f"/api/v1/flex/tasks/{offered['taskId']}/complete", {
+        "leaseToken": offered["leaseToken"],
+        "output": {"final_copy": {"text": GOOD_TEXT, "readyToPublish": True}}}, format="json")
+    assert done.status_code == 200, done.content
+    for _ in range(10):
+        drain()
+    assert Run.objects.get(pk=run.id).status == RunStatus.COMPLETED
