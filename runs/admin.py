@@ -39,7 +39,7 @@ from runs import services as run_services
 from runs.filters import RUN_LIST_FILTERS, run_text_search
 from runs.models import Run, RunStatus
 from runs import task_pages
-from runs.human_tasks import person_may_see_task_inbox
+from runs.human_tasks import person_may_see_task_inbox, waiting_human_tasks
 from runs.pages import run_detail, runs_annotated
 from runs.selectors import inbox_requests, requests_visible_to, run_get_for_user, runs_visible_to
 
@@ -277,6 +277,8 @@ class RunAdmin(admin.ModelAdmin):
             "history_url": reverse("run_pages:detail", args=[run.id]),
             "debug_url": f"/api/v1/flex/runs/{run.id}",
             "has_view_permission": True,
+            # Human tasks of this run waiting for a person (links to their task pages).
+            "waiting_tasks": waiting_human_tasks(run) if person_may_see_task_inbox(request.user) else [],
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name

@@ -91,6 +91,11 @@ def human_task_for_person(*, user: Any, task_id: str) -> Task | None:
     return _visible(user).select_related("run", "claimed_by").filter(pk=task_id).first()
 
 
+def waiting_human_tasks(run: Any) -> list[Task]:
+    """The run's human tasks that wait for a person (open or claimed)."""
+    return list(Task.objects.filter(run=run, agent_type=HUMAN, status__in=OPEN_OR_CLAIMED).order_by("created_at"))
+
+
 def human_capability_ids() -> list[str]:
     return sorted(set(Task.objects.filter(agent_type=HUMAN).values_list("capability_id", flat=True)))
 

@@ -120,7 +120,7 @@ def test_an_operator_claims_a_human_task_from_the_inbox_fills_the_generated_form
     assert final["final_copy"]["readyToPublish"] is True
     # The person is the recorded actor.
     assert orm(lambda: AuditEntry.objects.filter(run_id=run.id, actor=operator).exists())
-    # Back in the inbox, the task is gone from the open ones.
+    # The run's console page linked the waiting task; the inbox no longer lists it.
     page.reload()
     assert page.locator(f"tr.task-row[data-task-id='{task.id}']").count() == 0
 

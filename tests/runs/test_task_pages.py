@@ -318,3 +318,10 @@ def test_a_clarification_asked_by_an_agent_is_answered_with_the_console_form_and
     for _ in range(10):
         drain()
     assert Run.objects.get(pk=run.id).status == RunStatus.COMPLETED
+
+
+def test_the_run_page_in_the_console_links_its_waiting_task(task: Task, operator: Any) -> None:
+    from django.contrib.admin.utils import quote
+
+    page = browser(operator).get(f"/admin/runs/run/{quote(task.run_id)}/change/").content.decode()
+    assert 'id="run-tasks"' in page and f'href="{task_url(CONSOLE, task)}"' in page
