@@ -96,8 +96,12 @@ def waiting_human_tasks(run: Any) -> list[Task]:
     return list(Task.objects.filter(run=run, agent_type=HUMAN, status__in=OPEN_OR_CLAIMED).order_by("created_at"))
 
 
-def human_capability_ids() -> list[str]:
-    return sorted(set(Task.objects.filter(agent_type=HUMAN).values_list("capability_id", flat=True)))
+def human_capability_ids(user: Any | None = None) -> list[str]:
+    """The catalog's human capabilities (those the user may see tasks of)."""
+    from planner.registry import get_registry
+    ids = [cls.capability_id for cls in get_registry().classes() if cls.agent_type == HUMAN]
+    granted = None if user is None or user_may_view_all_runs(user) else granted_capability_ids(user)
+    return sorted(i for i in ids if granted is None or i in granted)
 
 
 def claimed_by_person(task: Task, user: Any) -> bool:

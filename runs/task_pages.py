@@ -1,5 +1,5 @@
 """Human tasks for people: the task inbox, the task page (claim, the form
-generated from the output facets' schema, submit, hand back) — shared by the
+generated from the output facets' schema, submit, keep the lease) — shared by the
 operator console (`runs.admin`, under /admin/runs/run/tasks/) and the history
 pages (/runs/tasks/, for people who act without admin access).
 
@@ -119,7 +119,7 @@ def inbox_rows(request: HttpRequest, surface: Surface) -> dict[str, Any]:
             "may_act": task_services.person_may_act(user, task),
         })
     return {"rows": rows, "status": status, "status_filters": STATUS_FILTERS, "capability": capability,
-            "capabilities": task_services.human_capability_ids(), "role": role_of(user),
+            "capabilities": task_services.human_capability_ids(user), "role": role_of(user),
             "flex_enabled": bool(settings.FLEX_ENABLED), "inbox_url": surface.inbox_url()}
 
 
