@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test test-fast bench migrate clean spa
 
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml clients/python/pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
 	touch $(STAMP)
 
@@ -17,17 +17,22 @@ setup: $(STAMP)
 migrate: setup
 	$(PY) manage.py migrate --noinput
 
-# Serve API, admin, history pages, SSE and worker threads on SQLite.
+# Serve API, admin, history pages, SSE and worker threads on SQLite. The demo's
+# human capability (human.CopyEdit, done in the console's task inbox) comes from
+# examples/capabilities/human.json unless FLEX_HUMAN_CAPABILITIES says otherwise.
 run: migrate
 	rm -rf db/prometheus  # metrics of earlier runs (PROMETHEUS_MULTIPROC_DIR default)
 	DEBUG=1 $(PY) manage.py flex_demo --port $(PORT)
-	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
+	DEBUG=1 FLEX_EMBEDDED_WORKERS=$${FLEX_EMBEDDED_WORKERS:-2} \
+	  FLEX_HUMAN_CAPABILITIES="$${FLEX_HUMAN_CAPABILITIES:-$$(cat examples/capabilities/human.json)}" \
+	  $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
 
 # The layering contracts and the types, then the whole suite (SQLite unless
 # DATABASE_URL says otherwise).
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/replanning.py runs/governance.py hitl/services.py hitl/presenters.py flexagents/startup.py flexagents/idempotency.py runs/notifications.py
+	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/replanning.py runs/governance.py hitl/services.py hitl/presenters.py flexagents/startup.py flexagents/idempotency.py runs/notifications.py \
+		runs/task_wait.py runs/task_forms.py runs/task_pages.py runs/human_tasks.py clients/python/src/flexagents_sdk examples/agents/hashtags.py
 	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh
 	$(VENV)/bin/pytest -q -p no:randomly

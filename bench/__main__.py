@@ -4,7 +4,8 @@ with this round's targets. Nothing here is a test: no figure fails the run.
 
 Environment: FLEX_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/flex_bench;
 the database is dropped and re-created), FLEX_BENCH_DIR (default /tmp/flex_bench),
-FLEX_BENCH_CLIENTS (default 500), FLEX_BENCH_ONLY (sqlite or postgresql).
+FLEX_BENCH_CLIENTS (default 500), FLEX_BENCH_AGENTS (long-polling agents, default 200),
+FLEX_BENCH_ONLY (sqlite or postgresql).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from bench.common import RESULT_PREFIX, ROOT, WORK, free_port, wait_port
 
 PG_URL = os.environ.get("FLEX_BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/flex_bench")
 CLIENTS = int(os.environ.get("FLEX_BENCH_CLIENTS", "500"))
+AGENTS = int(os.environ.get("FLEX_BENCH_AGENTS", "200"))
 # Engine targets are ratios to the floor measured in the same run (bench/floor.py).
 TARGETS = {"marginal_ratio": 2.0, "run3_ratio": 10.0, "approval_ratio": 15.0, "growth": 0.15,
            "commits_per_node": 1.0, "sse_p50_ms": 10.0, "sse_p99_ms": 50.0}
@@ -104,6 +106,11 @@ def bench_database(vendor: str, url: str) -> dict[str, Any]:
     if shutil.which("redis-server"):
         with PrivateRedis() as redis:
             out["sse_redis"] = phase("bench.sse", {**env, "REDIS_URL": redis.url}, str(CLIENTS))
+        with PrivateRedis() as redis:
+            out["agents"] = phase("bench.agents", {**env, "REDIS_URL": redis.url}, str(AGENTS))
+    else:
+        # Without Redis a waiting claim learns of new tasks by polling (FLEX_TASK_POLL_SECONDS).
+        out["agents"] = phase("bench.agents", env, str(AGENTS))
     # Without Redis: streams learn of new events by polling (FLEX_SSE_POLL_SECONDS, 0.25 s default).
     out["sse_polling"] = phase("bench.sse", env, "0", "4")
     return out
@@ -168,6 +175,20 @@ def report(results: dict[str, dict[str, Any]]) -> None:
                 for label in ("baseline", "connect_peak", "open_idle", "delivery_peak", "after"):
                     v = m[label]
                     print(f"  {label:>13}: threads {v['threads']}, db connections {v['db']}, RSS {v['rss_mb']:.0f} MB")
+        if "agents" in r:
+            a = r["agents"]
+            lat = a["claim_latency"]
+            print(f"{a['agents']} long-polling agents on one daphne ({'Redis' if a['redis'] else 'no Redis'}):"
+                  f" registered and polling in {a['seconds_to_register_and_poll']}s; {a['runs_completed']}/{a['runs']}"
+                  f" runs done in {a['seconds_to_finish_runs']}s; claim latency (node_dispatched -> agent)"
+                  f" p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
+            for label in ("baseline", "connect_peak", "waiting", "dispatch_peak", "after"):
+                v = a[label]
+                print(f"  {label:>13}: threads {v['threads']}, db connections {v['db']}, RSS {v['rss_mb']:.0f} MB,"
+                      f" fds {v['fds']}")
+            w, b = a["waiting"], a["baseline"]
+            print(f"  waiting vs baseline: threads x{w['threads'] / b['threads']:.2f},"
+                  f" db connections {b['db']} -> {w['db']}, RSS +{w['rss_mb'] - b['rss_mb']:.0f} MB")
         p = r["sse_polling"]["latency"]
         print(f"SSE without Redis (polling): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms ({p['frames']} frames)")
         print()

@@ -49,6 +49,11 @@ def write_catalog(path: Path) -> Path:
                                "semantics": "Benchmark only.", "direction": "bidirectional",
                                "schema": {"type": "object", "required": ["step"],
                                           "properties": {"step": {"type": "integer"}}}})
+    # What the long-polling agents of bench.agents produce.
+    data["facets"].append({"name": "bench_agent", "title": "Bench agent", "description": "Benchmark facet.",
+                           "semantics": "Benchmark only.", "direction": "output",
+                           "schema": {"type": "object", "required": ["step"],
+                                      "properties": {"step": {"type": "integer"}}}})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path

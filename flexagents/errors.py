@@ -165,6 +165,19 @@ class IdempotencyKeyReused(Unprocessable):
 class IdempotencyInProgress(Conflict):
     code = "idempotency_in_progress"
     default_message = "A request with this Idempotency-Key is still being processed; retry shortly."
+class CapabilityInactive(Unprocessable):
+    code = "capability_inactive"
+    default_message = "The run needs a capability whose agent is inactive."
+
+
+class CapabilityConflict(Conflict):
+    code = "capability_conflict"
+    default_message = "The capability id belongs to a built-in or to another agent."
+
+
+class LeaseLost(Conflict):
+    code = "lease_lost"
+    default_message = "This task's lease expired, was taken over, or its run is no longer running."
 
 
 class ServerBusy(FlexError):

@@ -24,3 +24,7 @@ def new_hitl_request_id() -> str:
 
 def new_hitl_response_id() -> str:
     return new_id("resp")
+
+
+def new_task_id() -> str:
+    return new_id("task")

@@ -22,12 +22,13 @@ class Role:
     CLIENT = "client"
     SUPPORT = "support"
     OPERATOR = "operator"
+    AGENT = "agent"  # a program serving capabilities over HTTP (docs/agents.md)
     ADMIN = "admin"  # a superuser; not a group
 
 
 # The groups, most powerful first: a user in several gets the first.
-ROLE_GROUPS: tuple[str, ...] = (Role.OPERATOR, Role.SUPPORT, Role.CLIENT)
-ALL_ROLES: tuple[str, ...] = (Role.CLIENT, Role.SUPPORT, Role.OPERATOR, Role.ADMIN)
+ROLE_GROUPS: tuple[str, ...] = (Role.OPERATOR, Role.SUPPORT, Role.CLIENT, Role.AGENT)
+ALL_ROLES: tuple[str, ...] = (Role.CLIENT, Role.SUPPORT, Role.OPERATOR, Role.AGENT, Role.ADMIN)
 
 # What the owner of a run (its submitter) may do with it.
 OWNER_RUN_PERMISSIONS: tuple[str, ...] = ("view_run", "change_run", "operate_run")
@@ -68,6 +69,44 @@ def user_may_view_run(user: Any, run: Any) -> bool:
 
 def user_may_operate_run(user: Any, run: Any) -> bool:
     return user_may_operate_all_runs(user) or (_active(user) and user.has_perm("runs.operate_run", run))
+
+
+def user_may_register_agents(user: Any) -> bool:
+    """The `agent` role and superusers."""
+    return _active(user) and user.has_perm("planner.add_agent")
+
+
+def user_is_agent(user: Any) -> bool:
+    """A user of the `agent` role (not a superuser): it may use the agent and
+    task endpoints only (API.md, Agents). Only that role's group holds
+    `planner.add_agent`, and permission checks are cached on the user."""
+    return _active(user) and not user.is_superuser and user.has_perm("planner.add_agent")
+
+
+# A user in the group `capability:<capabilityId>` does the tasks of that human
+# capability (docs/agents.md, "Human tasks"); operators do every one.
+HUMAN_CAPABILITY_GROUP_PREFIX = "capability:"
+
+
+def human_capabilities_granted(user: Any) -> set[str] | None:
+    """The human capabilities whose tasks this user may do; None: all of them
+    (operators, superusers). One query per request (cached on the user)."""
+    if not _active(user):
+        return set()
+    if user_may_operate_all_runs(user):
+        return None
+    cached = getattr(user, "_flex_human_capabilities", None)
+    if cached is None:
+        prefix = HUMAN_CAPABILITY_GROUP_PREFIX
+        cached = {name[len(prefix):] for name in
+                  user.groups.filter(name__startswith=prefix).values_list("name", flat=True)}
+        user._flex_human_capabilities = cached
+    return set(cached)
+
+
+def user_may_do_human_capability(user: Any, capability_id: str) -> bool:
+    granted = human_capabilities_granted(user)
+    return granted is None or capability_id in granted
 
 
 def grant_run_to_owner(*, run: Any, user: Any) -> None:

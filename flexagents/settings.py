@@ -5,6 +5,7 @@ which raises `ImproperlyConfigured` on bad values instead of guessing.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "guardian",
     "django_eventstream",
+    "django_jsonform",  # the human-task form widget (runs/task_forms.py)
     "flexagents",
     "planner",
     "hitl",
@@ -253,6 +255,8 @@ FLEX_CAPABILITIES = [
 ]
 FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES", "") or "").split(",") if c.strip()]
 FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
+# A person's claim on a human task (the console's task inbox): a form takes minutes.
+FLEX_HUMAN_TASK_LEASE_SECONDS = env_float("FLEX_HUMAN_TASK_LEASE_SECONDS", 1800.0, minimum=1.0)
 
 # --- Operations (runs/ops.py, runs/metrics.py) ---------------------------------
 # A worker writes its heartbeat row at most this often; /api/ready wants one
@@ -317,3 +321,16 @@ LOGGING = {
         "django_eventstream": {"level": "WARNING"},
     },
 }
+
+# --- Agents and tasks (docs/agents.md) -------------------------------------------
+# How often a process checks that its cached capability catalog is current
+# (planner.registry; the process that registers an agent sees it at once).
+FLEX_CATALOG_RECHECK_SECONDS = env_float("FLEX_CATALOG_RECHECK_SECONDS", 0.0 if TESTING else 1.0, minimum=0.0)
+# A claimed task's lease (the holder heartbeats it: POST /tasks/{id}/heartbeat).
+FLEX_TASK_LEASE_SECONDS = env_float("FLEX_TASK_LEASE_SECONDS", 60.0, minimum=0.2)
+# Without Redis a long-polling claim learns of new tasks by one poll per process at this interval.
+FLEX_TASK_POLL_SECONDS = env_float("FLEX_TASK_POLL_SECONDS", 0.5 if not REDIS_URL else 5.0, minimum=0.01)
+# Capabilities done by people in the console, declared as data (agentType "human"; always active):
+# a JSON list of {"capabilityId", "displayName", "kind", "inputFacets", "optionalInputFacets"?,
+# "outputFacets", "description"?, "version"?}.
+FLEX_HUMAN_CAPABILITIES = json.loads(env_str("FLEX_HUMAN_CAPABILITIES") or "[]")

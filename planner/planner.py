@@ -165,15 +165,19 @@ class _Selection:
         self.required_kinds = list(topology.get("requiredKinds") or [])
         self.max_depth: int | None = topology.get("maxDepth")
         # The output mapper is structural: never a producer, never filtered.
+        # Only active capabilities are planned (an agent that stopped
+        # heartbeating serves nothing): `capability_inactive` diagnostics.
+        self.inactive = {cls.capability_id for cls in classes if getattr(cls, "status", "active") != "active"}
         self.usable = {
             cls.capability_id: cls for cls in classes
-            if cls.capability_id != OUTPUT_MAPPER_ID
+            if cls.capability_id != OUTPUT_MAPPER_ID and cls.capability_id not in self.inactive
             and cls.capability_id not in self.forbid and cls.kind not in self.forbidden_kinds
             and cls.capability_id not in self.replan_excluded
         }
         self.excluded = sorted(cls.capability_id for cls in classes
                                if cls.capability_id != OUTPUT_MAPPER_ID and cls.capability_id not in self.usable
-                               and cls.capability_id not in self.replan_excluded)
+                               and cls.capability_id not in self.replan_excluded
+                               and cls.capability_id not in self.inactive)
 
     def rank(self, capability_id: str) -> tuple[int, float, str]:
         # required > preferred > neither > avoided; then the objective's trait,
@@ -311,6 +315,14 @@ class _Planner:
         if self.cycle_seen:
             return {"code": "cycle", "facet": facet,
                     "message": f"Every way to produce facet '{facet}' needs '{facet}' itself (a cycle)"}
+        inactive = sorted(capability_id for capability_id in self.selection.inactive
+                          if facet in self.all_classes[capability_id].output_facets
+                          and capability_id not in self.selection.forbid)
+        if inactive:
+            return {"code": "capability_inactive", "facet": facet, "capabilityId": inactive[0],
+                    "capabilityIds": inactive,
+                    "message": f"Facet '{facet}' can only be produced by inactive capabilities "
+                               f"({', '.join(inactive)}): their agents stopped sending heartbeats"}
         message = f"No capability can produce facet '{facet}' from the inputs"
         excluded = [capability_id for capability_id in self.selection.excluded
                     if facet in self.all_classes[capability_id].output_facets]
@@ -394,6 +406,11 @@ def _add_required_capabilities(planner: _Planner) -> None:
         if capability_id == OUTPUT_MAPPER_ID or capability_id in planner.state.chosen:
             continue
         cls = selection.usable.get(capability_id)
+        if cls is None and capability_id in selection.inactive:
+            planner.diagnostics.append({"code": "capability_inactive", "capabilityId": capability_id,
+                                        "message": f"Capability '{capability_id}' is required but inactive "
+                                                   "(its agent stopped sending heartbeats)"})
+            continue
         if cls is None:
             why = "it is also forbidden" if capability_id in selection.forbid else (
                 "the replan excludes it" if capability_id in selection.replan_excluded else

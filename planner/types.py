@@ -106,6 +106,15 @@ class Capability:
     @classmethod
     def trait(cls, objective: str) -> float:
         return float(cls.traits.get(objective, DEFAULT_TRAIT))
+    version: ClassVar[str] = ""
+    # Where the work happens (docs/agents.md): "server" (this class's `run`,
+    # in a worker), "agent" (a program that claims tasks over HTTP) or
+    # "people" (a person claims the task in the console).
+    runs_on: ClassVar[str] = "server"
+    # The registered agent serving it (None for built-ins and settings-declared human capabilities).
+    agent_id: ClassVar[str | None] = None
+    # "active" or "inactive" (its agent stopped heartbeating): only active ones are planned.
+    status: ClassVar[str] = "active"
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         """Return `{facet_name: value}` for this capability's output facets."""
@@ -121,8 +130,17 @@ class Capability:
             "inputFacets": list(cls.input_facets),
             "outputFacets": list(cls.output_facets),
             "optionalInputFacets": list(cls.optional_input_facets),
-            "status": "active",
+            "description": cls.description,
+            "version": cls.version,
+            "status": cls.status,
+            "runsOn": cls.runs_on,
+            "agentId": cls.agent_id,
         }
+
+    @classmethod
+    def is_external(cls) -> bool:
+        """Done outside the worker, as a task (an agent or a person)."""
+        return cls.runs_on != "server"
 
 
 class CapabilityError(Exception):

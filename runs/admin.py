@@ -38,6 +38,8 @@ from hitl.presenters import approvals_of, facet_schemas, hitl_request_payload, h
 from runs import services as run_services
 from runs.filters import RUN_LIST_FILTERS, run_text_search
 from runs.models import Run, RunStatus
+from runs import task_pages
+from runs.human_tasks import person_may_see_task_inbox, waiting_human_tasks
 from runs.pages import governance_row, run_detail, runs_annotated
 from runs.selectors import inbox_requests, requests_visible_to, run_get_for_user, runs_visible_to
 
@@ -246,6 +248,10 @@ class RunAdmin(admin.ModelAdmin):
         info = self.opts.app_label, self.opts.model_name
         return [
             path("inbox/", wrap(self.inbox_view), name="%s_%s_inbox" % info),
+            path("tasks/", wrap(self.tasks_view), name="%s_%s_tasks" % info),
+            path("tasks/<str:task_id>/", wrap(self.task_view), name="%s_%s_task" % info),
+            *[path(f"tasks/<str:task_id>/{action}/", wrap(self.task_action_view(action)),
+                   name=f"%s_%s_task_{action}" % info) for action in ("claim", "complete", "extend")],
             path("<path:object_id>/resume/", wrap(self.resume_view), name="%s_%s_resume" % info),
             path("<path:object_id>/answer/", wrap(self.answer_view), name="%s_%s_answer" % info),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="%s_%s_cancel" % info),
@@ -285,6 +291,8 @@ class RunAdmin(admin.ModelAdmin):
             "history_url": reverse("run_pages:detail", args=[run.id]),
             "debug_url": f"/api/v1/flex/runs/{run.id}",
             "has_view_permission": True,
+            # Human tasks of this run waiting for a person (links to their task pages).
+            "waiting_tasks": waiting_human_tasks(run) if person_may_see_task_inbox(request.user) else [],
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
@@ -455,6 +463,33 @@ class RunAdmin(admin.ModelAdmin):
                    "assigned_to_me": mine}
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/hitl/inbox.html", context)
+
+
+    # -- human tasks (runs.task_pages: the same views as the history pages, in the console) --
+    def _check_task_inbox(self, request: HttpRequest) -> None:
+        if not (request.user.is_active and request.user.is_staff) or not person_may_see_task_inbox(request.user):
+            raise PermissionDenied
+
+    def tasks_view(self, request: HttpRequest) -> HttpResponse:
+        """Open and claimed human tasks; filters: status, "mine", capability."""
+        self._check_task_inbox(request)
+        request.current_app = self.admin_site.name
+        return task_pages.render_inbox(request, CONSOLE_TASKS)
+
+    def task_view(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        self._check_task_inbox(request)
+        request.current_app = self.admin_site.name
+        return task_pages.render_task(request, CONSOLE_TASKS, task_id)
+
+    def task_action_view(self, action: str) -> Callable[..., HttpResponse]:
+        def view(request: HttpRequest, task_id: str) -> HttpResponse:
+            self._check_task_inbox(request)
+            request.current_app = self.admin_site.name
+            return task_pages.act(request, CONSOLE_TASKS, task_id, action)
+        return view
+
+
+CONSOLE_TASKS = task_pages.Surface("console", "admin/runs/tasks.html", "admin/runs/task.html")
 
 
 def _moment(at: Any) -> str:

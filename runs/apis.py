@@ -25,10 +25,11 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from flexagents import logging as flex_logging
-from flexagents.errors import ServerBusy, ValidationFailed, error_body
+from flexagents.errors import Forbidden, ServerBusy, ValidationFailed, error_body
 from flexagents.fields import StrictCharField, StrictIntegerField
 from flexagents.idempotency import idempotent
 from flexagents.params import int_param
+from flexagents.roles import user_is_agent
 from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
@@ -52,11 +53,18 @@ class FlexApiView(APIView):
     """Errors are JSON even when the client asked for an event stream."""
 
     serializer_class = JsonObjectSerializer  # for drf-spectacular only
+    # The `agent` role may call only the views that say so (API.md, Agents).
+    agent_allowed = False
 
     def perform_authentication(self, request: Request) -> None:
         super().perform_authentication(request)
         # The rest of the request logs who asked (the middleware's reset ends it).
         flex_logging.bind(user=getattr(request.user, "username", None))
+
+    def check_permissions(self, request: Request) -> None:
+        super().check_permissions(request)
+        if not self.agent_allowed and user_is_agent(request.user):
+            raise Forbidden("An agent token may only register and heartbeat its agent and act on its tasks.")
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(response, Response) and response.status_code >= 400:
@@ -446,6 +454,7 @@ class ProbeApi(FlexApiView):
     they send, they get the one format the endpoint has (never a 406); its
     errors (a 405) are JSON like every API error."""
 
+    agent_allowed = True  # probes are not about roles
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 

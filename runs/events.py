@@ -31,6 +31,7 @@ PLAN_REJECTED = "plan_rejected"
 PLAN_GENERATED = "plan_generated"
 PLAN_UPDATED = "plan_updated"
 NODE_START = "node_start"
+NODE_DISPATCHED = "node_dispatched"
 NODE_COMPLETE = "node_complete"
 NODE_ERROR = "node_error"
 VALIDATION_ERROR = "validation_error"
@@ -43,9 +44,9 @@ COMPLETE = "complete"
 LOG = "log"
 GOAL_EVALUATED = "goal_evaluated"
 
-EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATED, NODE_START, NODE_COMPLETE,
-               NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED, HITL_ESCALATED,
-               COMPLETE, LOG, GOAL_EVALUATED)
+EVENT_TYPES = (START, PLAN_REQUESTED, PLAN_REJECTED, PLAN_GENERATED, PLAN_UPDATED, NODE_DISPATCHED, NODE_START,
+               NODE_COMPLETE, NODE_ERROR, VALIDATION_ERROR, POLICY_TRIGGERED, HITL_REQUEST, HITL_UPDATE, HITL_RESOLVED,
+               HITL_ESCALATED, COMPLETE, LOG, GOAL_EVALUATED)
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,21 @@ class GoalEvaluatedPayload(TypedDict):
     facets: list[str]
 
 
+class NodeDispatchedPayload(TypedDict):
+    nodeId: str
+    capabilityId: str
+    attempt: int
+    taskId: str
+
+
 class NodeStartPayload(TypedDict):
     nodeId: str
     capabilityId: str
     attempt: int
+    # A task claimed by an agent (or a person: agentId null, claimedBy).
+    agentId: NotRequired[str | None]
+    taskId: NotRequired[str]
+    claimedBy: NotRequired[str]
 
 
 class NodeCompletePayload(TypedDict):
@@ -184,6 +196,7 @@ class LogPayload(TypedDict):
 PAYLOADS: dict[str, type] = {
     START: StartPayload, PLAN_REQUESTED: PlanRequestedPayload, PLAN_REJECTED: PlanRejectedPayload,
     PLAN_GENERATED: PlanGeneratedPayload, PLAN_UPDATED: PlanUpdatedPayload, NODE_START: NodeStartPayload,
+    NODE_DISPATCHED: NodeDispatchedPayload,
     NODE_COMPLETE: NodeCompletePayload, NODE_ERROR: NodeErrorPayload, VALIDATION_ERROR: ValidationErrorPayload,
     POLICY_TRIGGERED: PolicyTriggeredPayload, HITL_REQUEST: HitlRequestPayload, HITL_UPDATE: HitlUpdatePayload,
     HITL_RESOLVED: HitlResolvedPayload, HITL_ESCALATED: HitlEscalatedPayload, COMPLETE: CompletePayload, LOG: LogPayload,
@@ -234,9 +247,24 @@ def event_goal_evaluated(*, goal_id: str, met: bool, attempt: int, facets: list[
     return PendingEvent(GOAL_EVALUATED, payload)
 
 
-def event_node_start(*, node_id: str, capability_id: str, attempt: int) -> PendingEvent:
+def event_node_start(*, node_id: str, capability_id: str, attempt: int, task_id: str | None = None,
+                     agent_id: str | None = None, claimed_by: str | None = None) -> PendingEvent:
+    """A node's attempt starts: in a worker, or (`task_id`) when an agent or a
+    person claims its task."""
     payload: NodeStartPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt}
+    if task_id is not None:
+        payload["taskId"] = task_id
+        payload["agentId"] = agent_id
+        if claimed_by is not None:
+            payload["claimedBy"] = claimed_by
     return PendingEvent(NODE_START, payload, node_id)
+
+
+def event_node_dispatched(*, node_id: str, capability_id: str, attempt: int, task_id: str) -> PendingEvent:
+    """A node of an external capability was committed as a task (offered to agents or people)."""
+    payload: NodeDispatchedPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
+                                      "taskId": task_id}
+    return PendingEvent(NODE_DISPATCHED, payload, node_id)
 
 
 def event_node_complete(*, node_id: str, capability_id: str, attempt: int, output_facets: list[str],

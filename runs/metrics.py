@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hitl.models import HitlRequest, HitlStatus
+from planner.models import Agent, AgentStatus
 from runs import events as ev
 from runs import notify
 from runs.models import Run, RunStatus
@@ -182,8 +183,9 @@ class DatabaseFactsCollector(Collector):
                                 value=HitlRequest.objects.filter(status=HitlStatus.PENDING).count())
         yield GaugeMetricFamily("flex_queue_depth", "Runs queued for a worker.",
                                 value=Run.objects.filter(status=RunStatus.QUEUED).count())
-        # No external agents exist yet (API.md, Agents): 0 until their table does.
-        yield GaugeMetricFamily("flex_agents_active", "External agents with a fresh heartbeat.", value=0)
+        yield GaugeMetricFamily("flex_agents_active", "Registered agents whose status is active "
+                                "(a heartbeat within 3 x their interval).",
+                                value=Agent.objects.filter(status=AgentStatus.ACTIVE).count())
         yield GaugeMetricFamily("flex_workers_fresh", "Workers with a fresh heartbeat or a live lease.",
                                 value=fresh_workers())
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from django.conf import settings
 from django.db import models
 
-from flexagents.ids import new_run_id
+from flexagents.ids import new_run_id, new_task_id
 
 
 class RunStatus(models.TextChoices):
@@ -236,15 +236,21 @@ class NodeStatus(models.TextChoices):
     FAILED = "failed"
     AWAITING_HITL = "awaiting_hitl"
     SKIPPED = "skipped"
+    # Committed as a task for an agent or a person (runs.engine.tasks); no worker holds the run.
+    DISPATCHED = "dispatched"
 
 
 # Node moves (`runs.transitions.nodes_update` is their only writer). running
 # -> running is a new attempt; completed/failed/awaiting_hitl -> pending is a
 # node done again after a resume (replan, approved retry).
+# dispatched -> dispatched is the task offered again (a new attempt: lease
+# expired, retryable failure, invalid output).
 NODE_TRANSITIONS: dict[str, frozenset[str]] = {
-    NodeStatus.PENDING: frozenset({NodeStatus.RUNNING, NodeStatus.SKIPPED}),
+    NodeStatus.PENDING: frozenset({NodeStatus.RUNNING, NodeStatus.SKIPPED, NodeStatus.DISPATCHED}),
     NodeStatus.RUNNING: frozenset({NodeStatus.RUNNING, NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.PENDING,
-                                   NodeStatus.AWAITING_HITL}),
+                                   NodeStatus.AWAITING_HITL, NodeStatus.DISPATCHED}),
+    NodeStatus.DISPATCHED: frozenset({NodeStatus.DISPATCHED, NodeStatus.COMPLETED, NodeStatus.FAILED,
+                                      NodeStatus.PENDING, NodeStatus.AWAITING_HITL, NodeStatus.RUNNING}),
     NodeStatus.AWAITING_HITL: frozenset({NodeStatus.PENDING, NodeStatus.FAILED}),
     NodeStatus.COMPLETED: frozenset({NodeStatus.PENDING}),
     NodeStatus.FAILED: frozenset({NodeStatus.PENDING}),
@@ -494,3 +500,57 @@ class NotificationAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.notification_id} #{self.number} {'ok' if self.ok else 'failed'}"
+class TaskStatus(models.TextChoices):
+    OPEN = "open"            # offered, nobody holds it
+    CLAIMED = "claimed"      # leased to an agent or a person
+    COMPLETED = "completed"  # a valid output was committed
+    INVALID = "invalid"      # the output failed its contract (an attempt used)
+    FAILED = "failed"        # the holder gave up (`fail`)
+    CLARIFY = "clarify"      # the holder asked a person; a new task follows the answer
+    EXPIRED = "expired"      # the lease ran out; re-offered as a new task
+    CANCELLED = "cancelled"  # the run ended or the capability went inactive
+
+
+class Task(models.Model):
+    """One offer of a node to an agent or a person: one row per attempt of a
+    dispatched node (a re-offer is a new row with the next attempt).
+
+    The lease is a fencing token: every write by the holder is a conditional
+    UPDATE on (id, status=claimed, lease_token, lease_expires_at > now), so a
+    holder whose lease expired or was taken over commits nothing
+    (`409 lease_lost`). See runs/engine/tasks.py and docs/agents.md.
+    """
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_task_id, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks")
+    node_run = models.ForeignKey(NodeRun, on_delete=models.CASCADE, related_name="tasks")
+    node_id = models.CharField(max_length=120)
+    capability_id = models.CharField(max_length=200)
+    agent_type = models.CharField(max_length=20, default="ai")
+    attempt = models.PositiveIntegerField(default=1)
+    plan_version = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=20, choices=TaskStatus.choices, default=TaskStatus.OPEN)
+    # Who holds (or held) it: an agent id, or a person (claimed_by with no agent).
+    agent_id = models.CharField(max_length=120, blank=True, default="")
+    claimed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="flex_tasks")
+    lease_token = models.CharField(max_length=64, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    usage = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # Claim: open tasks of some capabilities, oldest first.
+            models.Index(fields=["status", "capability_id", "created_at"], name="task_offer_idx"),
+            # Sweep: claimed tasks whose lease expired; maxConcurrency counts.
+            models.Index(fields=["status", "lease_expires_at"], name="task_lease_idx"),
+            models.Index(fields=["agent_id", "status"], name="task_agent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.run_id}/{self.node_id})"

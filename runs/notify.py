@@ -28,6 +28,7 @@ _frame_sinks: list[Callable[[list[Frame]], None]] = []
 # Per sink: does it want frames of this run now? (None: always.)
 _frame_wants: dict[int, Callable[[str], bool] | None] = {}
 _work_wakers: list[Callable[[], None]] = []
+_task_wakers: list[Callable[[], None]] = []
 _commit_listeners: list[Callable[[list[Any]], None]] = []
 
 
@@ -76,8 +77,21 @@ def _wake_local_workers() -> None:
     for waker in list(_work_wakers):
         waker()
 
+def register_task_waker(waker: Callable[[], None]) -> None:
+    """`waker()` is called (from any thread) when a task was offered here or,
+    through Redis, in another process: long-polling claims wake up."""
+    if waker not in _task_wakers:
+        _task_wakers.append(waker)
+
+
+def wake_task_waiters() -> None:
+    for waker in list(_task_wakers):
+        waker()
+
+
 REDIS_CHANNEL = "flexagents:events"
 WORK_CHANNEL = "flexagents:work"
+TASK_CHANNEL = "flexagents:tasks"
 
 _redis_lock = threading.Lock()
 _redis_client: Any = None
@@ -127,6 +141,13 @@ def announce_work() -> None:
     """Wake idle workers (in this process, and through Redis in others)."""
     _wake_local_workers()
     _publish(WORK_CHANNEL, "1")  # workers also poll
+
+
+def announce_tasks() -> None:
+    """A task was offered (committed): wake long-polling claims here and,
+    through Redis, in every other process (they also poll)."""
+    wake_task_waiters()
+    _publish(TASK_CHANNEL, "1")
 
 
 def start_work_listener() -> threading.Thread | None:

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from flexagents import logging as flex_logging
 from flexagents.ids import new_id
-from flexagents.errors import (Forbidden, HitlResponseRequired, InvalidRunState, MissingSnapshot, PolicyNotFound,
+from flexagents.errors import (CapabilityInactive, Forbidden, HitlResponseRequired, InvalidRunState, MissingSnapshot,
+                               PolicyNotFound,
                                RunAlreadyCompleted, ServerBusy, StalePlanVersion)
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
 from hitl.models import HitlRequest, HitlResponse
@@ -23,6 +24,8 @@ from hitl.services import (Resolution, check_may_answer, hitl_display_name, hitl
                            hitl_request_resolve, hitl_requests_remove_pending, hitl_responses_append,
                            hitl_responses_of, validate_responses, validation_error)
 from planner.envelope import validate_envelope
+from planner.planner import build_plan
+from planner.registry import get_registry
 from runs import events as ev
 from runs import notify
 from runs.models import AuditEntry, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
@@ -71,6 +74,20 @@ def _refuse_past_queue_caps(user: Any) -> None:
                          details={"limit": settings.FLEX_MAX_QUEUED_RUNS, "scope": "server"})
 
 
+def _refuse_needing_inactive(envelope: dict[str, Any]) -> None:
+    """422 `capability_inactive` for an envelope that only inactive
+    capabilities could serve (their agents stopped heartbeating): refused
+    before a run exists. Plans only when some capability is inactive."""
+    if all(cls.status == "active" for cls in get_registry().classes()):
+        return
+    result = build_plan(envelope)
+    inactive = [d for d in result.diagnostics if d.get("code") == "capability_inactive"]
+    if result.graph is None and inactive:
+        raise CapabilityInactive("The run needs capabilities that are inactive: "
+                                 f"{', '.join(sorted({d['capabilityId'] for d in inactive}))}.",
+                                 details={"diagnostics": inactive})
+
+
 def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     """Validate an envelope and queue a run for it, owned by `user`.
 
@@ -84,6 +101,7 @@ def run_create(*, user: Any, envelope: Any, correlation_id: str = "") -> Run:
     if not user_may_submit(user):
         raise Forbidden("Your role may not submit runs.")
     normalized = validate_envelope(envelope)
+    _refuse_needing_inactive(normalized)
     _refuse_past_queue_caps(user)
     metadata = normalized.get("metadata", {})
     deadline_seconds = normalized.get("constraints", {}).get("deadlineSeconds")

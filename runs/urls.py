@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import apis
+from runs import agent_apis, apis
 
 app_name = "runs"
 
@@ -18,4 +18,13 @@ urlpatterns = [
     path("capabilities", apis.CapabilitiesApi.as_view(), name="capabilities"),
     path("facets", apis.FacetsApi.as_view(), name="facets"),
     path("plan.preview", apis.PlanPreviewApi.as_view(), name="plan-preview"),
+    path("agents", agent_apis.AgentListApi.as_view(), name="agents"),
+    path("agents/register", agent_apis.AgentRegisterApi.as_view(), name="agent-register"),
+    path("agents/<str:agent_id>/heartbeat", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
+    path("agents/<str:agent_id>/tasks/claim", agent_apis.TaskClaimApi.as_view(), name="task-claim"),
+    path("tasks", agent_apis.TaskListApi.as_view(), name="tasks"),
+    path("tasks/<str:task_id>/heartbeat", agent_apis.TaskHeartbeatApi.as_view(), name="task-heartbeat"),
+    path("tasks/<str:task_id>/complete", agent_apis.TaskCompleteApi.as_view(), name="task-complete"),
+    path("tasks/<str:task_id>/fail", agent_apis.TaskFailApi.as_view(), name="task-fail"),
+    path("tasks/<str:task_id>/clarify", agent_apis.TaskClarifyApi.as_view(), name="task-clarify"),
 ]

@@ -26,3 +26,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The agent SDK (clients/python): the example agent and the agent tests use it.
+.venv/bin/python -m pip install -q -e ./clients/python

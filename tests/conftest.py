@@ -47,15 +47,16 @@ def envelope() -> Callable[[str], dict[str, Any]]:
 def ensure_roles() -> None:
     """The role groups come from a data migration; `transaction=True` tests
     flush every table, so recreate them when they are gone."""
-    if Group.objects.filter(name__in=["client", "support", "operator"]).count() == 3:
+    if Group.objects.filter(name__in=["client", "support", "operator", "agent"]).count() == 4:
         return
     import importlib
     from types import SimpleNamespace
 
     from django.apps import apps
 
-    migration = importlib.import_module("runs.migrations.0002_roles")
-    migration.create_roles(apps, SimpleNamespace(connection=SimpleNamespace(alias="default")))
+    editor = SimpleNamespace(connection=SimpleNamespace(alias="default"))
+    importlib.import_module("runs.migrations.0002_roles").create_roles(apps, editor)
+    importlib.import_module("runs.migrations.0006_i11_agent_role").create_agent_role(apps, editor)
 
 
 @pytest.fixture

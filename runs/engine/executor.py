@@ -84,7 +84,14 @@ def _execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
         logger.exception("capability raised", extra={"run_id": bundle.run_id, "node_id": bundle.node_id})
         return Outcome(ERROR, error={"code": "capability_exception", "message": f"{type(exc).__name__}: {exc}"},
                        duration_ms=_ms(started))
-    duration = _ms(started)
+    return judge(node, result, duration_ms=_ms(started))
+
+
+def judge(node: dict[str, Any], result: Any, *, duration_ms: float) -> Outcome:
+    """What a capability returned, checked against the node's compiled
+    contract: the same rule for in-process capabilities and for the outputs
+    agents and people send to `POST /tasks/{taskId}/complete`."""
+    duration = duration_ms
     if not isinstance(result, dict):
         return Outcome(INVALID, errors=[{"path": "/", "message": "the capability returned no object of facets"}],
                        duration_ms=duration)

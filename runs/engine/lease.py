@@ -60,6 +60,10 @@ def claim_next(*, worker_id: str, run_id: str | None = None, sweep: bool = True)
     free_or_expired = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     available = Q(available_at__isnull=True) | Q(available_at__lte=now)
     claimable = Q(status=RunStatus.QUEUED) & free_or_expired & available
+    # A running run let go on purpose (handed back, or continued after a
+    # task's result: runs.engine.tasks) has no owner and an expired lease.
+    # A run waiting only on tasks has no expiry at all: never claimed here.
+    claimable |= Q(status=RunStatus.RUNNING, lease_owner="", lease_expires_at__lt=now)
     if sweep:
         claimable |= Q(status__in=[RunStatus.RUNNING, RunStatus.PLANNING]) & Q(lease_expires_at__lt=now)
     with transaction.atomic():

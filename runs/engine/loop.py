@@ -32,6 +32,7 @@ from hitl.services import FollowUp, hitl_follow_up_pending_pause
 from planner.contracts import compile_facets, validate_instance
 from planner.planner import build_plan
 from runs import events as ev
+from runs import notify
 from runs.engine import executor, policies, retry, scheduling
 from runs.engine.lease import Claim, Heartbeat, lease_duration
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
@@ -42,19 +43,47 @@ from runs.transitions import FacetWrite, Fenced, facets_write, nodes_update, run
 logger = logging.getLogger("runs.engine.loop")
 
 
+def lease_after(ctx: RunContext, step: Step, statuses: dict[str, str], *, holder: bool,
+                now: Any) -> tuple[dict[str, Any], bool]:
+    """The run's lease fields after a step, and whether workers must be woken.
+
+    - A worker (`holder`) keeps its lease, renewed for free, while it has
+      work; when the run is left running with only dispatched nodes (tasks for
+      agents or people), it lets go in this same commit: no owner, no expiry
+      (so no worker claims or sweeps it) and the token moved on.
+    - A commit made for a task (`holder=False`, runs.engine.tasks) holds no
+      lease: it leaves a run with a node to execute (or queued) claimable at
+      once, and any other run without a lease.
+    """
+    status = step.status or ctx.run.status
+    running = any(s == NodeStatus.RUNNING for s in statuses.values())
+    dispatched = any(s == NodeStatus.DISPATCHED for s in statuses.values())
+    if holder and not (status == RunStatus.RUNNING and dispatched and not running):
+        return {"lease_expires_at": now + lease_duration()}, False
+    released: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None, "lease_token": ctx.claim.token + 1}
+    if holder:
+        return released, False
+    if status == RunStatus.RUNNING and running:
+        # Claimable by any worker's cheap query (lease.claim_next), not a takeover.
+        return {**released, "lease_expires_at": now - timedelta(milliseconds=1)}, True
+    return released, status == RunStatus.QUEUED
+
+
 @tracing.traced("flex.run.step")  # a span per committed step when OpenTelemetry is configured
-def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,)) -> None:
-    """Write a step in one transaction, fenced by lease token and status."""
+def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,),
+           holder: bool = True) -> None:
+    """Write a step in one transaction, fenced by lease token and status.
+    `holder=False`: a commit for a task, by no worker (see `lease_after`)."""
     run = ctx.run
     now = timezone.now()
     # Node changes are applied to copies first, to compute the snapshot.
     statuses = step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
     pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
+    lease_fields, wake = lease_after(ctx, step, statuses, holder=holder, now=now)
     run_updates = {
         "pending_node_ids": pending,
         "has_snapshot": bool(ctx.graph),
-        # Every commit also renews the lease, for free.
-        "lease_expires_at": now + lease_duration(),
+        **lease_fields,
         "plan_version": run.plan_version,
         **step.run_updates,
     }
@@ -62,6 +91,8 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
         run_updates["completed_at"] = now
     if step.writes or step.earlier_node_updates:
         with transaction.atomic():
+            if wake:
+                transaction.on_commit(notify.announce_work)
             # Writes of their own (plan version and node rows, HITL request)
             # come after the fenced run update and before the node updates;
             # node changes go batch by batch (a replan's completed -> pending
@@ -80,6 +111,9 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
                     lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
                     nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
                     events=step.events)
+        if wake:
+            # After the commit (on_commit outside a transaction would run now).
+            transaction.on_commit(notify.announce_work)
     if step.status is not None:
         run_updates["status"] = step.status
     log_node_events(ctx, step)
@@ -465,6 +499,9 @@ def _advance(ctx: RunContext, claim: Claim, *, heartbeat: Heartbeat | None,
             if apply_manual_trigger(ctx):
                 continue
             running = [n for n in ctx.nodes.values() if n.status == NodeStatus.RUNNING]
+            if not running and ctx.run.lease_token != claim.token:
+                # The last commit let go of the run: it waits on tasks (agents, people).
+                return "dispatched"
             if not running:
                 step = Step()
                 start_next_or_finish(ctx, step, {k: n.status for k, n in ctx.nodes.items()})

@@ -111,6 +111,16 @@ def clarifications_for(ctx: RunContext, node_id: str) -> list[dict[str, Any]]:
     return hitl_services.clarifications_for_node(run_id=ctx.run.id, node_id=node_id)
 
 
+def on_capability_inactive(ctx: RunContext, step: Step, node: NodeRun) -> bool:
+    """A dispatched node's capability became inactive (its agent stopped
+    heartbeating). THE REPLAN TRIGGER POINT: this is where a replan policy
+    would plan the remaining work again without that capability (API.md,
+    "Replanning and goals"). Replanning is not built yet, so it never
+    decides: it returns False and the caller fails the node and the run with
+    `capability_inactive` (runs.engine.tasks)."""
+    return False
+
+
 def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "ClarificationNeeded") -> None:
     """A capability asked a question: the run waits for a person."""
     request = hitl_services.hitl_request_build(

@@ -10,13 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from django.db import transaction
 from django.utils import timezone
 
+from flexagents.ids import new_task_id
+from planner.registry import UnknownCapabilityId, get_registry
 from runs import events as ev
+from runs import notify
 from runs.engine import scheduling
 from runs.engine.lease import Claim
 from runs.events import PendingEvent
-from runs.models import NodeRun, NodeStatus, Run, RunStatus
+from runs.models import NodeRun, NodeStatus, Run, RunStatus, Task
 from runs.transitions import FacetWrite
 
 
@@ -99,13 +103,51 @@ class Halt(Exception):
     """The worker must stop working on this run (lost lease, cancelled, waiting)."""
 
 
+def runs_outside(capability_id: str) -> tuple[bool, str]:
+    """(is the capability done as a task, its agentType)."""
+    try:
+        cls = get_registry().get_class(capability_id)
+    except UnknownCapabilityId:
+        return False, "ai"
+    return cls.is_external(), cls.agent_type
+
+
 def start_node(ctx: RunContext, step: Step, node_id: str) -> None:
-    """Count the attempt and announce it, in the step being committed."""
+    """Count the attempt and announce it, in the step being committed.
+
+    A node of an external capability (an agent's, a person's) is dispatched
+    instead: a new `Task` row offered to whoever may claim it, and
+    `node_dispatched`; its `node_start` comes when someone claims it."""
     node = ctx.nodes[node_id]
     attempt = node.attempts + 1
+    external, agent_type = runs_outside(node.capability_id)
+    if external:
+        dispatch_node(ctx, step, node, attempt=attempt, agent_type=agent_type)
+        return
     step.update_node(node_id, status=NodeStatus.RUNNING, attempts=attempt, started_at=timezone.now(),
                      plan_version=ctx.run.plan_version)
     step.event(ev.event_node_start(node_id=node_id, capability_id=node.capability_id, attempt=attempt))
+
+
+def dispatch_node(ctx: RunContext, step: Step, node: NodeRun, *, attempt: int, agent_type: str) -> None:
+    """Commit a node as a task (see runs/engine/tasks.py). The worker lets go
+    of the run in this commit (`loop.commit`) when nothing else can run."""
+    task_id = new_task_id()
+    run_id = ctx.run.id
+    plan_version = ctx.run.plan_version
+
+    def write_task() -> None:
+        # After the plan's own writes: the node row has its pk by now.
+        Task.objects.create(id=task_id, run_id=run_id, node_run_id=node.pk, node_id=node.node_id,
+                            capability_id=node.capability_id, agent_type=agent_type, attempt=attempt,
+                            plan_version=plan_version)
+        transaction.on_commit(notify.announce_tasks)
+
+    step.writes.append(write_task)
+    step.update_node(node.node_id, status=NodeStatus.DISPATCHED, attempts=attempt, started_at=None,
+                     plan_version=plan_version)
+    step.event(ev.event_node_dispatched(node_id=node.node_id, capability_id=node.capability_id, attempt=attempt,
+                                        task_id=task_id))
 
 
 def fail(step: Step, *, code: str, message: str, extra: dict[str, Any] | None = None) -> None:

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from runs import governance, notify
-from runs.engine import lease, loop
+from runs.engine import lease, loop, tasks
 from runs.notifications import Notifier
 from runs.ops import worker_beat
 
@@ -80,6 +80,7 @@ class Worker:
             # Deadlines and escalations (state in the database; each applied
             # once whatever the number of workers sweeping).
             governance.sweep()
+            self.sweep_tasks()
         claim = lease.claim_next(worker_id=self.worker_id, sweep=sweep)
         if claim is None:
             return False
@@ -105,6 +106,18 @@ class Worker:
                 close_old_connections()
         self.runs_advanced += 1
         return True
+
+    def sweep_tasks(self) -> None:
+        """With the lease sweep: expired task leases, silent agents, tasks of
+        inactive capabilities (runs.engine.tasks.sweep_tasks). Never raises."""
+        try:
+            swept = tasks.sweep_tasks()
+        except Exception:  # noqa: BLE001 — the next sweep tries again
+            logger.exception("task sweep failed", extra={"worker": self.worker_id})
+            close_old_connections()
+            return
+        if any(swept.values()):
+            logger.info("task sweep", extra={"worker": self.worker_id, **swept})
 
     def run_forever(self) -> None:
         heartbeat = lease.Heartbeat(self.worker_id)

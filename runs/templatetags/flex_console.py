@@ -22,3 +22,10 @@ def may_operate_runs(user: Any) -> bool:
 def flex_enabled() -> bool:
     """`FLEX_ENABLED`, read per render (tests override it)."""
     return bool(settings.FLEX_ENABLED)
+
+
+@register.simple_tag
+def may_see_task_inbox(user: Any) -> bool:
+    """Operators, support (read-only) and the people granted a human capability."""
+    from runs.human_tasks import person_may_see_task_inbox
+    return bool(user and user.is_authenticated and person_may_see_task_inbox(user))

@@ -1,7 +1,8 @@
 """Every shell example of the README and docs/ runs as written against what
 `make run` starts: a real daphne with embedded workers on a fresh SQLite
-database, the demo users of `manage.py flex_demo`, and the operator token it
-prints. Each ```sh block is run in bash, in order, one session per document;
+database, the demo users of `manage.py flex_demo`, and the operator and
+agent tokens it prints (`TOKEN`, `AGENT_TOKEN`). Each ```sh block is run in
+bash, in order, one session per document;
 a curl followed by a `# NNN …` comment must answer NNN, every other curl a
 2xx. The only change made to the text is the port (`127.0.0.1:8000` → the
 test server's)."""
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 BASE_DIR = Path(settings.BASE_DIR)
 # Documents whose examples talk to a running server, in the order a reader meets them.
-DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/planning.md", "docs/runbook.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/events.md", "docs/hitl.md", "docs/planning.md", "docs/runbook.md",
+             "docs/agents.md"]
 _BLOCK = re.compile(r"^[ \t]*```sh\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
 _EXPECTED = re.compile(r"^#\s*(\d{3})\b")
 
@@ -83,8 +85,8 @@ def commands(block: str) -> list[tuple[str, int | None]]:
 
 
 def _skipped(command: str) -> bool:
-    # `make …` is what started the server; TOKEN is set to what flex_demo printed.
-    return command.startswith("make ") or command.startswith("export TOKEN=")
+    # `make …` is what started the server; TOKEN and AGENT_TOKEN are set to what flex_demo printed.
+    return command.startswith(("make ", "export TOKEN=", "export AGENT_TOKEN="))
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +96,21 @@ def server() -> Iterator[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEX_", "DJANGO_"))}
     env.update({"DATABASE_URL": f"sqlite:///{folder / 'flexagents.sqlite3'}", "DEBUG": "1",
                 "SECRET_KEY": "docs-examples", "FLEX_EMBEDDED_WORKERS": "2", "PYTHONUNBUFFERED": "1",
-                "DJANGO_SETTINGS_MODULE": "flexagents.settings"})
+                "DJANGO_SETTINGS_MODULE": "flexagents.settings",
+                # As `make run` does: the demo's human capability (Makefile).
+                "FLEX_HUMAN_CAPABILITIES": (BASE_DIR / "examples" / "capabilities" / "human.json").read_text()})
     port = free_port()
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=BASE_DIR, check=True, capture_output=True)
     demo = subprocess.run([*manage, "flex_demo", "--port", str(port)], env=env, cwd=BASE_DIR, check=True,
                           capture_output=True, text=True).stdout
     token = re.search(r"Operator token: (\w+)", demo).group(1)
+    agent_token = re.search(r"Agent token:\s+(\w+)", demo).group(1)
     group = ProcGroup(env)
     try:
         group.daphne(port=port)
-        yield {"port": port, "token": token, "folder": folder, "demo": demo, "group": group}
+        yield {"port": port, "token": token, "agent_token": agent_token, "folder": folder, "demo": demo,
+               "group": group}
     finally:
         group.stop_all()
 
@@ -128,7 +134,7 @@ def run_document(server: dict[str, Any], document: str) -> list[dict[str, Any]]:
     script = "\n".join(lines) + "\n"
     result = subprocess.run(["bash", "-c", script], cwd=BASE_DIR, capture_output=True, text=True, timeout=600,
                             env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-                                 "TOKEN": server["token"], "LOG": str(log)})
+                                 "TOKEN": server["token"], "AGENT_TOKEN": server["agent_token"], "LOG": str(log)})
     done: list[dict[str, Any]] = []
     for line in log.read_text().splitlines():
         kind, _, value = line.partition(" ")

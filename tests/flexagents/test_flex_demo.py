@@ -84,3 +84,18 @@ def test_a_fresh_database_gets_the_stored_passwords_back(credentials, client):
 
     assert {name: pw for name, (pw, _token) in second.items()} == {name: pw for name, (pw, _t) in first.items()}
     assert client.login(username="admin", password=second["admin"][0])
+
+
+def test_it_prints_an_agent_token_for_the_example_agent(credentials):
+    out = io.StringIO()
+    call_command("flex_demo", "--port", "8123", stdout=out)
+    again = io.StringIO()
+    call_command("flex_demo", "--port", "8123", stdout=again)
+
+    key = re.search(r"Agent token:\s+(\w+)", out.getvalue()).group(1)
+    assert re.search(r"Agent token:\s+(\w+)", again.getvalue()).group(1) == key
+    agent = get_user_model().objects.get(username="agent")
+    assert agent.auth_token.key == key
+    assert [g.name for g in agent.groups.all()] == ["agent"] and not agent.has_usable_password()
+    assert f"FLEX_URL=http://127.0.0.1:8123 FLEX_TOKEN={key} .venv/bin/python examples/agents/hashtags.py" \
+        in out.getvalue()

@@ -47,6 +47,7 @@ def child_env(catalog_path: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "SECRET_KEY": "multiprocess-tests",
         "FLEX_LEASE_SECONDS": str(LEASE_SECONDS),
+        "FLEX_TASK_LEASE_SECONDS": str(LEASE_SECONDS),  # tests/multiprocess/agents.py: TASK_LEASE_SECONDS
         "FLEX_SWEEP_SECONDS": str(SWEEP_SECONDS),
         "FLEX_IDLE_POLL_SECONDS": "0.05",
         "FLEX_EMBEDDED_WORKERS": "0",

@@ -82,5 +82,6 @@ def test_it_describes_itself() -> None:
         "capabilityId": "strategist.SocialPosting", "displayName": "Social posting strategist",
         "kind": "structuring", "agentType": "ai", "inputFacets": ["company_information", "post_context"],
         "outputFacets": ["creative_brief", "strategic_rationale", "handoff_summary"], "optionalInputFacets": [],
-        "status": "active",
+        "status": "active", "runsOn": "server", "agentId": None, "version": "",
+        "description": SocialPosting.description,
     }

@@ -570,3 +570,65 @@ def test_goal_feedback_secrets_appear_nowhere_a_person_can_read_them(hitl_catalo
 
     stored = PlanVersion.objects.get(run_id=run_id, version=2).trigger["values"]["qa_report"]
     assert stored["reviewerNote"] == "internal-note-404"
+
+
+# --- human tasks: the task inbox and the task page ------------------------------------------------------
+
+TASK_SECRETS = {
+    "objective token": "abc-task-objective-121",
+    "input nested apiKey": "sk-task-input-232",
+    "input free text password": "hunter2-task-343",
+    "special instruction token": "abc-task-instruction-454",
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_task_secrets_appear_nowhere_on_the_task_inbox_and_the_task_page(settings, client_user, operator, support,
+                                                                         make_user, drain):
+    from django.contrib.auth.models import Group
+    from django.test import Client
+
+    from runs.models import Task, TaskStatus
+    from runs.services import run_create
+
+    settings.FLEX_HUMAN_CAPABILITIES = json.loads(
+        (Path(django_settings.BASE_DIR) / "examples" / "capabilities" / "human.json").read_text())
+    editor = make_user("edith", "client")
+    editor.groups.add(Group.objects.get_or_create(name="capability:human.CopyEdit")[0])
+    envelope = load_envelope("human-task")
+    envelope["objective"] += " (publish with CMS token=abc-task-objective-121)"
+    envelope["inputs"]["company_information"]["integrations"] = {"cms": {"apiKey": "sk-task-input-232"}}
+    envelope["inputs"]["post_context"]["details"] += ". Staging login: password=hunter2-task-343"
+    envelope["specialInstructions"] = ["Schedule it with token=abc-task-instruction-454"]
+    run = run_create(user=client_user, envelope=envelope)
+    for _ in range(20):
+        drain()
+        task = Task.objects.filter(run_id=run.id, status=TaskStatus.OPEN).first()
+        if task is not None:
+            break
+    assert task is not None, Run.objects.get(pk=run.id).status
+
+    shown: dict[str, str] = {}
+    for person, bases in ((operator, ("/admin/runs/run/tasks/", "/runs/tasks/")),
+                          (support, ("/admin/runs/run/tasks/", "/runs/tasks/")), (editor, ("/runs/tasks/",))):
+        browser = Client()
+        browser.force_login(person)
+        for base in bases:
+            inbox = page(browser, base)
+            shown[f"inbox {base} as {person.username}"] = inbox
+            shown[f"task {base} as {person.username}"] = page(browser, link_in(inbox, f"{base}{task.id}/"))
+    browser = Client()
+    browser.force_login(editor)
+    claimed = browser.post(f"/runs/tasks/{task.id}/claim/", follow=True)
+    assert claimed.status_code == 200
+    shown["task form as edith"] = claimed.content.decode()
+    shown["inbox mine as edith"] = page(browser, "/runs/tasks/?status=mine")
+
+    assert {name: [k for k, s in TASK_SECRETS.items() if s in text] for name, text in shown.items()
+            if any(s in text for s in TASK_SECRETS.values())} == {}
+    # The pages really showed the task: the company, the redacted values, the form.
+    form_page = shown["task form as edith"]
+    assert 'id="task-form"' in form_page and "Akkuro" in form_page
+    assert "publish with CMS token=[redacted]" in form_page
+    assert "Schedule it with token=[redacted]" in form_page
+    assert "publish with CMS token=[redacted]" in shown["inbox /runs/tasks/ as sam"]

@@ -1,7 +1,8 @@
 """`manage.py flex_demo`: the demo users of `make run`, and how to use them.
 
 Creates one user per role and prints the credentials and an operator API
-token. Passwords are chosen once, at random, and kept in
+token; and an `agent` user (role `agent`, token only, no password) whose
+token the example agent uses (docs/agents.md). Passwords are chosen once, at random, and kept in
 `demo-credentials.json` beside the SQLite database (`db/`, ignored by git;
 readable by its owner only), so they stay the same on every `make run`;
 `--reset` chooses new ones. A password someone changed since (in the admin,
@@ -22,6 +23,8 @@ from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
 DEMO_USERS = (("operator", "operator"), ("support", "support"), ("client", "client"), ("admin", "admin"))
+# A program, not a person: it gets a token and no password.
+DEMO_AGENT = "agent"
 
 
 def credentials_file() -> Path:
@@ -86,6 +89,8 @@ class Command(BaseCommand):
             lines.append((username, role, password, token.key))
         if kept != stored:
             _save(path, {**stored, **kept})
+        call_command("flex_user", DEMO_AGENT, role="agent", stdout=_Null())
+        agent_token, _ = Token.objects.get_or_create(user=get_user_model().objects.get(username=DEMO_AGENT))
         base = f"http://127.0.0.1:{options['port']}"
         out = self.stdout
         out.write("")
@@ -96,14 +101,20 @@ class Command(BaseCommand):
         operator_token = lines[0][3]
         out.write("")
         out.write(f"  Admin console:  {base}/admin/   (log in as operator)")
+        out.write(f"  Task inbox:     {base}/admin/runs/run/tasks/   (work for people, e.g. human.CopyEdit; "
+                  "submit examples/envelopes/human-task.json)")
         out.write(f"  Run history:    {base}/runs/")
         out.write(f"  API docs:       {base}/api/docs/")
         out.write(f"  Operator token: {operator_token}")
+        out.write(f"  Agent token:    {agent_token.key}   (user {DEMO_AGENT}, role agent; docs/agents.md)")
         out.write("")
         out.write("  Try it:")
         out.write(f"    export TOKEN={operator_token}")
         out.write("    curl -N -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\")
         out.write(f"      --data @examples/envelopes/linkedin-variants.json {base}/api/v1/flex/run.stream")
+        out.write("")
+        out.write("  The example agent (a second terminal), then send examples/envelopes/hashtags.json:")
+        out.write(f"    FLEX_URL={base} FLEX_TOKEN={agent_token.key} .venv/bin/python examples/agents/hashtags.py")
         out.write("")
 
 

@@ -1,8 +1,11 @@
-"""`manage.py flex_user <username> --role … [--password P] [--token]` (API.md).
+"""`manage.py flex_user <username> --role … [--password P] [--token]
+[--capability ID …]` (API.md).
 
 Creates or updates a user so that it has exactly the given role; idempotent.
 With --token the API token is printed alone on the last line of stdout, so a
-script can take it with `| tail -n1`.
+script can take it with `| tail -n1`. `--capability human.CopyEdit` (repeatable)
+lets the user do that human capability's tasks (the group
+`capability:human.CopyEdit`, created if missing; docs/agents.md, "Human tasks").
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from flexagents.roles import ALL_ROLES, ROLE_GROUPS, Role
+from flexagents.roles import ALL_ROLES, HUMAN_CAPABILITY_GROUP_PREFIX, ROLE_GROUPS, Role
 
 
 class Command(BaseCommand):
@@ -27,17 +30,26 @@ class Command(BaseCommand):
         parser.add_argument("--role", required=True, help=f"One of: {', '.join(ALL_ROLES)}.")
         parser.add_argument("--password", default=None, help="Set this password (left unchanged if omitted).")
         parser.add_argument("--token", action="store_true", help="Print the API token on the last line.")
+        parser.add_argument("--capability", action="append", default=[], metavar="ID",
+                            help="Let the user do this human capability's tasks (repeatable).")
 
     def handle(self, *args: Any, username: str, role: str, password: str | None, token: bool,
                **options: Any) -> None:
+        capabilities = [c.strip() for c in options.get("capability") or []]
+        if any(not c or len(HUMAN_CAPABILITY_GROUP_PREFIX + c) > 150 for c in capabilities):
+            raise CommandError("A --capability needs a capability id (at most 139 characters).")
         if role not in ALL_ROLES:
             raise CommandError(f"Unknown role {role!r}; use one of: {', '.join(ALL_ROLES)}.")
         if not username.strip():
             raise CommandError("The username must not be empty.")
         with transaction.atomic():
             user, created = self._save_user(username=username, role=role, password=password)
+            for capability_id in capabilities:
+                group, _ = Group.objects.get_or_create(name=HUMAN_CAPABILITY_GROUP_PREFIX + capability_id)
+                user.groups.add(group)
             key = Token.objects.get_or_create(user=user)[0].key if token else None
-        self.stdout.write(f"{'Created' if created else 'Updated'} user {user.get_username()} with role {role}.")
+        granted = f"; may do the tasks of {', '.join(capabilities)}" if capabilities else ""
+        self.stdout.write(f"{'Created' if created else 'Updated'} user {user.get_username()} with role {role}{granted}.")
         if key is not None:
             self.stdout.write(key)
 
