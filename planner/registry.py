@@ -4,6 +4,9 @@ Paths come from `settings.FLEX_CAPABILITIES` (the built-ins) and
 `settings.FLEX_EXTRA_CAPABILITIES` (test or deployment extras). They are
 imported on first use, not at start-up, so a broken capability makes
 `manage.py check` and the first run fail loudly instead of the whole process.
+Language-model capabilities are declared as data (`settings.FLEX_LLM_CAPABILITIES`,
+`planner.llm`): one class is made per declaration whose endpoint is
+configured in the environment; the others are left out.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from django.utils.module_loading import import_string
 
 from planner.types import CAPABILITY_KINDS, Capability
 
-_SETTINGS = ("FLEX_CAPABILITIES", "FLEX_EXTRA_CAPABILITIES")
+_SETTINGS = ("FLEX_CAPABILITIES", "FLEX_EXTRA_CAPABILITIES", "FLEX_LLM_CAPABILITIES")
 
 
 class UnknownCapabilityId(KeyError):
@@ -121,6 +124,15 @@ def configured_paths() -> list[str]:
     return [*getattr(settings, "FLEX_CAPABILITIES", []), *getattr(settings, "FLEX_EXTRA_CAPABILITIES", [])]
 
 
+def llm_capability_classes() -> list[type[Capability]]:
+    """One class per language-model declaration whose endpoint is configured
+    (with no `OPENAI_API_KEY`, the demo's `llm.*` twins are left out)."""
+    from planner.capabilities.llm import capability_class
+    from planner.llm import active_declarations
+
+    return [capability_class(declaration) for declaration in active_declarations()]
+
+
 def get_registry() -> CapabilityRegistry:
     """The process-wide registry, built from settings on first use."""
     global _registry
@@ -128,7 +140,10 @@ def get_registry() -> CapabilityRegistry:
     if registry is None:
         with _registry_lock:
             if _registry is None:
-                _registry = CapabilityRegistry(configured_paths())
+                built = CapabilityRegistry(configured_paths())
+                for cls in llm_capability_classes():
+                    built.register(cls)
+                _registry = built
             registry = _registry
     return registry
 
