@@ -49,6 +49,10 @@ def _take(body_text: str) -> dict[str, Any] | None:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "flex-llm-test-server/1"
+    # Headers and body leave in two writes; with Nagle's algorithm on, the
+    # body waits for the client's delayed ACK (~40 ms) — a latency that is
+    # neither the model's nor ours.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 — the stdlib's name
         pass  # quiet: tests read /_requests
