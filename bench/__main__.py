@@ -5,7 +5,8 @@ with this round's targets. Nothing here is a test: no figure fails the run.
 Environment: FLEX_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/flex_bench;
 the database is dropped and re-created), FLEX_BENCH_DIR (default /tmp/flex_bench),
 FLEX_BENCH_CLIENTS (default 500), FLEX_BENCH_AGENTS (long-polling agents, default 200),
-FLEX_BENCH_ONLY (sqlite or postgresql).
+FLEX_BENCH_ONLY (sqlite or postgresql), FLEX_BENCH_LLM_RUNS (default 20), FLEX_BENCH_LLM_DELAY_MS (the
+test model's latency, default 50).
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def bench_database(vendor: str, url: str) -> dict[str, Any]:
     env = base_env(url)
     log(f"[{vendor}] migrating")
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-    out: dict[str, Any] = {"engine": phase("bench.engine", env), "throughput": phase("bench.throughput", env)}
+    out: dict[str, Any] = {"engine": phase("bench.engine", env), "throughput": phase("bench.throughput", env),
+                           "llm": phase("bench.llm", env)}
     if shutil.which("redis-server"):
         with PrivateRedis() as redis:
             out["sse_redis"] = phase("bench.sse", {**env, "REDIS_URL": redis.url}, str(CLIENTS))
@@ -189,6 +191,14 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             w, b = a["waiting"], a["baseline"]
             print(f"  waiting vs baseline: threads x{w['threads'] / b['threads']:.2f},"
                   f" db connections {b['db']} -> {w['db']}, RSS +{w['rss_mb'] - b['rss_mb']:.0f} MB")
+        if "llm" in r:
+            llm = r["llm"]
+            print(f"LLM nodes against the local test server (model answers in {llm['model_delay_ms']:g} ms; "
+                  f"{llm['runs']} runs, {llm['ms_per_run']:.1f} ms/run), per node, medians:")
+            for node, v in llm["nodes"].items():
+                print(f"  {node:<19} model {v['model_ms_p50']:7.1f} ms | ours {v['overhead_ms_p50']:6.1f} ms "
+                      f"(SDK+HTTP {v['sdk_http_ms_p50']:5.1f}, prompt+validate+commit {v['engine_ms_p50']:5.1f}; "
+                      f"max {v['overhead_ms_max']:.1f}) = {v['overhead_ms_p50'] / v['node_ms_p50']:.0%} of the node")
         p = r["sse_polling"]["latency"]
         print(f"SSE without Redis (polling): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms ({p['frames']} frames)")
         print()

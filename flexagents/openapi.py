@@ -151,9 +151,8 @@ def envelope_components() -> dict[str, Any]:
         facets = branch["properties"].get("facets")
         if facets is not None:
             facets["items"] = {"type": "string", "enum": sorted(catalog)}
-    root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, "
-                           "`policies.planner.optimisation` and `policies.planner.directives` are accepted but "
-                           "not yet enforced.")
+    root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope; docs/planning.md for "
+                           "`policies.planner.optimisation`, `directives` and `goals`).")
     components[prefix] = root
     return components
 
@@ -248,6 +247,9 @@ COMPONENTS: dict[str, Any] = {
         "policies": _ANY_OBJECT,
         "planVersions": {"type": "array", "items": _ANY_OBJECT},
         "nodes": {"type": "array", "items": _ANY_OBJECT},
+        "usage": _obj({"promptTokens": _INT, "completionTokens": _INT, "totalTokens": _INT, "calls": _INT,
+                       "maxTokens": _nullable(_INT), "byModel": {"type": "array", "items": _ANY_OBJECT}},
+                      description="Language-model tokens of every node attempt, summed (docs/models.md)."),
         "facetProvenance": _ANY_OBJECT,
         "hitl": _obj({"requests": {"type": "array", "items": _ref("HitlRequest")},
                       "responses": {"type": "array", "items": _ref("HitlResponse")}}),

@@ -7,7 +7,8 @@ exports and log lines. The stored envelope keeps the real values.
 Rules:
 1. Any mapping key that matches `SENSITIVE_KEY_RE` has its value replaced by
    `REDACTED`, whatever that value is (string, number, list, mapping, None),
-   at any depth, inside lists too.
+   at any depth, inside lists too — except a number under one of the
+   `TOKEN_COUNT_KEYS` (`promptTokens`, `maxTokens`…: counts of model tokens).
 2. With a JSON Schema, every value whose schema says `"x-sensitive": true`
    is replaced as well.
 3. Every string leaf is free text and goes through `redact_text`, whatever
@@ -46,6 +47,20 @@ SENSITIVE_KEY_RE = re.compile(_SENSITIVE_STEMS, re.IGNORECASE)
 _MAX_DEPTH = 256
 
 _SCALARS = (str, int, float, bool, type(None))
+
+# Keys that match a sensitive stem ("token") but name a count of language-model
+# tokens (docs/models.md, usage and constraints.maxTokens). Their value is
+# shown only when it is a number (or null: no limit): anything else under them
+# is redacted like any other sensitive key (fail closed on type).
+TOKEN_COUNT_KEYS = frozenset({
+    "promptTokens", "completionTokens", "totalTokens", "maxTokens", "usedTokens",
+    "prompt_tokens", "completion_tokens", "total_tokens", "max_tokens", "used_tokens",
+})
+
+
+def _is_count(key: str, value: Any) -> bool:
+    return key in TOKEN_COUNT_KEYS and (value is None or (isinstance(value, (int, float))
+                                                           and not isinstance(value, bool)))
 
 
 @lru_cache(maxsize=4096)
@@ -244,7 +259,7 @@ def _walk(value: Any, schemas: _Schemas, root: _SchemaIndex | None, depth: int, 
         for key, item in value.items():
             name = key if isinstance(key, str) else str(key)
             if _key_is_sensitive(name):
-                out[key if isinstance(key, _SCALARS) else name] = REDACTED
+                out[key if isinstance(key, _SCALARS) else name] = item if _is_count(name, item) else REDACTED
                 continue
             sub = root.property_schemas(schemas, name) if schemas and root is not None else _NO_SCHEMAS
             # Under a free-text key (an error message, a reason) every string is

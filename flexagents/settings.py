@@ -257,6 +257,13 @@ FLEX_EXTRA_CAPABILITIES = [c.strip() for c in (env_str("FLEX_EXTRA_CAPABILITIES"
 FLEX_FACET_CATALOG = Path(env_str("FLEX_FACET_CATALOG") or BASE_DIR / "planner" / "catalog" / "facets.json")
 # A person's claim on a human task (the console's task inbox): a form takes minutes.
 FLEX_HUMAN_TASK_LEASE_SECONDS = env_float("FLEX_HUMAN_TASK_LEASE_SECONDS", 1800.0, minimum=1.0)
+# Language-model capabilities, declared as data (docs/models.md). Their
+# endpoints and keys come from the environment (OPENAI_API_KEY,
+# OPENAI_BASE_URL, FLEX_LLM_ENDPOINT_<NAME>_*), read by planner/llm.py when a
+# client is made: never copied into settings.
+FLEX_LLM_CAPABILITIES = Path(env_str("FLEX_LLM_CAPABILITIES") or BASE_DIR / "planner" / "catalog" / "llm.json")
+# The default time limit of one model call (a declaration's timeoutSeconds wins).
+FLEX_LLM_TIMEOUT_SECONDS = env_float("FLEX_LLM_TIMEOUT_SECONDS", 120.0, minimum=0.1)
 
 # --- Operations (runs/ops.py, runs/metrics.py) ---------------------------------
 # A worker writes its heartbeat row at most this often; /api/ready wants one

@@ -4,7 +4,9 @@
 - planner.E002: a capability names a facet that is not in the catalog;
 - planner.E003: a facet's schema is not a valid, safe JSON Schema;
 - planner.E004: the facet catalog cannot be loaded;
-- planner.E005: two configured paths declare the same capability id.
+- planner.E005: two configured paths declare the same capability id;
+- planner.E006: the language-model declarations (FLEX_LLM_CAPABILITIES) cannot be loaded;
+- planner.E007: a language-model declaration names an unknown facet or reuses a capability id.
 """
 from __future__ import annotations
 
@@ -26,7 +28,37 @@ def check_planner(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         catalog = get_catalog()
     except ImproperlyConfigured as exc:
         return [Error(str(exc), hint="Point FLEX_FACET_CATALOG at a valid facets.json.", id="planner.E004")]
-    return [*_facet_schema_errors(catalog), *_capability_errors(catalog)]
+    return [*_facet_schema_errors(catalog), *_capability_errors(catalog), *_llm_errors(catalog)]
+
+
+def _llm_errors(catalog: dict[str, Facet]) -> list[CheckMessage]:
+    """Checked whether or not an endpoint is configured: a broken declaration
+    must fail `manage.py check` before anyone sets a key."""
+    from planner.llm import load_declarations
+    from planner.registry import CapabilityImportError, configured_paths, load_capability_class
+
+    try:
+        declarations = load_declarations()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), hint="Fix the file FLEX_LLM_CAPABILITIES names (docs/models.md).",
+                      id="planner.E006")]
+    taken = set()
+    for path in configured_paths():
+        try:
+            taken.add(load_capability_class(path).capability_id)
+        except CapabilityImportError:
+            continue  # reported as planner.E001
+    errors: list[CheckMessage] = []
+    for declaration in declarations:
+        where = f"llm:{declaration.capability_id}"
+        if declaration.capability_id in taken:
+            errors.append(Error(f"Language-model capability {declaration.capability_id!r} reuses the id of a "
+                                "configured capability", obj=where, id="planner.E007"))
+        named = [*declaration.input_facets, *declaration.optional_input_facets, *declaration.output_facets]
+        errors += [Error(f"Language-model capability {declaration.capability_id!r} names facet {name!r}, which is "
+                         "not in the catalog", obj=where, id="planner.E007")
+                   for name in dict.fromkeys(named) if name not in catalog]
+    return errors
 
 
 def _facet_schema_errors(catalog: dict[str, Facet]) -> list[CheckMessage]:

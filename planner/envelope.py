@@ -85,6 +85,9 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
                 "maxRetries": {"type": "integer", "minimum": 0, "maximum": 10},
                 "maxNodes": {"type": "integer", "minimum": 1, "maximum": 200},
                 "deadlineSeconds": {"type": "integer", "minimum": 1, "maximum": 86400},
+                # Language-model tokens (prompt + completion) the whole run may use
+                # (docs/models.md); the attempt that goes over it fails the run.
+                "maxTokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
             },
         },
         "policies": {

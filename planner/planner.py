@@ -180,13 +180,16 @@ class _Selection:
                                and cls.capability_id not in self.inactive)
 
     def rank(self, capability_id: str) -> tuple[int, float, str]:
-        # required > preferred > neither > avoided; then the objective's trait,
-        # highest first; then stable by id.
+        # required > preferred > neither > selected only on request
+        # (`selected_by_default` False: the language-model twins) > avoided;
+        # then the objective's trait, highest first; then stable by id.
         if capability_id in self.require:
             order = 0
         elif capability_id in self.prefer:
             order = 1
         elif capability_id in self.avoid:
+            order = 4
+        elif capability_id in self.usable and not self.usable[capability_id].selected_by_default:
             order = 3
         else:
             order = 2
@@ -204,6 +207,10 @@ class _Selection:
         avoided = [o for o in others if o in self.avoid]
         if avoided and len(avoided) == len(others):
             return f"chosen over {', '.join(avoided)}, avoided by selection.avoid"
+        on_request = [o for o in others if o in self.usable and not self.usable[o].selected_by_default]
+        if on_request and len(on_request) == len(others) and self.rank(capability_id)[0] == 2:
+            return (f"chosen over {', '.join(on_request)}, planned only when the envelope requires "
+                    "or prefers it")
         ids = [cls.capability_id for cls in producers]
         ahead = ids[:ids.index(capability_id)]
         behind = [o for o in ids[ids.index(capability_id) + 1:]
@@ -575,7 +582,9 @@ def _topological(chosen: list[str], consumes: dict[str, tuple[list[str], list[st
 
 def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: dict[str, str] | None = None,
               taken: set[str] | None = None) -> dict[str, str]:
-    """Short, stable ids: the capability id up to its first dot, de-duplicated with -2, -3…
+    """Short, stable ids: the capability id up to its first dot; when several
+    capabilities of the plan share that prefix (`llm.SocialPosting`,
+    `llm.ContentReview`), the part after it; de-duplicated with -2, -3…
 
     On a replan, kept nodes keep their ids, a capability that runs again
     reuses its node's id (`reuse`), and new nodes avoid every id the run has
@@ -584,10 +593,12 @@ def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: di
     ids: dict[str, str] = {cid: kept[cid] for cid in order if cid in kept}
     ids.update({cid: reuse[cid] for cid in order if cid in reuse and cid not in ids})
     taken = {OUTPUT_NODE_ID, *(taken or set()), *ids.values()}
+    prefixes = [cid.split(".", 1)[0] for cid in order]
     for cid in order:
         if cid in ids:
             continue
-        base = cid.split(".", 1)[0] or "node"
+        prefix, _, rest = cid.partition(".")
+        base = (rest if rest and prefixes.count(prefix) > 1 else prefix) or "node"
         candidate, suffix = base, 2
         while candidate in taken:
             candidate, suffix = f"{base}-{suffix}", suffix + 1

@@ -1,6 +1,6 @@
 """The capability registry: capability ids mapped to classes.
 
-Three sources, one catalog (`get_registry()`):
+Four sources, one catalog (`get_registry()`):
 
 1. built-ins named by dotted paths in `settings.FLEX_CAPABILITIES` and
    `settings.FLEX_EXTRA_CAPABILITIES` (test or deployment extras), imported
@@ -9,7 +9,10 @@ Three sources, one catalog (`get_registry()`):
 2. human capabilities declared in `settings.FLEX_HUMAN_CAPABILITIES`
    (`agentType: "human"`, done by people in the console, always active);
 3. capabilities of agents registered over HTTP (`planner.models`), with the
-   status of their agent.
+   status of their agent;
+4. language-model capabilities declared as data (`settings.FLEX_LLM_CAPABILITIES`,
+   `planner.llm`): one class per declaration whose endpoint is configured in
+   the environment; the others are left out.
 
 Sources 2 and 3 become `ExternalCapability` subclasses: the engine never
 calls their `run`; it commits their nodes as tasks. The merged registry is
@@ -35,7 +38,7 @@ from planner.types import CAPABILITY_KINDS, Capability, CapabilityError, Context
 
 logger = logging.getLogger("planner.registry")
 
-_SETTINGS = ("FLEX_CAPABILITIES", "FLEX_EXTRA_CAPABILITIES")
+_SETTINGS = ("FLEX_CAPABILITIES", "FLEX_EXTRA_CAPABILITIES", "FLEX_LLM_CAPABILITIES")
 
 
 class UnknownCapabilityId(KeyError):
@@ -209,14 +212,27 @@ def configured_paths() -> list[str]:
     return [*getattr(settings, "FLEX_CAPABILITIES", []), *getattr(settings, "FLEX_EXTRA_CAPABILITIES", [])]
 
 
+def llm_capability_classes() -> list[type[Capability]]:
+    """One class per language-model declaration whose endpoint is configured
+    (with no `OPENAI_API_KEY`, the demo's `llm.*` twins are left out)."""
+    from planner.capabilities.llm import capability_class
+    from planner.llm import active_declarations
+
+    return [capability_class(declaration) for declaration in active_declarations()]
+
+
 def builtin_registry() -> CapabilityRegistry:
-    """The in-process capabilities of settings, built on first use."""
+    """The in-process capabilities of settings (Python classes and
+    language-model declarations), built on first use."""
     global _registry
     registry = _registry
     if registry is None:
         with _registry_lock:
             if _registry is None:
-                _registry = CapabilityRegistry(configured_paths())
+                built = CapabilityRegistry(configured_paths())
+                for cls in llm_capability_classes():
+                    built.register(cls)
+                _registry = built
             registry = _registry
     return registry
 

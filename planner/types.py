@@ -53,6 +53,25 @@ class ContextBundle:
     # Set when this node runs again because a goal was unmet (docs/planning.md):
     # [{goalId, condition, attempt, maxReplans, facets, values}], oldest first.
     goal_feedback: list[dict[str, Any]] = field(default_factory=list)
+    # The errors of the node's last invalid output ([{path, message}]), so a
+    # retry can do better (a language model is shown them).
+    previous_errors: list[dict[str, Any]] = field(default_factory=list)
+    # Written by the capability, read by the engine after the call: one
+    # `{"model", "promptTokens", "completionTokens"}` per model call of this
+    # attempt (`record_usage`). Not part of the stored input.
+    usage: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_usage(self, *, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.usage.append({"model": model, "promptTokens": int(prompt_tokens),
+                           "completionTokens": int(completion_tokens)})
+
+    def usage_total(self) -> dict[str, Any] | None:
+        """This attempt's usage summed (the model of the last call), or None if no model was called."""
+        if not self.usage:
+            return None
+        return {"model": self.usage[-1]["model"],
+                "promptTokens": sum(u["promptTokens"] for u in self.usage),
+                "completionTokens": sum(u["completionTokens"] for u in self.usage)}
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase form, stored as the node's input."""
@@ -115,6 +134,10 @@ class Capability:
     agent_id: ClassVar[str | None] = None
     # "active" or "inactive" (its agent stopped heartbeating): only active ones are planned.
     status: ClassVar[str] = "active"
+    # False: the planner picks this capability for a facet only when the
+    # envelope requires or prefers it, or no other capability produces it
+    # (the language-model twins of the demo catalog).
+    selected_by_default: ClassVar[bool] = True
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         """Return `{facet_name: value}` for this capability's output facets."""
@@ -146,11 +169,26 @@ class Capability:
 class CapabilityError(Exception):
     """A capability failed; `retryable` tells the engine whether trying again can help."""
 
-    def __init__(self, message: str, *, code: str = "capability_error", retryable: bool = True) -> None:
+    def __init__(self, message: str, *, code: str = "capability_error", retryable: bool = True,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.retryable = retryable
+        # Seconds the service asked us to wait (a 429's Retry-After); the
+        # engine's back-off never waits less.
+        self.retry_after = retry_after
+
+
+class InvalidOutput(Exception):
+    """The capability's reply cannot be used as output (not JSON, not the
+    agreed shape): one failed validation attempt, like output that breaks its
+    contract. `errors` are `[{"path", "message"}]`."""
+
+    def __init__(self, errors: list[dict[str, str]], *, output: dict[str, Any] | None = None) -> None:
+        super().__init__("; ".join(f"{e['path']}: {e['message']}" for e in errors))
+        self.errors = errors
+        self.output = output
 
 
 class ClarificationNeeded(Exception):

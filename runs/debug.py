@@ -122,7 +122,32 @@ def _node(node: NodeRun, schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "startedAt": _iso(node.started_at),
         "completedAt": _iso(node.completed_at),
         "durationMs": node.duration_ms,
+        "usage": _scrub(node.usage or []),
     }
+
+
+def usage_summary(nodes: list[NodeRun], envelope: dict[str, Any]) -> dict[str, Any]:
+    """The run's language-model usage: every attempt of every node summed,
+    in all and per model, beside the budget (`constraints.maxTokens`)."""
+    by_model: dict[str, dict[str, int]] = {}
+    for node in nodes:
+        for entry in node.usage or []:
+            if not isinstance(entry, dict):
+                continue
+            model = by_model.setdefault(str(entry.get("model") or ""), {"promptTokens": 0, "completionTokens": 0,
+                                                                       "calls": 0})
+            model["promptTokens"] += int(entry.get("promptTokens") or 0)
+            model["completionTokens"] += int(entry.get("completionTokens") or 0)
+            model["calls"] += 1
+    prompt = sum(m["promptTokens"] for m in by_model.values())
+    completion = sum(m["completionTokens"] for m in by_model.values())
+    constraints = envelope.get("constraints") if isinstance(envelope.get("constraints"), dict) else {}
+    return _scrub({
+        "promptTokens": prompt, "completionTokens": completion, "totalTokens": prompt + completion,
+        "calls": sum(m["calls"] for m in by_model.values()),
+        "maxTokens": (constraints or {}).get("maxTokens"),
+        "byModel": [{"model": name, **counts} for name, counts in sorted(by_model.items())],
+    })
 
 
 def _audit(entry: AuditEntry) -> dict[str, Any]:
@@ -181,6 +206,7 @@ def run_debug_view(*, run: Run) -> dict[str, Any]:
         "policies": _scrub(envelope.get("policies", {})),
         "planVersions": [_plan_version(pv) for pv in versions],
         "nodes": [_node(node, schemas) for node in nodes],
+        "usage": usage_summary(nodes, envelope),
         "facetProvenance": _scrub(provenance),
         "hitl": {
             "requests": [_scrub(hitl_request_payload(r, responses=by_request.get(r.id, []))) for r in requests],

@@ -120,12 +120,23 @@ class NodeStartPayload(TypedDict):
     claimedBy: NotRequired[str]
 
 
+class UsagePayload(TypedDict):
+    """A language model's usage in one node attempt (docs/models.md)."""
+
+    model: str
+    promptTokens: int
+    completionTokens: int
+    callMs: NotRequired[float]
+
+
 class NodeCompletePayload(TypedDict):
     nodeId: str
     capabilityId: str
     attempt: int
     outputFacets: list[str]
     durationMs: float | None
+    # Only when the attempt called a language model.
+    usage: NotRequired[UsagePayload]
 
 
 class NodeErrorPayload(TypedDict):
@@ -134,6 +145,7 @@ class NodeErrorPayload(TypedDict):
     attempt: int
     error: dict[str, Any] | None
     willRetry: bool
+    usage: NotRequired[UsagePayload]
 
 
 class ValidationErrorPayload(TypedDict):
@@ -141,6 +153,7 @@ class ValidationErrorPayload(TypedDict):
     nodeId: NotRequired[str]
     attempt: int
     errors: list[dict[str, Any]]
+    usage: NotRequired[UsagePayload]
 
 
 class PolicyTriggeredPayload(TypedDict):
@@ -265,28 +278,41 @@ def event_node_dispatched(*, node_id: str, capability_id: str, attempt: int, tas
     payload: NodeDispatchedPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
                                       "taskId": task_id}
     return PendingEvent(NODE_DISPATCHED, payload, node_id)
+def usage_payload(usage: Mapping[str, Any]) -> UsagePayload:
+    payload: UsagePayload = {"model": str(usage.get("model") or ""), "promptTokens": int(usage.get("promptTokens") or 0),
+                             "completionTokens": int(usage.get("completionTokens") or 0)}
+    if usage.get("callMs") is not None:
+        payload["callMs"] = float(usage["callMs"])
+    return payload
 
 
 def event_node_complete(*, node_id: str, capability_id: str, attempt: int, output_facets: list[str],
-                        duration_ms: float | None) -> PendingEvent:
+                        duration_ms: float | None, usage: Mapping[str, Any] | None = None) -> PendingEvent:
     payload: NodeCompletePayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
                                     "outputFacets": output_facets, "durationMs": duration_ms}
+    if usage:
+        payload["usage"] = usage_payload(usage)
     return PendingEvent(NODE_COMPLETE, payload, node_id)
 
 
 def event_node_error(*, node_id: str, capability_id: str, attempt: int, error: dict[str, Any] | None,
-                     will_retry: bool) -> PendingEvent:
+                     will_retry: bool, usage: Mapping[str, Any] | None = None) -> PendingEvent:
     payload: NodeErrorPayload = {"nodeId": node_id, "capabilityId": capability_id, "attempt": attempt,
                                  "error": error, "willRetry": will_retry}
+    if usage:
+        payload["usage"] = usage_payload(usage)
     return PendingEvent(NODE_ERROR, payload, node_id)
 
 
-def event_validation_error(*, attempt: int, errors: list[dict[str, Any]], node_id: str | None = None) -> PendingEvent:
+def event_validation_error(*, attempt: int, errors: list[dict[str, Any]], node_id: str | None = None,
+                           usage: Mapping[str, Any] | None = None) -> PendingEvent:
     """A node's output (`node_id` given) or the composed output broke its contract."""
     if node_id is None:
         output: ValidationErrorPayload = {"scope": "output", "attempt": attempt, "errors": errors}
         return PendingEvent(VALIDATION_ERROR, output)
     payload: ValidationErrorPayload = {"scope": "node", "nodeId": node_id, "attempt": attempt, "errors": errors}
+    if usage:
+        payload["usage"] = usage_payload(usage)
     return PendingEvent(VALIDATION_ERROR, payload, node_id)
 
 

@@ -17,8 +17,9 @@ events of a transaction after it commits counts exactly what happened (a
 fenced or rolled-back step counts nothing), in whichever process committed
 it (worker or web). Two facts are not events: a lease takeover
 (`runs.engine.lease.claim_next`) and an open SSE stream
-(`runs.streaming.StreamHub`). `flex_llm_tokens_total` is defined for the
-language-model capabilities, which will call `llm_tokens_used`.
+(`runs.streaming.StreamHub`). `flex_llm_tokens_total{model,kind}` counts the
+`usage` of committed `node_complete`, `node_error` and `validation_error`
+events (a model's tokens, whatever the attempt's outcome).
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def sse_stream_closed() -> None:
 
 
 def llm_tokens_used(*, model: str, kind: str, tokens: int) -> None:
-    """For language-model capabilities (none exist yet): `kind` is prompt or completion."""
+    """Tokens of a language-model call: `kind` is prompt or completion."""
     LLM_TOKENS.labels(model=model, kind=kind).inc(tokens)
 
 
@@ -142,6 +143,11 @@ def _count(rows: list[Any]) -> None:
     restarted = {row.node_id: row.payload.get("capabilityId", "") for row in rows if row.type == ev.NODE_START}
     for row in rows:
         payload = row.payload or {}
+        usage = payload.get("usage") if row.type in _USAGE_EVENTS else None
+        if isinstance(usage, dict):
+            model = str(usage.get("model") or "")
+            llm_tokens_used(model=model, kind="prompt", tokens=int(usage.get("promptTokens") or 0))
+            llm_tokens_used(model=model, kind="completion", tokens=int(usage.get("completionTokens") or 0))
         if row.type == ev.COMPLETE:
             run_finished(status=str(payload.get("status")), seconds=_run_seconds(row))
         elif row.type == ev.NODE_COMPLETE:
@@ -160,6 +166,9 @@ def _count(rows: list[Any]) -> None:
             plan_result(result="replanned")
         elif row.type == ev.HITL_RESOLVED and payload.get("resolution") not in (None, "removed"):
             hitl_answered(seconds=_hitl_seconds(payload.get("requestId"), row.created_at))
+
+
+_USAGE_EVENTS = frozenset({ev.NODE_COMPLETE, ev.NODE_ERROR, ev.VALIDATION_ERROR})
 
 
 def _run_seconds(row: Any) -> float | None:

@@ -281,6 +281,9 @@ class NodeRun(StatusGuardedModel):
     duration_ms = models.FloatField(null=True, blank=True)
     # Number of times a result was committed; the fence keeps it at most 1.
     commits = models.PositiveIntegerField(default=0)
+    # A language model's usage, one entry per attempt that called one:
+    # [{"attempt", "model", "promptTokens", "completionTokens", "callMs"}].
+    usage = models.JSONField(default=list, blank=True)
 
     objects = StatusGuardedQuerySet.as_manager()
 

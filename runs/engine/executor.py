@@ -15,7 +15,7 @@ from flexagents import tracing
 from flexagents.logging import log_context
 from planner.contracts import validate_instance
 from planner.registry import get_registry
-from planner.types import CapabilityError, ClarificationNeeded, ContextBundle
+from planner.types import CapabilityError, ClarificationNeeded, ContextBundle, InvalidOutput
 
 logger = logging.getLogger("runs.engine.executor")
 
@@ -34,11 +34,17 @@ class Outcome:
     retryable: bool = True
     clarification: ClarificationNeeded | None = None
     duration_ms: float = 0.0
+    # A language model's usage of this attempt ({model, promptTokens,
+    # completionTokens, callMs}), whatever the outcome; None: no model called.
+    usage: dict[str, Any] | None = None
+    # Seconds the failing service asked us to wait before the next attempt.
+    retry_after: float | None = None
 
 
 def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: dict[str, Any],
                  envelope: dict[str, Any], clarifications: list[dict[str, Any]], attempt: int,
-                 plan_version: int, goal_feedback: list[dict[str, Any]] | None = None) -> ContextBundle:
+                 plan_version: int, goal_feedback: list[dict[str, Any]] | None = None,
+                 previous_errors: list[dict[str, Any]] | None = None) -> ContextBundle:
     wanted = list(node.get("inputFacets", [])) + list(node.get("optionalInputFacets", []))
     return ContextBundle(
         run_id=run_id,
@@ -58,6 +64,7 @@ def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: d
         # Every node gets the envelope's directives (docs/planning.md).
         directives=dict(((envelope.get("policies") or {}).get("planner") or {}).get("directives") or {}),
         goal_feedback=list(goal_feedback or []),
+        previous_errors=list(previous_errors or []),
     )
 
 
@@ -66,7 +73,16 @@ def execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
     logged meanwhile (the capability's own included) names the node."""
     with log_context(node_id=bundle.node_id, capability_id=node.get("capabilityId"),
                      plan_version=bundle.plan_version, attempt=bundle.attempt), tracing.span("flex.node"):
-        return _execute(node, bundle)
+        outcome = _execute(node, bundle)
+    outcome.usage = _usage(bundle)
+    return outcome
+
+
+def _usage(bundle: ContextBundle) -> dict[str, Any] | None:
+    total = bundle.usage_total()
+    if total is not None:
+        total["callMs"] = round(sum(float(u.get("callMs") or 0.0) for u in bundle.usage), 3)
+    return total
 
 
 def _execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
@@ -77,9 +93,13 @@ def _execute(node: dict[str, Any], bundle: ContextBundle) -> Outcome:
     except ClarificationNeeded as question:
         # A person must answer: control flow, never a failure, never retried.
         return Outcome(CLARIFY, clarification=question, duration_ms=_ms(started))
+    except InvalidOutput as exc:
+        # A reply that is not output at all (a model's invalid JSON): one
+        # failed validation attempt, like output that breaks its contract.
+        return Outcome(INVALID, output=exc.output, errors=exc.errors, duration_ms=_ms(started))
     except CapabilityError as exc:
         return Outcome(ERROR, error={"code": exc.code, "message": str(exc)}, retryable=exc.retryable,
-                       duration_ms=_ms(started))
+                       duration_ms=_ms(started), retry_after=exc.retry_after)
     except Exception as exc:  # noqa: BLE001 — any capability bug is a retryable node error
         logger.exception("capability raised", extra={"run_id": bundle.run_id, "node_id": bundle.node_id})
         return Outcome(ERROR, error={"code": "capability_exception", "message": f"{type(exc).__name__}: {exc}"},

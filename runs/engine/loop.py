@@ -343,11 +343,13 @@ def recover(ctx: RunContext) -> None:
 def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> None:
     """Execute a started node and commit its outcome (one transaction)."""
     graph_node = ctx.graph_node(node.node_id)
+    history = node.validation_errors or []
     bundle = executor.build_bundle(
         run_id=ctx.run.id, node=graph_node, objective=ctx.run.objective, facets=ctx.run.facets,
         envelope=ctx.envelope, clarifications=policies.clarifications_for(ctx, node.node_id),
         attempt=node.attempts, plan_version=ctx.run.plan_version,
-        goal_feedback=policies.goal_feedback_for(ctx, node.node_id))
+        goal_feedback=policies.goal_feedback_for(ctx, node.node_id),
+        previous_errors=history[-1].get("errors", []) if history and isinstance(history[-1], dict) else [])
     outcome = executor.execute(graph_node, bundle)
     if heartbeat is not None and heartbeat.lost.is_set():
         # Another worker owns the run now: whatever we got is discarded (the
@@ -358,6 +360,11 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
         # The bundle of the node's first attempt under this plan version (a
         # node re-run by a replan gets a new one: goal feedback, say).
         step.update_node(node.node_id, input=bundle.to_dict())
+    if outcome.usage is not None:
+        step.update_node(node.node_id, usage=[*(node.usage or []), {"attempt": node.attempts, **outcome.usage}])
+        if over_token_budget(ctx, step, node, outcome):
+            commit(ctx, step)
+            return
     if outcome.kind == executor.SUCCESS:
         on_success(ctx, step, node, outcome)
     elif outcome.kind == executor.INVALID:
@@ -368,6 +375,37 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
     else:
         on_error(ctx, step, node, outcome)
     commit(ctx, step)
+
+
+def tokens_used(ctx: RunContext, step: Step) -> int:
+    """Prompt and completion tokens of every model call of the run so far,
+    this step's included (the lease holder knows every node)."""
+    total = 0
+    for node_id, node in ctx.nodes.items():
+        entries = step.node_updates.get(node_id, {}).get("usage", node.usage) or []
+        total += sum(int(e.get("promptTokens") or 0) + int(e.get("completionTokens") or 0) for e in entries)
+    return total
+
+
+def over_token_budget(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> bool:
+    """`constraints.maxTokens`: the attempt that goes over it ends the run
+    (`token_budget_exceeded`). Its output is kept on the node for people to
+    read, but it is not used: no facet, no next node."""
+    budget = ctx.envelope.get("constraints", {}).get("maxTokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return False
+    used = tokens_used(ctx, step)
+    if used <= budget:
+        return False
+    error = {"code": "token_budget_exceeded",
+             "message": f"The run used {used} language-model tokens; constraints.maxTokens allows {budget}."}
+    step.update_node(node.node_id, status=NodeStatus.FAILED, error=error, completed_at=timezone.now(),
+                     duration_ms=outcome.duration_ms, output=outcome.output)
+    step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id, attempt=node.attempts,
+                                   error=error, will_retry=False, usage=outcome.usage))
+    fail(step, code="token_budget_exceeded", message=error["message"],
+         extra={"nodeId": node.node_id, "maxTokens": budget, "usedTokens": used})
+    return True
 
 
 def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
@@ -386,7 +424,7 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
     ctx.run.provenance = {**ctx.run.provenance, **new_provenance}
     step.event(ev.event_node_complete(node_id=node.node_id, capability_id=node.capability_id,
                                       attempt=node.attempts, output_facets=list(output.keys()),
-                                      duration_ms=outcome.duration_ms))
+                                      duration_ms=outcome.duration_ms, usage=outcome.usage))
     statuses = {k: n.status for k, n in ctx.nodes.items()}
     statuses[node.node_id] = NodeStatus.COMPLETED
     if policies.on_node_complete(ctx, step, node):
@@ -396,7 +434,8 @@ def on_success(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 
 
 def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
-    step.event(ev.event_validation_error(node_id=node.node_id, attempt=node.attempts, errors=outcome.errors))
+    step.event(ev.event_validation_error(node_id=node.node_id, attempt=node.attempts, errors=outcome.errors,
+                                         usage=outcome.usage))
     history = list(node.validation_errors or []) + [{"attempt": node.attempts, "errors": outcome.errors}]
     step.update_node(node.node_id, validation_errors=history)
     decision = retry.after_invalid_output(attempts=node.attempts, max_retries=ctx.max_retries)
@@ -413,9 +452,9 @@ def on_invalid(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Out
 
 def on_error(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> None:
     decision = retry.after_error(attempts=node.attempts, max_retries=ctx.max_retries, retryable=outcome.retryable,
-                                 backoff_base=settings.FLEX_RETRY_BACKOFF_SECONDS)
+                                 backoff_base=settings.FLEX_RETRY_BACKOFF_SECONDS, retry_after=outcome.retry_after)
     step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id, attempt=node.attempts,
-                                   error=outcome.error, will_retry=decision.retry))
+                                   error=outcome.error, will_retry=decision.retry, usage=outcome.usage))
     if decision.retry and decision.delay > 0:
         # Back off in the queue, holding no worker: the node is pending again
         # and the run is claimable from `available_at` (its next claim starts

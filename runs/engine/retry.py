@@ -33,13 +33,19 @@ def after_invalid_output(*, attempts: int, max_retries: int) -> RetryDecision:
     return RetryDecision(False, "validation_retries_exhausted")
 
 
-def after_error(*, attempts: int, max_retries: int, retryable: bool, backoff_base: float = 0.0) -> RetryDecision:
+def after_error(*, attempts: int, max_retries: int, retryable: bool, backoff_base: float = 0.0,
+                retry_after: float | None = None) -> RetryDecision:
     """A capability error: retried after a back-off (a rate limit or an
-    outage needs time; invalid output is retried at once instead)."""
+    outage needs time; invalid output is retried at once instead). A
+    service's own `retry_after` (a 429's Retry-After) is a floor, capped
+    like the back-off."""
     if not retryable:
         return RetryDecision(False, "permanent_error")
     if attempts <= max_retries:
-        return RetryDecision(True, "retryable_error", delay=backoff(attempts=attempts, base=backoff_base))
+        delay = backoff(attempts=attempts, base=backoff_base)
+        if retry_after is not None and retry_after > delay:
+            delay = float(min(retry_after, MAX_BACKOFF_SECONDS))
+        return RetryDecision(True, "retryable_error", delay=delay)
     return RetryDecision(False, "retries_exhausted")
 
 

@@ -704,6 +704,7 @@ export interface components {
                 maxRetries?: number;
                 maxNodes?: number;
                 deadlineSeconds?: number;
+                maxTokens?: number;
             };
             policies?: {
                 planner?: components["schemas"]["TaskEnvelopePlannerPolicy"];
@@ -883,6 +884,17 @@ export interface components {
             nodes: {
                 [key: string]: unknown;
             }[];
+            /** @description Language-model tokens of every node attempt, summed (docs/models.md). */
+            usage: {
+                promptTokens: number;
+                completionTokens: number;
+                totalTokens: number;
+                calls: number;
+                maxTokens: number | null;
+                byModel: {
+                    [key: string]: unknown;
+                }[];
+            };
             facetProvenance: {
                 [key: string]: unknown;
             };

@@ -116,6 +116,21 @@ class Command(BaseCommand):
         out.write("  The example agent (a second terminal), then send examples/envelopes/hashtags.json:")
         out.write(f"    FLEX_URL={base} FLEX_TOKEN={agent_token.key} .venv/bin/python examples/agents/hashtags.py")
         out.write("")
+        out.write(f"  {_language_models()}")
+        out.write("")
+
+
+def _language_models() -> str:
+    """Whether the demo's language-model twins are registered (docs/models.md);
+    never names a key."""
+    from planner.registry import get_registry
+
+    ids = [cid for cid in get_registry().ids() if cid.startswith("llm.")]
+    if not ids:
+        return ("Language model: off (set OPENAI_API_KEY, and OPENAI_BASE_URL for a compatible endpoint, to "
+                "register llm.SocialPosting, llm.SocialpostDrafting and llm.ContentReview).")
+    return (f"Language model: on ({', '.join(ids)}); try --data @examples/envelopes/llm-social-post.json "
+            "(it calls the model and spends tokens).")
 
 
 class _Null:
