@@ -582,9 +582,7 @@ def _topological(chosen: list[str], consumes: dict[str, tuple[list[str], list[st
 
 def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: dict[str, str] | None = None,
               taken: set[str] | None = None) -> dict[str, str]:
-    """Short, stable ids: the capability id up to its first dot; when several
-    capabilities of the plan share that prefix (`llm.SocialPosting`,
-    `llm.ContentReview`), the part after it; de-duplicated with -2, -3…
+    """Short, stable ids: the capability id up to its first dot, de-duplicated with -2, -3…
 
     On a replan, kept nodes keep their ids, a capability that runs again
     reuses its node's id (`reuse`), and new nodes avoid every id the run has
@@ -593,12 +591,10 @@ def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: di
     ids: dict[str, str] = {cid: kept[cid] for cid in order if cid in kept}
     ids.update({cid: reuse[cid] for cid in order if cid in reuse and cid not in ids})
     taken = {OUTPUT_NODE_ID, *(taken or set()), *ids.values()}
-    prefixes = [cid.split(".", 1)[0] for cid in order]
     for cid in order:
         if cid in ids:
             continue
-        prefix, _, rest = cid.partition(".")
-        base = (rest if rest and prefixes.count(prefix) > 1 else prefix) or "node"
+        base = cid.split(".", 1)[0] or "node"
         candidate, suffix = base, 2
         while candidate in taken:
             candidate, suffix = f"{base}-{suffix}", suffix + 1

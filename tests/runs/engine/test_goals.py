@@ -128,7 +128,7 @@ def test_on_unmet_replan_tries_an_alternative_capability_once(api_for, client_us
     assert version.trigger["excludedCapabilities"] == ["copywriter.ShortformDrafting"]
     assert [n["capabilityId"] for n in version.graph["nodes"]][:2] == ["strategist.SocialPosting",
                                                                       "copywriter.SocialpostDrafting"]
-    assert run.provenance["copyVariants"]["nodeId"] == "copywriter-2"
+    assert run.facet_snapshot()[1]["copyVariants"]["nodeId"] == "copywriter-2"
 
 
 @pytest.mark.parametrize("objective, copywriter", [

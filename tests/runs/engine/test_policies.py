@@ -166,7 +166,7 @@ def test_replan_excludes_the_node_it_fired_on_and_plans_an_alternative(api_for, 
     assert (strategist.commits, strategist.attempts, strategist.plan_version) == (1, 1, 1)
     assert [e.payload["nodeId"] for e in events_of(run.id, "node_start")] == [
         "strategist", "copywriter", "copywriter-2", "output"]
-    assert run.provenance["copyVariants"]["nodeId"] == "copywriter-2"
+    assert run.facet_snapshot()[1]["copyVariants"]["nodeId"] == "copywriter-2"
 
 
 def test_replan_with_no_alternative_rejects_the_plan_and_fails_the_run(api_for, client_user, drain):
@@ -286,7 +286,7 @@ def test_replan_on_validation_fail_replaces_the_node_by_an_alternative(api_for, 
     replaced = NodeRun.objects.get(run=run, node_id="test")
     assert (replaced.status, replaced.attempts, replaced.error["code"]) == ("failed", 2, "replaced_by_replan")
     assert NodeRun.objects.get(run=run, node_id="qa").status == "completed"
-    assert run.provenance["qa_report"]["nodeId"] == "qa"
+    assert run.facet_snapshot()[1]["qa_report"]["nodeId"] == "qa"
 
 
 def test_replan_on_validation_fail_without_an_alternative_fails_the_run(api_for, client_user, drain):
