@@ -152,11 +152,10 @@ def test_it_reconnects_when_the_server_comes_back(procs, token, caplog):
         web.stop()
         time.sleep(1.5)  # claims and heartbeats fail meanwhile, and back off
         procs.daphne(port=port)
-        wait_for(lambda: "reachable again" in caplog.text, timeout=30, what="the heartbeat to get through again")
         run_id = submit(port, token, hashtags_envelope())
         assert wait_run_status(run_id, ("completed", "failed", "awaiting_hitl"), timeout=60) == "completed"
     assert agent.stats["completed"] == 1
-    assert "cannot reach" in caplog.text
+    assert "claim: ConnectError" in caplog.text  # it did see the server gone
     [started] = RunEvent.objects.filter(run_id=run_id, type="node_start", payload__capabilityId=HASHTAGS)
     assert started.payload["agentId"] == "sdk-hashtags"
 
