@@ -300,6 +300,33 @@ COMPONENTS: dict[str, Any] = {
                               "pendingRequestId": _nullable(_STR),
                               "requests": {"type": "array", "items": _ref("HitlRequest")},
                               "responses": {"type": "array", "items": _ref("HitlResponse")}}),
+    "AgentCapability": _obj({"capabilityId": _STR, "displayName": _STR, "description": _STR, "kind": _STR,
+                             "agentType": _STR, "inputFacets": _STRS, "optionalInputFacets": _STRS,
+                             "outputFacets": _STRS, "version": _STR,
+                             "status": {"type": "string", "enum": ["active", "inactive"]}},
+                            required=["capabilityId", "kind", "agentType", "inputFacets", "outputFacets", "status"]),
+    "Agent": _obj({"agentId": _STR, "displayName": _STR, "status": {"type": "string", "enum": ["active", "inactive"]},
+                   "heartbeatSeconds": _INT, "maxConcurrency": _INT, "lastHeartbeatAt": _nullable(_TIME),
+                   "owner": _nullable(_STR),
+                   "capabilities": {"type": "array", "items": _ref("AgentCapability")}},
+                  required=["agentId", "status", "heartbeatSeconds", "capabilities"]),
+    "AgentList": _obj({"agents": {"type": "array", "items": _ref("Agent")}}),
+    "AgentHeartbeat": _obj({"agentId": _STR, "status": {"type": "string", "enum": ["active", "inactive"]},
+                            "heartbeatSeconds": _INT}, required=["agentId", "status"]),
+    "Task": _obj({"taskId": _STR, "runId": _STR, "nodeId": _STR, "capabilityId": _STR, "agentType": _STR,
+                  "attempt": _INT, "planVersion": _INT,
+                  "status": {"type": "string", "enum": ["open", "claimed", "completed", "invalid", "failed",
+                                                        "clarify", "expired", "cancelled"]},
+                  "agentId": _nullable(_STR), "claimedBy": _nullable(_STR), "createdAt": _TIME,
+                  "claimedAt": _nullable(_TIME), "leaseExpiresAt": _nullable(_TIME), "objective": _STR,
+                  "leaseToken": _STR, "bundle": _ANY_OBJECT},
+                 required=["taskId", "runId", "nodeId", "capabilityId", "attempt", "status"],
+                 description="A node offered to an agent or a person (docs/agents.md). `leaseToken` and "
+                             "`bundle` only in a claim's answer."),
+    "TaskClaimed": _obj({"task": _ref("Task")}),
+    "TaskList": _obj({"tasks": {"type": "array", "items": _ref("Task")}, "next": _NEXT}),
+    "TaskLease": _obj({"taskId": _STR, "leaseExpiresAt": _TIME}),
+    "TaskOutcome": _obj({"taskId": _STR, "status": _STR, "requestId": _STR}, required=["taskId", "status"]),
     "HitlRemoveResult": _obj({"runId": _STR, "status": _RUN_STATUS, "planVersion": _INT,
                               "pendingRequestId": _nullable(_STR),
                               "requests": {"type": "array", "items": _ref("HitlRequest")}}),
@@ -334,8 +361,9 @@ class Op:
     """What the schema says of one operation beyond what the view declares."""
 
     def __init__(self, operation_id: str, *errors: dict[int, list[str]], ok: tuple[int, str] | None = None,
-                 request: str | None = None, sse: int | None = None) -> None:
+                 request: str | None = None, sse: int | None = None, empty: tuple[int, str] | None = None) -> None:
         self.operation_id = operation_id
+        self.empty = empty  # (status, description) of a success without a body
         self.ok = ok  # (status, component) of the JSON success body
         self.request = request  # component of the JSON request body
         self.sse = sse  # status of an event-stream success
@@ -385,6 +413,39 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("/api/hitl/remove", "post"): Op("hitlRemove", _AUTH, _FLEX, _BODY, _RUN_404, {404: ["hitl_request_not_found"]},
                                      _HITL_409, ok=(200, "HitlRemoveResult")),
 }
+_AGENT_404 = {404: ["agent_not_found"]}
+_TASK = {404: ["task_not_found"], 409: ["lease_lost"]}
+OPERATIONS.update({
+    # Agents and tasks (runs/agent_apis.py, docs/agents.md).
+    ("/api/v1/flex/agents", "get"): Op("agentList", _AUTH, _FLEX, {403: ["permission_denied"]},
+                                       ok=(200, "AgentList")),
+    ("/api/v1/flex/agents/register", "post"): Op(
+        "agentRegister", _AUTH, _FLEX, _BODY, {409: ["capability_conflict"], 422: ["unknown_facet"]},
+        ok=(200, "Agent")),
+    ("/api/v1/flex/agents/{agentId}/heartbeat", "post"): Op("agentHeartbeat", _AUTH, _FLEX, _BODY, _AGENT_404,
+                                                            ok=(200, "AgentHeartbeat")),
+    ("/api/v1/flex/agents/{agentId}/tasks/claim", "post"): Op(
+        "taskClaim", _AUTH, _FLEX, _BODY, _AGENT_404, ok=(200, "TaskClaimed"),
+        empty=(204, "Nothing to claim within waitSeconds")),
+    ("/api/v1/flex/tasks", "get"): Op("taskList", _AUTH, _FLEX, _QUERY, ok=(200, "TaskList")),
+    ("/api/v1/flex/tasks/{taskId}/heartbeat", "post"): Op("taskHeartbeat", _AUTH, _FLEX, _BODY, _TASK,
+                                                          ok=(200, "TaskLease")),
+    ("/api/v1/flex/tasks/{taskId}/complete", "post"): Op("taskComplete", _AUTH, _FLEX, _BODY, _TASK,
+                                                         ok=(200, "TaskOutcome")),
+    ("/api/v1/flex/tasks/{taskId}/fail", "post"): Op("taskFail", _AUTH, _FLEX, _BODY, _TASK, ok=(200, "TaskOutcome")),
+    ("/api/v1/flex/tasks/{taskId}/clarify", "post"): Op("taskClarify", _AUTH, _FLEX, _BODY, _TASK,
+                                                        ok=(200, "TaskOutcome")),
+})
+# Path parameters under their API.md names.
+PATH_PARAMETERS = {"run_id": "runId", "policy_id": "policyId", "agent_id": "agentId", "task_id": "taskId"}
+
+
+def api_path(path: str) -> str:
+    for name, api_name in PATH_PARAMETERS.items():
+        path = path.replace("{" + name + "}", "{" + api_name + "}")
+    return path
+
+
 # An operation another module adds before this table knows it still gets the
 # errors every operation of its kind can return.
 _DEFAULT_GET = (_AUTH, _FLEX)
@@ -398,8 +459,10 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "S
 
 # Request bodies of the DRF serializers: unknown keys are refused (the
 # serializers say so in code), `responses` items are HitlResponseInput.
-_STRICT_REQUESTS = ("PolicyTriggerInputRequest", "RunCancelInputRequest", "RunResumeInputRequest", "RespondInputRequest", "ResumeInputRequest",
-                    "RemoveInputRequest")
+_STRICT_REQUESTS = ("PolicyTriggerInputRequest", "RunCancelInputRequest", "RunResumeInputRequest",
+                    "RespondInputRequest", "ResumeInputRequest", "RemoveInputRequest", "AgentRegisterRequest",
+                    "CapabilityInRequest", "EmptyRequest", "ClaimRequest", "LeaseRequest", "CompleteRequest",
+                    "ErrorInRequest", "FailRequest", "ClarifyRequest", "ClarifyOptionRequest")
 _ADDRESSED_BY_RUN_OR_THREAD = ("RespondInputRequest", "ResumeInputRequest", "RemoveInputRequest")
 
 
@@ -430,15 +493,6 @@ def _health_operation() -> dict[str, Any]:
 
 
 # Path parameters: the view's keyword -> API.md's name.
-PATH_PARAMETERS = {"run_id": "runId", "policy_id": "policyId"}
-
-
-def api_path(path: str) -> str:
-    for name, api_name in PATH_PARAMETERS.items():
-        path = path.replace("{" + name + "}", "{" + api_name + "}")
-    return path
-
-
 def postprocess_schema(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular POSTPROCESSING_HOOKS entry: steps 1–5 of the module docstring."""
     paths: dict[str, Any] = {}
@@ -513,6 +567,7 @@ def _tighten_requests(schemas: dict[str, Any]) -> None:
 _WHEN = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
                    {"type": "string", "maxLength": 0}]}
 _STATUSES = "(queued|planning|running|awaiting_hitl|paused|completed|failed|cancelled)"
+_TASK_STATUSES = "(open|claimed|completed|invalid|failed|clarify|expired|cancelled)"
 _EVENT_ID = {"type": "string", "pattern": r"^([A-Za-z0-9_-]+:)?[0-9]{1,10}$"}
 # Query and header parameters as the server reads them (the views declare names only).
 _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
@@ -539,6 +594,15 @@ _PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("/api/v1/flex/runs/{runId}/stream", "get"): {
         "lastEventId": {"description": "Replay the events after this one (`<runId>:<seq>` or `<seq>`)",
                         "schema": _EVENT_ID},
+    },
+    ("/api/v1/flex/tasks", "get"): {
+        "status": {"description": "Comma-separated task statuses",
+                   "schema": {"type": "string", "pattern": f"^({_TASK_STATUSES}(,{_TASK_STATUSES})*)?$"}},
+        "capabilityId": {"schema": {"type": "string", "maxLength": 200, "pattern": "^[^\\u0000]*$"}},
+        "runId": {"schema": {"type": "string", "maxLength": 40, "pattern": "^[^\\u0000]*$"}},
+        "agentType": {"schema": {"type": "string", "maxLength": 20, "pattern": "^[^\\u0000]*$"}},
+        "cursor": {"description": "From the `next` link of the previous page", "schema": {"type": "string"}},
+        "limit": {"schema": {"type": "integer", "minimum": 1, "maximum": 200}},
     },
     ("/api/hitl/pending", "get"): {
         "offset": {"schema": {"type": "integer", "minimum": 0, "maximum": 10**9}},
@@ -598,6 +662,8 @@ def _finish_operation(path: str, method: str, operation: dict[str, Any]) -> None
         status, component = op.ok
         responses[str(status)] = {"description": responses.get(str(status), {}).get("description") or "OK",
                                   "content": {"application/json": {"schema": _ref(component)}}}
+    if op.empty is not None:
+        responses[str(op.empty[0])] = {"description": op.empty[1]}
     if op.sse is not None:
         responses[str(op.sse)] = {"description": "The run's events as server-sent events", "content": SSE}
     errors = op.errors

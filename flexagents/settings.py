@@ -71,7 +71,8 @@ MIDDLEWARE = [
     "flexagents.access.RequestLogMiddleware",
     "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # whitenoise, made async-capable: no sync-only middleware may hold a thread for an async view.
+    "flexagents.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

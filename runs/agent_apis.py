@@ -48,23 +48,29 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 
 # --- bodies --------------------------------------------------------------------------
 
+def text(**kwargs: Any) -> StrictCharField:
+    """A string taken as sent: no trimming, so a schema-valid value (`minLength`
+    counts spaces) is never refused as blank, and a lease token is exact."""
+    return StrictCharField(trim_whitespace=False, **kwargs)
+
+
 class CapabilityInSerializer(StrictSerializer):
     capabilityId = serializers.RegexField(ID_PATTERN, max_length=200)
-    displayName = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
-    description = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
+    displayName = text(required=False, allow_blank=True, max_length=200, default="")
+    description = text(required=False, allow_blank=True, max_length=4000, default="")
     kind = serializers.ChoiceField(choices=CAPABILITY_KINDS)
     agentType = serializers.ChoiceField(choices=("ai", "human", "service"), required=False, default="ai")
-    inputFacets = serializers.ListField(child=StrictCharField(max_length=120), required=False, default=list,
+    inputFacets = serializers.ListField(child=text(max_length=120), required=False, default=list,
                                         max_length=50)
-    optionalInputFacets = serializers.ListField(child=StrictCharField(max_length=120), required=False,
+    optionalInputFacets = serializers.ListField(child=text(max_length=120), required=False,
                                                 default=list, max_length=50)
-    outputFacets = serializers.ListField(child=StrictCharField(max_length=120), min_length=1, max_length=50)
-    version = StrictCharField(required=False, allow_blank=True, max_length=40, default="")
+    outputFacets = serializers.ListField(child=text(max_length=120), min_length=1, max_length=50)
+    version = text(required=False, allow_blank=True, max_length=40, default="")
 
 
 class AgentRegisterSerializer(StrictSerializer):
     agentId = serializers.RegexField(ID_PATTERN, max_length=120)
-    displayName = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
+    displayName = text(required=False, allow_blank=True, max_length=200, default="")
     heartbeatSeconds = StrictIntegerField(min_value=1, max_value=3600, required=False, default=15)
     maxConcurrency = StrictIntegerField(min_value=1, max_value=1000, required=False, default=1)
     capabilities = CapabilityInSerializer(many=True, allow_empty=True, max_length=100)
@@ -79,7 +85,7 @@ class ClaimSerializer(StrictSerializer):
 
 
 class LeaseSerializer(StrictSerializer):
-    leaseToken = StrictCharField(max_length=64)
+    leaseToken = text(max_length=64)
 
 
 class CompleteSerializer(LeaseSerializer):
@@ -88,8 +94,8 @@ class CompleteSerializer(LeaseSerializer):
 
 
 class ErrorInSerializer(StrictSerializer):
-    code = StrictCharField(max_length=80)
-    message = StrictCharField(max_length=4000, allow_blank=True)
+    code = text(max_length=80)
+    message = text(max_length=4000, allow_blank=True)
 
 
 class FailSerializer(LeaseSerializer):
@@ -97,15 +103,15 @@ class FailSerializer(LeaseSerializer):
     retryable = serializers.BooleanField()
 
 
-class OptionSerializer(StrictSerializer):
-    id = StrictCharField(max_length=120)
-    label = StrictCharField(max_length=500)
-    description = StrictCharField(max_length=2000, required=False, allow_blank=True)
+class ClarifyOptionSerializer(StrictSerializer):
+    id = text(max_length=120)
+    label = text(max_length=500)
+    description = text(max_length=2000, required=False, allow_blank=True)
 
 
 class ClarifySerializer(LeaseSerializer):
-    question = StrictCharField(max_length=4000)
-    options = OptionSerializer(many=True, required=False, default=list, max_length=20)
+    question = text(max_length=4000)
+    options = ClarifyOptionSerializer(many=True, required=False, default=list, max_length=20)
     allowFreeForm = serializers.BooleanField(required=False, default=True)
 
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 
 from flexagents.roles import (
     HUMAN_CAPABILITY_GROUP_PREFIX, human_capabilities_granted, user_may_do_human_capability, user_may_view_all_runs,
 )
-from runs.models import Task, TaskStatus
+from runs.models import RunStatus, Task, TaskStatus
 
 HUMAN = "human"
 OPEN_OR_CLAIMED = (TaskStatus.OPEN, TaskStatus.CLAIMED)
@@ -79,6 +78,7 @@ def human_tasks_for_person(*, user: Any, status: str = "all", capability_id: str
         qs = qs.filter(status=TaskStatus.CLAIMED, claimed_by=user, agent_id="")
     else:
         qs = qs.filter(status__in=OPEN_OR_CLAIMED)
+    qs = qs.filter(run__status=RunStatus.RUNNING)  # a finished run's task is closed by the sweep soon
     if capability_id:
         qs = qs.filter(capability_id=capability_id)
     return list(qs.select_related("run", "claimed_by").order_by("created_at", "id")[:limit])
@@ -165,23 +165,12 @@ def task_view(task: Task) -> dict[str, Any]:
 
 
 # --- acting: the task services, with the person as the actor ------------------------------
-# Each call and its audit entry (the person as actor, shown on the run page's
-# audit trail) commit in one transaction.
-
-def _audit(task: Task, *, user: Any, action: str, **details: Any) -> None:
-    from runs.services import audit_add
-    audit_add(run=task.run, action=action, actor=user, plan_version=task.plan_version,
-              details={"taskId": task.id, "nodeId": task.node_id, "capabilityId": task.capability_id,
-                       "attempt": task.attempt, **details})
-
+# The services write the audit entries (task_claimed, task_completed,
+# task_output_invalid) with the person as actor, in their transaction.
 
 def claim_for_person(*, user: Any, task_id: str) -> Task:
     from runs.engine.tasks import task_claim_for_person
-    with transaction.atomic():
-        task = task_claim_for_person(user=user, task_id=task_id).task
-        _audit(task, user=user, action="task_claimed",
-               leaseExpiresAt=task.lease_expires_at.isoformat() if task.lease_expires_at else None)
-    return task
+    return task_claim_for_person(user=user, task_id=task_id).task
 
 
 def extend_for_person(*, user: Any, task_id: str, lease_token: str) -> Task:
@@ -193,13 +182,8 @@ def complete_for_person(*, user: Any, task_id: str, lease_token: str, output: di
     """[] when the output was committed; else the contract's errors (the
     attempt is counted and the node offered again, as for an agent)."""
     from runs.engine.tasks import task_complete
-    task = Task.objects.select_related("run").get(pk=task_id)
-    with transaction.atomic():
-        completion = task_complete(user=user, task_id=task_id, lease_token=lease_token, output=output)
-        errors = [] if completion.accepted else list(completion.errors or [{"path": "/", "message": "invalid output"}])
-        _audit(task, user=user, action="task_completed" if not errors else "task_output_invalid",
-               outputFacets=sorted(output) if not errors else [], errors=len(errors))
-    return errors
+    completion = task_complete(user=user, task_id=task_id, lease_token=lease_token, output=output)
+    return [] if completion.accepted else list(completion.errors or [{"path": "/", "message": "invalid output"}])
 
 
 def reoffered_task(task: Task) -> Task | None:

@@ -140,7 +140,9 @@ def events_committed(rows: Iterable[Any]) -> None:
 
 
 def _count(rows: list[Any]) -> None:
-    restarted = {row.node_id: row.payload.get("capabilityId", "") for row in rows if row.type == ev.NODE_START}
+    # Started again in a worker (node_start) or offered again as a task (node_dispatched).
+    restarted = {row.node_id: row.payload.get("capabilityId", "") for row in rows
+                 if row.type in (ev.NODE_START, ev.NODE_DISPATCHED)}
     for row in rows:
         payload = row.payload or {}
         usage = payload.get("usage") if row.type in _USAGE_EVENTS else None

@@ -61,7 +61,7 @@ def runs_annotated(qs: QuerySet[Run]) -> QuerySet[Run]:
 
 STATUS_COLOURS = {
     "pending": "#9aa5b1", "running": "#2f80ed", "completed": "#27ae60", "failed": "#eb5757",
-    "awaiting_hitl": "#f2994a", "skipped": "#cfd6dd",
+    "awaiting_hitl": "#f2994a", "skipped": "#cfd6dd", "dispatched": "#9b51e0",
 }
 
 

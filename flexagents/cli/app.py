@@ -230,10 +230,17 @@ def runs(
 
 @app.command()
 def agents(as_json: bool = typer.Option(False, "--json", help="print the raw JSON")) -> None:
-    """Capabilities grouped by where they run (from GET /api/v1/flex/capabilities)."""
+    """Registered agents (GET /api/v1/flex/agents: status, heartbeat, capabilities), then every
+    capability grouped by where it runs (GET /api/v1/flex/capabilities) when your role may read the catalog."""
     client = State.client()
     try:
-        capabilities = client.request("GET", "/api/v1/flex/capabilities")["capabilities"]
+        registered = client.request("GET", "/api/v1/flex/agents")["agents"]
+        try:
+            capabilities = client.request("GET", "/api/v1/flex/capabilities")["capabilities"]
+        except FlexError as error:
+            if error.status != 403:
+                raise
+            capabilities = []  # an agent token reads its own agents only
     except FlexError as error:
         fail(error)
     finally:
@@ -242,8 +249,16 @@ def agents(as_json: bool = typer.Option(False, "--json", help="print the raw JSO
     for capability in capabilities:
         groups.setdefault(where_it_runs(capability), []).append(capability)
     if as_json:
-        print_json(groups)
+        print_json({"agents": registered, "capabilities": groups})
         return
+    table = Table(title=f"agents ({len(registered)})", title_justify="left")
+    for column in ("agent", "status", "last heartbeat", "every", "max tasks", "capabilities"):
+        table.add_column(column, overflow="fold")
+    for agent in registered:
+        table.add_row(agent["agentId"], agent["status"], agent.get("lastHeartbeatAt") or "",
+                      f"{agent.get('heartbeatSeconds', '')}s", str(agent.get("maxConcurrency", "")),
+                      ", ".join(f"{c['capabilityId']} ({c['status']})" for c in agent.get("capabilities", [])))
+    console.print(table)
     for where, members in sorted(groups.items()):
         table = Table(title=f"{where} ({len(members)})", title_justify="left")
         for column in ("capability", "kind", "agent type", "status", "inputs -> outputs"):
@@ -256,11 +271,11 @@ def agents(as_json: bool = typer.Option(False, "--json", help="print the raw JSO
 
 
 def where_it_runs(capability: dict[str, Any]) -> str:
-    """Until an agents endpoint exists: an external agent's id when the
-    capability names one, people for human capabilities, else the server."""
+    """`runsOn` of the catalog: an agent (with its id), people, or the server."""
+    runs_on = capability.get("runsOn")
     if capability.get("agentId"):
         return f"agent {capability['agentId']}"
-    if capability.get("agentType") == "human":
+    if runs_on == "people" or capability.get("agentType") == "human":
         return "people (task inbox)"
     return "server (in-process)"
 

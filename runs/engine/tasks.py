@@ -74,10 +74,13 @@ class ClaimedTask:
 
 def task_payload(task: Task, *, bundle: dict[str, Any] | None = None, with_lease: bool = False) -> dict[str, Any]:
     """The JSON form of a task (API.md, Tasks). The lease token only for its holder."""
+    status = task.status
+    if status in LIVE_STATUSES and "run" in task._state.fields_cache and task.run.status != RunStatus.RUNNING:
+        status = TaskStatus.CANCELLED  # its run ended; the sweep closes the row soon
     body: dict[str, Any] = {
         "taskId": task.id, "runId": task.run_id, "nodeId": task.node_id, "capabilityId": task.capability_id,
         "agentType": task.agent_type, "attempt": task.attempt, "planVersion": task.plan_version,
-        "status": task.status, "agentId": task.agent_id or None,
+        "status": status, "agentId": task.agent_id or None,
         "claimedBy": task.claimed_by.get_username() if task.claimed_by_id and task.claimed_by else None,
         "createdAt": task.created_at, "claimedAt": task.claimed_at, "leaseExpiresAt": task.lease_expires_at,
     }
@@ -196,6 +199,9 @@ def task_claim_for_person(*, user: Any, task_id: str, now: datetime | None = Non
                 claimed = _take(task, agent_id="", user=user, now=now)
         except Fenced:
             claimed = None
+        if claimed is not None:
+            _audit_person(claimed.task, user, "task_claimed", {"capabilityId": task.capability_id,
+                                                               "attempt": task.attempt})
     if claimed is None:
         raise LeaseLost("The task's run is no longer running.")
     return claimed
@@ -286,9 +292,10 @@ def task_complete(*, user: Any, task_id: str, lease_token: str, output: Any,
             else:
                 Task.objects.filter(pk=task.pk).update(status=TaskStatus.INVALID,
                                                        error={"code": "validation_failed", "errors": outcome.errors})
-                metrics.validation_retry(capability_id=node.capability_id)
                 loop.on_invalid(ctx, step, node, outcome)
             loop.commit(ctx, step, holder=False)
+            _audit_person(task, user, "task_completed" if outcome.kind == executor.SUCCESS else "task_output_invalid",
+                          {"capabilityId": task.capability_id, "attempt": task.attempt})
     except Fenced:
         raise LeaseLost() from None
     return Completion(accepted=outcome.kind == executor.SUCCESS, errors=outcome.errors)
@@ -306,6 +313,7 @@ def task_fail(*, user: Any, task_id: str, lease_token: str, error: dict[str, Any
             step = Step()
             loop.on_error(ctx, step, node, outcome)
             loop.commit(ctx, step, holder=False)
+            _audit_person(task, user, "task_failed", {"error": dict(error), "retryable": retryable})
     except Fenced:
         raise LeaseLost() from None
 
@@ -324,10 +332,67 @@ def task_clarify(*, user: Any, task_id: str, lease_token: str, question: str,
             policies.on_clarify(ctx, step, node, ClarificationNeeded(question, options=options,
                                                                      allow_free_form=allow_free_form))
             loop.commit(ctx, step, holder=False)
+            _audit_person(task, user, "task_clarify", {"question": question})
     except Fenced:
         raise LeaseLost() from None
     request = next(e for e in step.events if e.type == ev.HITL_REQUEST)
     return str(request.payload["requestId"])
+
+
+# --- people (human capabilities, in the console) ------------------------------------
+
+def tasks_for_person(user: Any, *, status: str | None = TaskStatus.OPEN) -> Any:
+    """Human tasks a person may claim or holds (the console's task inbox):
+    operators and superusers see every human task, a person granted human
+    capabilities (group `capability:<id>`) their tasks; `status` None: any.
+    Tasks of runs no longer running are left out of open/claimed lists."""
+    from flexagents.roles import human_capabilities_granted
+
+    granted = None if user.is_superuser else human_capabilities_granted(user)
+    if granted is not None and not granted:
+        return Task.objects.none()
+    qs = Task.objects.filter(agent_type="human").select_related("run", "claimed_by").order_by("-created_at", "-id")
+    if granted is not None:
+        qs = qs.filter(capability_id__in=sorted(granted))
+    if status is not None:
+        qs = qs.filter(status=status)
+        if status in LIVE_STATUSES:
+            qs = qs.filter(run__status=RunStatus.RUNNING)
+    return qs
+
+
+def task_bundle_for_person(*, user: Any, task_id: str) -> dict[str, Any]:
+    """What a person sees of a human task before and while working on it:
+    the node's bundle, redacted (API.md, Redaction: a page is a surface),
+    with the output facets' JSON Schemas for the form."""
+    from flexagents.redaction import FREE_TEXT_KEYS, redact, redact_facets
+    from planner.facets import get_catalog
+
+    task = task_for_actor(user=user, task_id=task_id)
+    if task.agent_type != "human":
+        raise NotFound("No such task.", code="task_not_found")
+    with transaction.atomic():
+        ctx = _context(task.run_id)
+        bundle = build_task_bundle(ctx, task)
+        output_facets = list(ctx.graph_node(task.node_id).get("outputFacets", []))
+    catalog = get_catalog()
+    schemas = {name: facet.schema for name, facet in catalog.items()}
+    bundle["facets"] = redact_facets(bundle["facets"], schemas)
+    shown: dict[str, Any] = redact(bundle, text_keys=FREE_TEXT_KEYS)
+    shown["outputFacets"] = [{"name": name, "title": catalog[name].title, "description": catalog[name].description,
+                              "schema": catalog[name].schema} for name in output_facets if name in catalog]
+    return shown
+
+
+def _audit_person(task: Task, user: Any, action: str, details: dict[str, Any]) -> None:
+    """A person's act on a human task is in the run's audit trail."""
+    from runs.models import AuditEntry
+
+    if task.agent_id or user is None:
+        return
+    AuditEntry.objects.create(run_id=task.run_id, action=action, actor=user, actor_display=user.get_username(),
+                              plan_version=task.plan_version,
+                              details={"taskId": task.id, "nodeId": task.node_id, **details})
 
 
 # --- listing -----------------------------------------------------------------------

@@ -12,17 +12,18 @@
   var lastId = list.dataset.lastEventId || "";
   var seen = {};
   Array.prototype.forEach.call(list.querySelectorAll("li[data-id]"), function (li) { seen[li.dataset.id] = true; });
-  var TYPES = ["start", "plan_requested", "plan_rejected", "plan_generated", "plan_updated", "node_start",
-    "node_complete", "node_error", "validation_error", "policy_triggered", "hitl_request", "hitl_update",
-    "hitl_resolved", "complete", "log", "goal_evaluated"];
+  var TYPES = ["start", "plan_requested", "plan_rejected", "plan_generated", "plan_updated", "node_dispatched",
+    "node_start", "node_complete", "node_error", "validation_error", "policy_triggered", "hitl_request", "hitl_update",
+    "hitl_resolved", "hitl_escalated", "complete", "log", "goal_evaluated"];
   var COLOURS = { pending: "#9aa5b1", running: "#2f80ed", completed: "#27ae60", failed: "#eb5757",
-    awaiting_hitl: "#f2994a", skipped: "#cfd6dd" };
+    awaiting_hitl: "#f2994a", skipped: "#cfd6dd", dispatched: "#9b51e0" };
   var source = null;
 
   function summary(f) {
     var p = f.payload || {};
     switch (f.type) {
-      case "node_start": return p.nodeId + " started (attempt " + p.attempt + ")";
+      case "node_dispatched": return p.nodeId + " offered as task " + p.taskId + " (attempt " + p.attempt + ")";
+      case "node_start": return p.nodeId + " started (attempt " + p.attempt + ")" + (p.agentId ? " by agent " + p.agentId : (p.claimedBy ? " by " + p.claimedBy : ""));
       case "node_complete": return p.nodeId + " completed \u2192 " + (p.outputFacets || []).join(", ");
       case "node_error": return p.nodeId + ": " + ((p.error || {}).message || "");
       case "hitl_request": return p.kind + ": " + p.question;
@@ -189,6 +190,7 @@
     showUpdated(f.timestamp);
     var p = f.payload || {};
     if (f.type === "node_start") { colourNode(p.nodeId, "running"); setStatus("running"); }
+    else if (f.type === "node_dispatched") { colourNode(p.nodeId, "dispatched"); }
     else if (f.type === "node_complete") { colourNode(p.nodeId, "completed"); }
     else if (f.type === "node_error" && !p.willRetry) { colourNode(p.nodeId, "failed"); }
     else if (f.type === "hitl_request") {

@@ -186,3 +186,36 @@ def test_an_agent_asks_for_clarification_a_person_answers_from_the_hitl_inbox_an
     assert done.status_code == 200, done.text
     wait_for_status(page, orm, run.id, RunStatus.COMPLETED)
     assert orm(lambda: Run.objects.get(pk=run.id).output)["final_copy"]["text"].endswith("(15 minutes)")
+
+
+@pytest.mark.parametrize("server", [HUMAN_SERVER], indirect=True)
+def test_a_person_granted_the_capability_does_the_task_on_the_history_pages(
+        server: str, human_catalog: None, make_user: Any, client_user: Any, drain: Any, orm: Any,
+        chromium: Any) -> None:
+    from django.contrib.auth.models import Group
+
+    editor = make_user("edith", "client")  # not staff: no admin console
+    editor.groups.add(Group.objects.get_or_create(name="capability:human.CopyEdit")[0])
+    run = run_create(user=client_user, envelope=load_envelope("human-task"))
+    task = wait_for_open_task(run.id, drain)
+
+    page = chromium().new_page(viewport={"width": 1280, "height": 1000})
+    login(page, server, "edith", admin=False)
+    page.click("#nav-task-inbox")
+    page.locator(f"tr.task-row[data-task-id='{task.id}'] a.task-link").click()
+    page.wait_for_selector(f"#task[data-task-id='{task.id}']")
+    page.click("#task-claim")
+    page.wait_for_selector("#task-form .rjf-form-wrapper", timeout=TIMEOUT_MS)
+    assert "You claimed task" in page.inner_text(".messagelist")
+    editor_field(page, "final_copy", "text").fill(FINAL_TEXT)
+    page.click("#task-form .rjf-add-button")  # "What was changed": one item
+    editor_field(page, "final_copy", "changes", "0").fill("Shortened the call to action")
+    editor_field(page, "final_copy", "readyToPublish").check()
+    screenshot(page, "history-task-form")
+    page.click("#task-submit")
+    page.wait_for_selector(".messagelist .success", timeout=TIMEOUT_MS)
+    wait_for_status(page, orm, run.id, RunStatus.COMPLETED)
+    final = orm(lambda: Run.objects.get(pk=run.id).output)["final_copy"]
+    assert final["changes"] == ["Shortened the call to action"] and final["text"] == FINAL_TEXT
+    assert orm(lambda: list(AuditEntry.objects.filter(run_id=run.id, actor__username="edith")
+                            .values_list("action", flat=True))) == ["task_claimed", "task_completed"]

@@ -632,3 +632,68 @@ def test_task_secrets_appear_nowhere_on_the_task_inbox_and_the_task_page(setting
     assert "publish with CMS token=[redacted]" in form_page
     assert "Schedule it with token=[redacted]" in form_page
     assert "publish with CMS token=[redacted]" in shown["inbox /runs/tasks/ as sam"]
+
+
+# --- tasks: the task list, a person's view of a human task, the logs ------------------
+
+HUMAN_REVIEW = {"capabilityId": "human.Review", "displayName": "Human reviewer", "kind": "validation",
+                "inputFacets": ["copyVariants"], "outputFacets": ["qa_report"]}
+
+
+def task_envelope(capability: str) -> dict[str, Any]:
+    envelope = planted_envelope("leaky.Review")
+    others = [c for c in ("leaky.Review", "leaky.BrokenReview", "acme.Review", "human.Review") if c != capability]
+    envelope["policies"]["planner"]["selection"] = {"require": [capability], "forbid": ["qa.ContentReview", *others]}
+    return envelope
+
+
+@pytest.mark.django_db(transaction=True)
+def test_task_surfaces_show_no_secrets(leaky_capabilities, settings, json_log, api_for, client_user, operator,
+                                       make_user, drain):
+    from runs.engine import tasks as task_services
+    from tests.runs.agents_helpers import registration
+
+    settings.FLEX_HUMAN_CAPABILITIES = [HUMAN_REVIEW]
+    agent = api_for(make_user("acme-bot", "agent"))
+    assert agent.post("/api/v1/flex/agents/register", registration(), format="json").status_code == 200
+    api = api_for(client_user)
+    by_agent = api.post("/api/v1/flex/runs", task_envelope("acme.Review"), format="json").json()["runId"]
+    by_person = api.post("/api/v1/flex/runs", task_envelope("human.Review"), format="json").json()["runId"]
+    drain()
+
+    shown: dict[str, str] = {}
+    for name, reader in (("operator", api_for(operator)), ("agent", agent)):
+        listing = reader.get("/api/v1/flex/tasks")
+        assert listing.status_code == 200
+        shown[f"task list as {name}"] = listing.content.decode()
+    assert by_agent in shown["task list as agent"] and by_person in shown["task list as operator"]
+
+    # The agent is the capability: its claim carries the real values, as an
+    # in-process capability's bundle does (docs/agents.md).
+    claimed = agent.post("/api/v1/flex/agents/acme-review/tasks/claim", {}, format="json").json()["task"]
+    assert claimed["bundle"]["metadata"]["apiKey"] == "sk-meta-111"
+    report = review(claimed["bundle"]["facets"]["copyVariants"])
+    report["reviewer"] = {"name": "Agent", "account": {"password": 918273, "token": ["sk-out-555"]}}
+    done = agent.post(f"/api/v1/flex/tasks/{claimed['taskId']}/complete",
+                      {"leaseToken": claimed["leaseToken"], "output": {"qa_report": report}}, format="json")
+    assert done.status_code == 200, done.json()
+    drain()
+    assert Run.objects.get(pk=by_agent).status == "completed"
+    shown["debug of the agent's run"] = api_for(operator).get(f"/api/v1/flex/runs/{by_agent}").content.decode()
+    shown["task list after"] = api_for(operator).get("/api/v1/flex/tasks").content.decode()
+
+    # A person's view of a human task: redacted, ordinary values visible.
+    human_task = task_services.tasks_for_person(operator).get(run_id=by_person)
+    person_view = task_services.task_bundle_for_person(user=operator, task_id=human_task.id)
+    shown["human task bundle"] = json.dumps(person_view)
+    assert person_view["metadata"]["apiKey"] == "[redacted]"
+    assert person_view["metadata"]["campaign"] == "spring-launch"
+    assert [f["name"] for f in person_view["outputFacets"]] == ["qa_report"]
+    claimed_by_person = task_services.task_claim_for_person(user=operator, task_id=human_task.id)
+    shown["human claim as shown"] = json.dumps(task_services.task_bundle_for_person(
+        user=operator, task_id=claimed_by_person.task.id))
+    shown["logs"] = json_log.getvalue()
+
+    assert {name: leaked(text) for name, text in shown.items() if leaked(text)} == {}
+    # The surfaces really carried the tasks (not empty bodies that leak nothing).
+    assert "node_dispatched" in shown["debug of the agent's run"] and "[redacted]" in shown["human task bundle"]

@@ -325,3 +325,27 @@ def test_the_run_page_in_the_console_links_its_waiting_task(task: Task, operator
 
     page = browser(operator).get(f"/admin/runs/run/{quote(task.run_id)}/change/").content.decode()
     assert 'id="run-tasks"' in page and f'href="{task_url(CONSOLE, task)}"' in page
+
+
+def test_an_invalid_output_after_the_last_attempt_sends_the_person_to_the_run_waiting_for_a_decision(
+        human_catalog: None, client_user: Any, operator: Any, drain: Any) -> None:
+    from hitl.models import HitlRequest
+
+    envelope = load_envelope("human-task")
+    envelope["constraints"] = {"maxRetries": 0}
+    run = run_create(user=client_user, envelope=envelope)
+    for _ in range(20):
+        drain()
+        task = Task.objects.filter(run_id=run.id, status=TaskStatus.OPEN).first()
+        if task is not None:
+            break
+    c = browser(operator)
+    c.post(f"{task_url(CONSOLE, task)}claim/")
+    response = c.post(f"{task_url(CONSOLE, task)}complete/",
+                      output_post(task, {"final_copy": {"text": "Too short", "readyToPublish": True}}))
+    assert response.status_code == 302 and "/admin/runs/run/" in response["Location"]
+    shown = c.get(response["Location"]).content.decode()
+    assert "No more attempts are left" in shown and "/final_copy/text" in shown
+    assert not Task.objects.filter(run_id=run.id, status__in=[TaskStatus.OPEN, TaskStatus.CLAIMED]).exists()
+    assert Run.objects.get(pk=run.id).status == RunStatus.AWAITING_HITL
+    assert HitlRequest.objects.get(run_id=run.id).kind == "approval"
