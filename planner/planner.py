@@ -373,7 +373,7 @@ def _assemble(planner: _Planner, envelope: dict[str, Any],
     state = planner.state
     consumes = _consumption(planner)
     order = _topological(state.chosen, consumes, state.producer_of)
-    ids = _node_ids(order)
+    ids = _node_ids(order, {cid: cls.node_name for cid, cls in planner.all_classes.items() if cls.node_name})
 
     # Wire first, so that each node's rationale can name what it feeds.
     wiring = {cid: _wire(ids[cid], [*consumes[cid][0], *consumes[cid][1]], state.producer_of, ids)
@@ -479,16 +479,15 @@ def _topological(chosen: list[str], consumes: dict[str, tuple[list[str], list[st
     return order
 
 
-def _node_ids(order: list[str]) -> dict[str, str]:
-    """Short, stable ids: the capability id up to its first dot; when several
-    capabilities of the plan share that prefix (`llm.SocialPosting`,
-    `llm.ContentReview`), the part after it; de-duplicated with -2, -3…"""
+def _node_ids(order: list[str], names: dict[str, str] | None = None) -> dict[str, str]:
+    """Short, stable ids: the capability's `node_name` when it declares one
+    (the language-model twins take their namesakes' node ids, so runtime
+    policies that select a node by id apply to either), else its id up to the
+    first dot; de-duplicated with -2, -3…"""
     taken = {OUTPUT_NODE_ID}
     ids: dict[str, str] = {}
-    prefixes = [cid.split(".", 1)[0] for cid in order]
     for cid in order:
-        prefix, _, rest = cid.partition(".")
-        base = (rest if rest and prefixes.count(prefix) > 1 else prefix) or "node"
+        base = (names or {}).get(cid) or cid.split(".", 1)[0] or "node"
         candidate, suffix = base, 2
         while candidate in taken:
             candidate, suffix = f"{base}-{suffix}", suffix + 1

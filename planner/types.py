@@ -107,6 +107,8 @@ class Capability:
     # envelope requires or prefers it, or no other capability produces it
     # (the language-model twins of the demo catalog).
     selected_by_default: ClassVar[bool] = True
+    # The id of this capability's node in a plan; "" = its id up to the first dot.
+    node_name: ClassVar[str] = ""
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         """Return `{facet_name: value}` for this capability's output facets."""

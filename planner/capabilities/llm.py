@@ -304,4 +304,5 @@ def capability_class(declaration: LlmDeclaration) -> type[LanguageModelCapabilit
         "output_facets": declaration.output_facets,
         "description": declaration.description,
         "selected_by_default": declaration.selected_by_default,
+        "node_name": declaration.node_name,
     })

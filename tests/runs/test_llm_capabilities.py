@@ -155,7 +155,7 @@ def test_directives_and_clarifications_reach_the_prompt(llm, api_for, client_use
     assert request.kind == "clarify"
     assert request.question == "Which readers should the post speak to?"
     assert request.options == [{"id": "banks", "label": "Bank compliance teams"}]
-    assert request.pending_node_id == "SocialPosting"
+    assert request.pending_node_id == "strategist"  # the twin takes its namesake's node id
     first = llm.requests()[0]
     assert "# Directives" in user_prompt(first) and "plain words, no hype" in user_prompt(first)
 
@@ -294,7 +294,7 @@ def test_an_invalid_json_reply_counts_as_a_validation_attempt_and_the_errors_rea
 
     assert Run.objects.get(pk=run_id).status == "completed"
     invalid = events(run_id, "validation_error")
-    assert {e["nodeId"] for e in invalid} == {"SocialPosting"}
+    assert {e["nodeId"] for e in invalid} == {"strategist"}
     assert [e["attempt"] for e in invalid] == [1, 2]
     assert "not JSON" in invalid[0]["errors"][0]["message"]
     assert "output token limit (1200)" in invalid[0]["errors"][0]["message"]
