@@ -422,3 +422,6 @@ def test_the_api_key_appears_in_no_event_log_line_debug_view_or_admin_page(llm, 
     assert "[redacted]" in shown[f"events {failed} {support}"]  # where the endpoint echoed the key
     assert '"promptTokens":300' in shown[f"sse {completed} {support}"].replace(" ", "")
     assert "llm call" in shown["logs"]
+    # The console and the history page show each node's tokens (prompt + completion).
+    assert "<td>300 + 120</td>" in shown[f"page /admin/runs/run/{completed}/change/"]
+    assert "<td>300 + 120</td>" in shown[f"page /runs/{completed}/"]

@@ -725,6 +725,14 @@ export interface components {
             outputFacets: string[];
             /** @enum {string} */
             status: "active" | "inactive";
+            /** @description Only for a capability backed by a language model (docs/models.md). */
+            llm?: {
+                endpoint: string;
+                model: string | null;
+                temperature: number | null;
+                maxTokens: number;
+                selectedByDefault: boolean;
+            };
         };
         CapabilityList: {
             capabilities: components["schemas"]["Capability"][];
