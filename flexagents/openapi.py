@@ -151,9 +151,10 @@ def envelope_components() -> dict[str, Any]:
         facets = branch["properties"].get("facets")
         if facets is not None:
             facets["items"] = {"type": "string", "enum": sorted(catalog)}
-    root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, "
-                           "`policies.planner.optimisation` and `policies.planner.directives` are accepted but "
-                           "not yet enforced.")
+    root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds` and "
+                           "`policies.planner.optimisation` are accepted but not yet enforced; "
+                           "`policies.planner.directives` reach only language-model capabilities; "
+                           "`constraints.maxTokens` caps the run's language-model tokens (docs/models.md).")
     components[prefix] = root
     return components
 

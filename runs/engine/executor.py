@@ -43,7 +43,8 @@ class Outcome:
 
 def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: dict[str, Any],
                  envelope: dict[str, Any], clarifications: list[dict[str, Any]], attempt: int,
-                 plan_version: int, previous_errors: list[dict[str, Any]] | None = None) -> ContextBundle:
+                 plan_version: int, previous_errors: list[dict[str, Any]] | None = None,
+                 tokens_left: int | None = None) -> ContextBundle:
     wanted = list(node.get("inputFacets", [])) + list(node.get("optionalInputFacets", []))
     return ContextBundle(
         run_id=run_id,
@@ -61,6 +62,7 @@ def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: d
         plan_version=plan_version,
         metadata=envelope.get("metadata", {}),
         previous_errors=list(previous_errors or []),
+        tokens_left=tokens_left,
     )
 
 

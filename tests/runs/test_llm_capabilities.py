@@ -335,6 +335,9 @@ def test_exceeding_max_tokens_fails_the_run(llm, api_for, client_user, drain):
     complete = events(run_id, "complete")[-1]
     assert complete["status"] == "failed" and complete["error"]["code"] == "token_budget_exceeded"
     assert not [r for r in llm.requests() if FOR_REVIEWER in user_prompt(r)]  # nothing ran after it
+    # The copywriter asked for no more output than the budget had left (1000 - 420), not its 2000.
+    copywriter = next(r for r in llm.requests() if FOR_COPYWRITER in user_prompt(r))
+    assert copywriter["body"]["max_completion_tokens"] == 580
 
 
 def test_a_max_tokens_that_is_not_a_positive_integer_is_refused(llm, api_for, client_user):

@@ -578,7 +578,7 @@ export interface components {
         };
         /**
          * TaskEnvelope
-         * @description What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, `policies.planner.optimisation` and `policies.planner.directives` are accepted but not yet enforced.
+         * @description What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds` and `policies.planner.optimisation` are accepted but not yet enforced; `policies.planner.directives` reach only language-model capabilities; `constraints.maxTokens` caps the run's language-model tokens (docs/models.md).
          */
         TaskEnvelope: {
             objective: string;
