@@ -27,8 +27,8 @@ from bench.common import ROOT, emit, setup_django
 
 MODEL_DELAY_MS = float(os.environ.get("FLEX_BENCH_LLM_DELAY_MS", "50"))
 RUNS = int(os.environ.get("FLEX_BENCH_LLM_RUNS", "20"))
-MARKERS = {"SocialPosting": "(`strategic_rationale`)", "SocialpostDrafting": "(`post_copy`)",
-           "ContentReview": "(`qa_report`)"}
+# Node id -> what only that node's prompt contains.
+MARKERS = {"strategist": "(`strategic_rationale`)", "copywriter": "(`post_copy`)", "qa": "(`qa_report`)"}
 
 
 def main() -> None:
@@ -48,9 +48,9 @@ def main() -> None:
 
         replies = []
         for _ in range(RUNS + 1):
-            replies += [answer(brief_facets(), match=MARKERS["SocialPosting"], delayMs=MODEL_DELAY_MS),
-                        answer(copy_facets(2), match=MARKERS["SocialpostDrafting"], delayMs=MODEL_DELAY_MS),
-                        answer(review_facets(), match=MARKERS["ContentReview"], delayMs=MODEL_DELAY_MS)]
+            replies += [answer(brief_facets(), match=MARKERS["strategist"], delayMs=MODEL_DELAY_MS),
+                        answer(copy_facets(2), match=MARKERS["copywriter"], delayMs=MODEL_DELAY_MS),
+                        answer(review_facets(), match=MARKERS["qa"], delayMs=MODEL_DELAY_MS)]
         server.script(replies)
         user = bench_user()
         # One warm-up run (imports, the SDK client, connections), not measured.

@@ -152,7 +152,8 @@ def envelope_components() -> dict[str, Any]:
         if facets is not None:
             facets["items"] = {"type": "string", "enum": sorted(catalog)}
     root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope; docs/planning.md for "
-                           "`policies.planner.optimisation`, `directives` and `goals`).")
+                           "`policies.planner.optimisation`, `directives` and `goals`; "
+                           "`constraints.maxTokens` caps the run's language-model tokens, docs/models.md).")
     components[prefix] = root
     return components
 
@@ -213,7 +214,10 @@ COMPONENTS: dict[str, Any] = {
     "EventPage": _obj({"events": {"type": "array", "items": _ref("Event")}, "next": _NEXT}),
     "Capability": _obj({"capabilityId": _STR, "displayName": _STR, "kind": _STR, "agentType": _STR,
                         "inputFacets": _STRS, "optionalInputFacets": _STRS, "outputFacets": _STRS,
-                        "status": {"type": "string", "enum": ["active", "inactive"]}},
+                        "status": {"type": "string", "enum": ["active", "inactive"]},
+                        "llm": _obj({"endpoint": _STR, "model": _nullable(_STR), "temperature": _nullable(
+                            {"type": "number"}), "maxTokens": _INT, "selectedByDefault": _BOOL},
+                            description="Only for a capability backed by a language model (docs/models.md).")},
                        required=["capabilityId", "displayName", "kind", "agentType", "inputFacets", "outputFacets",
                                  "status"]),
     "CapabilityList": _obj({"capabilities": {"type": "array", "items": _ref("Capability")}}),

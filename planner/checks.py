@@ -6,7 +6,7 @@
 - planner.E004: the facet catalog cannot be loaded;
 - planner.E005: two configured paths declare the same capability id;
 - planner.E006: the language-model declarations (FLEX_LLM_CAPABILITIES) cannot be loaded;
-- planner.E007: a language-model declaration names an unknown facet or reuses a capability id.
+- planner.E007: an active language-model declaration names an unknown facet or reuses a capability id.
 """
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ def check_planner(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 def _llm_errors(catalog: dict[str, Facet]) -> list[CheckMessage]:
-    """Checked whether or not an endpoint is configured: a broken declaration
-    must fail `manage.py check` before anyone sets a key."""
-    from planner.llm import load_declarations
+    """The file is checked whether or not an endpoint is configured (a broken
+    file must fail `manage.py check` before anyone sets a key); the facets and
+    ids of the declarations that are active (their endpoint configured, so
+    they are registered). A deployment with its own facet catalog is not
+    held to the demo twins' facets until it configures their endpoint."""
+    from planner.llm import endpoint_configured, load_declarations
     from planner.registry import CapabilityImportError, configured_paths, load_capability_class
 
     try:
@@ -50,6 +53,8 @@ def _llm_errors(catalog: dict[str, Facet]) -> list[CheckMessage]:
             continue  # reported as planner.E001
     errors: list[CheckMessage] = []
     for declaration in declarations:
+        if not endpoint_configured(declaration.endpoint):
+            continue
         where = f"llm:{declaration.capability_id}"
         if declaration.capability_id in taken:
             errors.append(Error(f"Language-model capability {declaration.capability_id!r} reuses the id of a "

@@ -42,10 +42,11 @@ DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 TOKEN_LIMIT_PARAMETERS = ("max_completion_tokens", "max_tokens")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,60}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_NODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
 _FIELDS = frozenset({
     "capabilityId", "displayName", "description", "kind", "inputFacets", "optionalInputFacets", "outputFacets",
     "endpoint", "model", "instructions", "temperature", "maxTokens", "tokenLimitParameter", "timeoutSeconds",
-    "selectedByDefault",
+    "selectedByDefault", "nodeId",
 })
 
 
@@ -68,6 +69,7 @@ class LlmDeclaration:
     token_limit_parameter: str  # how the limit is sent: max_completion_tokens | max_tokens
     timeout_seconds: float
     selected_by_default: bool  # False: planned only when the envelope requires or prefers it
+    node_name: str = ""  # the node id in plans; "" = the capability id up to its first dot
 
     def describe(self) -> dict[str, Any]:
         """What the catalog API may show: no key, no URL."""
@@ -244,6 +246,9 @@ def parse_declaration(entry: Any, *, where: str) -> LlmDeclaration:
     selected = entry.get("selectedByDefault", True)
     if not isinstance(selected, bool):
         raise fail("selectedByDefault must be true or false")
+    node_name = entry.get("nodeId", "")
+    if not isinstance(node_name, str) or (node_name and not _NODE_RE.match(node_name)):
+        raise fail("nodeId must be a short name (letters, digits, _ and -)")
     display_name = entry.get("displayName", capability_id)
     description = entry.get("description", "")
     if not isinstance(display_name, str) or not isinstance(description, str):
@@ -255,7 +260,8 @@ def parse_declaration(entry: Any, *, where: str) -> LlmDeclaration:
         output_facets=names("outputFacets", required=True),
         endpoint=endpoint_name, model=model, instructions=instructions,
         temperature=float(temperature) if temperature is not None else None, max_tokens=max_tokens,
-        token_limit_parameter=parameter, timeout_seconds=float(timeout), selected_by_default=selected)
+        token_limit_parameter=parameter, timeout_seconds=float(timeout), selected_by_default=selected,
+        node_name=node_name)
 
 
 def active_declarations() -> list[LlmDeclaration]:

@@ -460,7 +460,8 @@ def _assemble(planner: _Planner, envelope: dict[str, Any],
     consumes = _consumption(planner)
     order = _topological(state.chosen, consumes, state.producer_of)
     ids = _node_ids(order, kept={cid: node.id for cid, node in planner.kept.items()},
-                    reuse=planner.replan.node_ids, taken=set(planner.replan.taken_ids))
+                    reuse=planner.replan.node_ids, taken=set(planner.replan.taken_ids),
+                    names={cid: cls.node_name for cid, cls in planner.all_classes.items() if cls.node_name})
 
     # Wire first, so that each node's rationale can name what it feeds.
     wiring = {cid: _wire(ids[cid], [*consumes[cid][0], *consumes[cid][1]], state.producer_of, ids)
@@ -581,8 +582,11 @@ def _topological(chosen: list[str], consumes: dict[str, tuple[list[str], list[st
 
 
 def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: dict[str, str] | None = None,
-              taken: set[str] | None = None) -> dict[str, str]:
-    """Short, stable ids: the capability id up to its first dot, de-duplicated with -2, -3…
+              taken: set[str] | None = None, names: dict[str, str] | None = None) -> dict[str, str]:
+    """Short, stable ids: the capability's `node_name` when it declares one
+    (the language-model twins take their namesakes' node ids, so runtime
+    policies that select a node by id apply to either), else its id up to the
+    first dot; de-duplicated with -2, -3…
 
     On a replan, kept nodes keep their ids, a capability that runs again
     reuses its node's id (`reuse`), and new nodes avoid every id the run has
@@ -594,7 +598,7 @@ def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: di
     for cid in order:
         if cid in ids:
             continue
-        base = cid.split(".", 1)[0] or "node"
+        base = (names or {}).get(cid) or cid.split(".", 1)[0] or "node"
         candidate, suffix = base, 2
         while candidate in taken:
             candidate, suffix = f"{base}-{suffix}", suffix + 1

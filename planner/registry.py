@@ -215,10 +215,14 @@ def configured_paths() -> list[str]:
 def llm_capability_classes() -> list[type[Capability]]:
     """One class per language-model declaration whose endpoint is configured
     (with no `OPENAI_API_KEY`, the demo's `llm.*` twins are left out)."""
-    from planner.capabilities.llm import capability_class
     from planner.llm import active_declarations
 
-    return [capability_class(declaration) for declaration in active_declarations()]
+    declarations = active_declarations()
+    if not declarations:
+        return []  # the openai SDK (seconds to import on a busy machine) is not loaded
+    from planner.capabilities.llm import capability_class
+
+    return [capability_class(declaration) for declaration in declarations]
 
 
 def builtin_registry() -> CapabilityRegistry:

@@ -56,6 +56,10 @@ class ContextBundle:
     # The errors of the node's last invalid output ([{path, message}]), so a
     # retry can do better (a language model is shown them).
     previous_errors: list[dict[str, Any]] = field(default_factory=list)
+    # Language-model tokens the run may still use (`constraints.maxTokens`
+    # minus what it used); None: no budget. A model call asks for no more
+    # output tokens than this.
+    tokens_left: int | None = None
     # Written by the capability, read by the engine after the call: one
     # `{"model", "promptTokens", "completionTokens"}` per model call of this
     # attempt (`record_usage`). Not part of the stored input.
@@ -138,6 +142,8 @@ class Capability:
     # envelope requires or prefers it, or no other capability produces it
     # (the language-model twins of the demo catalog).
     selected_by_default: ClassVar[bool] = True
+    # The id of this capability's node in a plan; "" = its id up to the first dot.
+    node_name: ClassVar[str] = ""
 
     def run(self, bundle: ContextBundle) -> dict[str, Any]:
         """Return `{facet_name: value}` for this capability's output facets."""

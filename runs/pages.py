@@ -239,7 +239,7 @@ def run_detail(run: Run) -> RunDetail:
                 "attempts": n.attempts, "plan_version": n.plan_version,
                 "validation_errors": pretty(n.validation_errors) if n.validation_errors else "",
                 "error": pretty(n.error) if n.error else "", "started_at": n.started_at,
-                "completed_at": n.completed_at, "duration_ms": n.duration_ms,
+                "completed_at": n.completed_at, "duration_ms": n.duration_ms, "tokens": node_tokens(n.usage),
                 "output": pretty(redact_facet_values(n.output, schemas), redacted=True) if n.output is not None else ""} for n in nodes],
         hitl_requests=request_rows,
         pending_request=pending,
@@ -252,6 +252,16 @@ def run_detail(run: Run) -> RunDetail:
                 "plan_version": a.plan_version, "at": a.created_at, "details": json.dumps(scrub(a.details))}
                for a in audit],
     )
+
+
+def node_tokens(usage: Any) -> str:
+    """A node's language-model tokens over its attempts, "prompt + completion"; "" without a model."""
+    entries = [u for u in usage or [] if isinstance(u, dict)]
+    if not entries:
+        return ""
+    prompt = sum(int(u.get("promptTokens") or 0) for u in entries)
+    completion = sum(int(u.get("completionTokens") or 0) for u in entries)
+    return f"{prompt} + {completion}"
 
 
 def timeline_row(event: RunEvent) -> dict[str, Any]:

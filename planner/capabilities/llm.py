@@ -222,7 +222,9 @@ class LanguageModelCapability(Capability):
             "model": model,
             "messages": build_messages(declaration, bundle),
             "response_format": response_format(bundle.contract),
-            declaration.token_limit_parameter: declaration.max_tokens,
+            # Never more output than the run's token budget has left.
+            declaration.token_limit_parameter: max(1, min(declaration.max_tokens, bundle.tokens_left))
+            if bundle.tokens_left is not None else declaration.max_tokens,
         }
         if declaration.temperature is not None:
             params["temperature"] = declaration.temperature
@@ -304,4 +306,5 @@ def capability_class(declaration: LlmDeclaration) -> type[LanguageModelCapabilit
         "output_facets": declaration.output_facets,
         "description": declaration.description,
         "selected_by_default": declaration.selected_by_default,
+        "node_name": declaration.node_name,
     })

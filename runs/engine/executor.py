@@ -44,7 +44,7 @@ class Outcome:
 def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: dict[str, Any],
                  envelope: dict[str, Any], clarifications: list[dict[str, Any]], attempt: int,
                  plan_version: int, goal_feedback: list[dict[str, Any]] | None = None,
-                 previous_errors: list[dict[str, Any]] | None = None) -> ContextBundle:
+                 previous_errors: list[dict[str, Any]] | None = None, tokens_left: int | None = None) -> ContextBundle:
     wanted = list(node.get("inputFacets", [])) + list(node.get("optionalInputFacets", []))
     return ContextBundle(
         run_id=run_id,
@@ -65,6 +65,7 @@ def build_bundle(*, run_id: str, node: dict[str, Any], objective: str, facets: d
         directives=dict(((envelope.get("policies") or {}).get("planner") or {}).get("directives") or {}),
         goal_feedback=list(goal_feedback or []),
         previous_errors=list(previous_errors or []),
+        tokens_left=tokens_left,
     )
 
 

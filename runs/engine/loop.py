@@ -349,7 +349,8 @@ def run_node(ctx: RunContext, node: NodeRun, heartbeat: Heartbeat | None) -> Non
         envelope=ctx.envelope, clarifications=policies.clarifications_for(ctx, node.node_id),
         attempt=node.attempts, plan_version=ctx.run.plan_version,
         goal_feedback=policies.goal_feedback_for(ctx, node.node_id),
-        previous_errors=history[-1].get("errors", []) if history and isinstance(history[-1], dict) else [])
+        previous_errors=history[-1].get("errors", []) if history and isinstance(history[-1], dict) else [],
+        tokens_left=tokens_left(ctx))
     outcome = executor.execute(graph_node, bundle)
     if heartbeat is not None and heartbeat.lost.is_set():
         # Another worker owns the run now: whatever we got is discarded (the
@@ -385,6 +386,14 @@ def tokens_used(ctx: RunContext, step: Step) -> int:
         entries = step.node_updates.get(node_id, {}).get("usage", node.usage) or []
         total += sum(int(e.get("promptTokens") or 0) + int(e.get("completionTokens") or 0) for e in entries)
     return total
+
+
+def tokens_left(ctx: RunContext) -> int | None:
+    """What is left of `constraints.maxTokens` (None: no budget)."""
+    budget = ctx.envelope.get("constraints", {}).get("maxTokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return None
+    return max(budget - tokens_used(ctx, Step()), 0)
 
 
 def over_token_budget(ctx: RunContext, step: Step, node: NodeRun, outcome: executor.Outcome) -> bool:

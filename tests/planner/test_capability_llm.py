@@ -62,13 +62,15 @@ def test_it_fills_in_the_defaults():
     ({"instructions": " "}, "instructions must be a non-empty string"),
     ({"tokenLimitParameter": "max_output"}, "tokenLimitParameter must be one of"),
     ({"apiKey": "sk-in-a-file"}, "unknown field(s) apiKey"),
+    ({"nodeId": "a node"}, "nodeId must be a short name"),
 ])
 def test_it_refuses_a_bad_declaration_naming_the_field(fields, message):
     with pytest.raises(ImproperlyConfigured, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_declaration(declaration(**fields), where="x")
 
 
-def test_a_broken_declaration_file_fails_manage_py_check(settings, tmp_path):
+def test_a_broken_declaration_file_fails_manage_py_check(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-check-123456")  # facets are checked for active declarations
     path = tmp_path / "llm.json"
     path.write_text(json.dumps({"capabilities": [declaration(outputFacets=["videoScript"])]}))
     settings.FLEX_LLM_CAPABILITIES = path
@@ -218,4 +220,5 @@ def test_capabilities_selected_only_on_request_lose_to_the_default_and_win_when_
     envelope["policies"]["planner"]["selection"] = {"require": list(twins)}
     chosen = build_plan(normalise(envelope), registry=registry)
     assert chosen.graph is not None
-    assert [n.id for n in chosen.graph.nodes] == ["SocialPosting", "SocialpostDrafting", "ContentReview", "output"]
+    assert [n.id for n in chosen.graph.nodes] == ["strategist", "copywriter", "qa", "output"]  # the namesakes' ids
+    assert [n.capability_id for n in chosen.graph.nodes][:3] == list(twins)

@@ -155,7 +155,7 @@ def test_directives_and_clarifications_reach_the_prompt(llm, api_for, client_use
     assert request.kind == "clarify"
     assert request.question == "Which readers should the post speak to?"
     assert request.options == [{"id": "banks", "label": "Bank compliance teams"}]
-    assert request.pending_node_id == "SocialPosting"
+    assert request.pending_node_id == "strategist"  # the twin takes its namesake's node id
     first = llm.requests()[0]
     assert "# Directives" in user_prompt(first) and "plain words, no hype" in user_prompt(first)
 
@@ -294,7 +294,7 @@ def test_an_invalid_json_reply_counts_as_a_validation_attempt_and_the_errors_rea
 
     assert Run.objects.get(pk=run_id).status == "completed"
     invalid = events(run_id, "validation_error")
-    assert {e["nodeId"] for e in invalid} == {"SocialPosting"}
+    assert {e["nodeId"] for e in invalid} == {"strategist"}
     assert [e["attempt"] for e in invalid] == [1, 2]
     assert "not JSON" in invalid[0]["errors"][0]["message"]
     assert "output token limit (1200)" in invalid[0]["errors"][0]["message"]
@@ -335,6 +335,9 @@ def test_exceeding_max_tokens_fails_the_run(llm, api_for, client_user, drain):
     complete = events(run_id, "complete")[-1]
     assert complete["status"] == "failed" and complete["error"]["code"] == "token_budget_exceeded"
     assert not [r for r in llm.requests() if FOR_REVIEWER in user_prompt(r)]  # nothing ran after it
+    # The copywriter asked for no more output than the budget had left (1000 - 420), not its 2000.
+    copywriter = next(r for r in llm.requests() if FOR_COPYWRITER in user_prompt(r))
+    assert copywriter["body"]["max_completion_tokens"] == 580
 
 
 def test_a_max_tokens_that_is_not_a_positive_integer_is_refused(llm, api_for, client_user):
@@ -422,3 +425,6 @@ def test_the_api_key_appears_in_no_event_log_line_debug_view_or_admin_page(llm, 
     assert "[redacted]" in shown[f"events {failed} {support}"]  # where the endpoint echoed the key
     assert '"promptTokens":300' in shown[f"sse {completed} {support}"].replace(" ", "")
     assert "llm call" in shown["logs"]
+    # The console and the history page show each node's tokens (prompt + completion).
+    assert "<td>300 + 120</td>" in shown[f"page /admin/runs/run/{completed}/change/"]
+    assert "<td>300 + 120</td>" in shown[f"page /runs/{completed}/"]

@@ -17,7 +17,7 @@ from runs.services import audit_add
 from tests.conftest import load_envelope
 
 TOP_LEVEL = {"run", "policies", "planVersions", "nodes", "facetProvenance", "hitl", "latestSnapshot", "output",
-             "events", "audit"}
+             "events", "audit", "usage"}
 RUN_FIELDS = {"runId", "status", "objective", "planVersion", "threadId", "briefId", "createdAt", "updatedAt",
               "createdBy", "envelope"}
 
@@ -44,6 +44,8 @@ def test_the_debug_view_of_a_completed_run_shows_every_part(api_for, client_user
     assert response.status_code == 200
     body = response.json()
     assert set(body) == TOP_LEVEL
+    assert body["usage"] == {"promptTokens": 0, "completionTokens": 0, "totalTokens": 0, "calls": 0,
+                             "maxTokens": None, "byModel": []}
     run = body["run"]
     assert RUN_FIELDS <= set(run)
     assert run["runId"] == run_id and run["status"] == "completed" and run["planVersion"] == 1
@@ -70,6 +72,7 @@ def test_the_debug_view_of_a_completed_run_shows_every_part(api_for, client_user
         assert node["status"] == "completed" and node["attempts"] == 1
         assert node["input"]["nodeId"] == node["nodeId"] and node["output"]
         assert node["validationErrors"] == [] and node["startedAt"] and node["completedAt"]
+        assert node["usage"] == []  # no language model in this run
     assert set(nodes["copywriter"]["output"]) == {"copyVariants", "post_copy"}
 
     # Provenance names the node of every facet a node produced.

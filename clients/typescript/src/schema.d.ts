@@ -914,7 +914,7 @@ export interface components {
         };
         /**
          * TaskEnvelope
-         * @description What a client asks for (docs/api.md, TaskEnvelope; docs/planning.md for `policies.planner.optimisation`, `directives` and `goals`).
+         * @description What a client asks for (docs/api.md, TaskEnvelope; docs/planning.md for `policies.planner.optimisation`, `directives` and `goals`; `constraints.maxTokens` caps the run's language-model tokens, docs/models.md).
          */
         TaskEnvelope: {
             objective: string;
@@ -1072,6 +1072,14 @@ export interface components {
             outputFacets: string[];
             /** @enum {string} */
             status: "active" | "inactive";
+            /** @description Only for a capability backed by a language model (docs/models.md). */
+            llm?: {
+                endpoint: string;
+                model: string | null;
+                temperature: number | null;
+                maxTokens: number;
+                selectedByDefault: boolean;
+            };
         };
         CapabilityList: {
             capabilities: components["schemas"]["Capability"][];
