@@ -153,7 +153,7 @@ def task_view(task: Task) -> dict[str, Any]:
     instructions and every clarification answered so far for the node."""
     from hitl.services import clarifications_for_node
     node = plan_node_of(task)
-    run_facets = task.run.facets if isinstance(task.run.facets, dict) else {}
+    run_facets, _ = task.run.facet_snapshot()  # inputs and what nodes produced (RunFacet rows)
     wanted = [*(node.get("inputFacets") or []), *(node.get("optionalInputFacets") or [])]
     envelope = task.run.envelope if isinstance(task.run.envelope, dict) else {}
     return {

@@ -100,6 +100,8 @@ def _context(run_id: str) -> RunContext:
     run = Run.objects.select_for_update(of=("self",)).select_related("created_by").get(pk=run_id)
     ctx = RunContext(claim=Claim(run_id=run.id, token=run.lease_token, worker_id="task", takeover=False), run=run)
     if run.plan_version:
+        # The inputs and what nodes produced (`RunFacet` rows), as `loop.load` reads them.
+        run.facets, run.provenance = run.facet_snapshot()
         ctx.graph = PlanVersion.objects.get(run_id=run.id, version=run.plan_version).graph
         ctx.nodes = {n.node_id: n for n in NodeRun.objects.filter(run_id=run.id)}
     return ctx
@@ -111,7 +113,8 @@ def build_task_bundle(ctx: RunContext, task: Task) -> dict[str, Any]:
     bundle = executor.build_bundle(
         run_id=ctx.run.id, node=ctx.graph_node(task.node_id), objective=ctx.run.objective, facets=ctx.run.facets,
         envelope=ctx.envelope, clarifications=clarifications_for_node(run_id=ctx.run.id, node_id=task.node_id),
-        attempt=task.attempt, plan_version=ctx.run.plan_version)
+        attempt=task.attempt, plan_version=ctx.run.plan_version,
+        goal_feedback=policies.goal_feedback_for(ctx, task.node_id))
     return bundle.to_dict()
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from datetime import datetime
 from decimal import Decimal
 
@@ -114,12 +113,12 @@ def test_it_leaves_ordinary_text_alone() -> None:
         assert redact_text(text) == text
 
 
-def test_it_handles_big_payloads_quickly() -> None:
+def test_it_handles_big_payloads() -> None:
+    # Behaviour only: how fast is a benchmark's question, never a timed assertion.
     payload = {"items": [{"id": i, "name": f"item {i}", "token": "t", "tags": ["a", "b"]} for i in range(50_000)]}
-    started = time.perf_counter()
     result = redact(payload)
-    assert time.perf_counter() - started < 2.0  # ~0.2 s here; generous for slow CI
-    assert result["items"][49_999]["token"] == REDACTED
+    assert all(item["token"] == REDACTED for item in result["items"])
+    assert result["items"][49_999]["name"] == "item 49999" and payload["items"][0]["token"] == "t"
 
 
 def test_it_redacts_what_lies_too_deep_to_walk() -> None:
