@@ -289,6 +289,10 @@ def claim_due(*, limit: int = CLAIM_BATCH, now: datetime | None = None) -> list[
     """Claim due rows: each is ours until `claim_seconds()` from now."""
     now = now or timezone.now()
     until = now + timedelta(seconds=claim_seconds())
+    due = Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=now)
+    if not due.exists():
+        # An index read, no transaction: an idle poll takes no write lock (SQLite's BEGIN IMMEDIATE would).
+        return []
     with transaction.atomic():
         rows = list(Notification.objects.select_for_update(skip_locked=True)
                     .filter(status=NotificationStatus.PENDING, next_attempt_at__lte=now)
