@@ -151,9 +151,8 @@ def envelope_components() -> dict[str, Any]:
         facets = branch["properties"].get("facets")
         if facets is not None:
             facets["items"] = {"type": "string", "enum": sorted(catalog)}
-    root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, "
-                           "`policies.planner.optimisation` and `policies.planner.directives` are accepted but "
-                           "not yet enforced.")
+    root["description"] = ("What a client asks for (docs/api.md, TaskEnvelope). `policies.planner.optimisation` "
+                           "and `policies.planner.directives` are accepted but not yet enforced.")
     components[prefix] = root
     return components
 

@@ -634,7 +634,7 @@ export interface components {
         };
         /**
          * TaskEnvelope
-         * @description What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, `policies.planner.optimisation` and `policies.planner.directives` are accepted but not yet enforced.
+         * @description What a client asks for (docs/api.md, TaskEnvelope). `policies.planner.optimisation` and `policies.planner.directives` are accepted but not yet enforced.
          */
         TaskEnvelope: {
             objective: string;
