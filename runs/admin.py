@@ -553,8 +553,8 @@ class HitlRequestAdmin(admin.ModelAdmin):
     class Media:
         css = {"all": ("runs/console.css",)}
     fields = ("id", "run_link", "kind", "status", "resolution", "urgency", "question_redacted", "under_review",
-              "shown_options", "allow_free_form", "pending_node_id", "operator_prompt_redacted", "plan_version", "source",
-              "created_at", "resolved_at")
+              "governance", "shown_options", "allow_free_form", "pending_node_id", "operator_prompt_redacted",
+              "plan_version", "source", "created_at", "resolved_at")
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[HitlRequest]:
@@ -597,6 +597,12 @@ class HitlRequestAdmin(admin.ModelAdmin):
     @admin.display(description="options")
     def shown_options(self, obj: HitlRequest) -> str:
         return json.dumps(hitl_request_payload(obj, responses=[])["options"], ensure_ascii=False)
+
+    @admin.display(description="governance")
+    def governance(self, obj: HitlRequest) -> SafeString:
+        """Assignees, quorum, deadlines (docs/hitl.md, "Governing human decisions")."""
+        shown = hitl_request_payload(obj, responses=obj.responses.all())
+        return render_to_string("runs/_governance.html", {"g": governance_row(obj, shown)}) or "—"
 
     @admin.display(description="under review")
     def under_review(self, obj: HitlRequest) -> SafeString:

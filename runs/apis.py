@@ -92,9 +92,9 @@ class SseResponse(StreamingHttpResponse):
 
 
 def sse_response(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
-                 stop_on_wait: bool) -> StreamingHttpResponse:
+                 stop_on_wait: bool, until_seq: int | None = None) -> StreamingHttpResponse:
     response = SseResponse(stream_frames(admission=admission, run_id=run_id, after_seq=after_seq, user=user,
-                                         stop_on_wait=stop_on_wait), admission)
+                                         stop_on_wait=stop_on_wait, until_seq=until_seq), admission)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -432,8 +432,12 @@ class RunResumeApi(SseApiView):
                     "streamUrl": stream_url(request, run.id), "lastEventId": event_id(run.id, result.last_seq)}
         if wants_stream:
             # From just before the resume's own events: hitl_resolved, plan_updated, …
+            # An approval short of its quorum: the run still waits, so the
+            # stream is the resume's own `hitl_update` frames.
+            short = result.request is not None and not result.resolution
             response = sse_response(admission=admission, run_id=run.id, after_seq=result.first_seq - 1,
-                                    user=request.user, stop_on_wait=True)
+                                    user=request.user, stop_on_wait=True,
+                                    until_seq=result.last_seq if short else None)
             # A retry with the same Idempotency-Key gets the JSON form (the stream URL to reconnect to).
             response.idempotent_record = (202, accepted)  # type: ignore[attr-defined]
             return response

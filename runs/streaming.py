@@ -469,20 +469,21 @@ def _release_request_thread() -> None:
 
 
 def stream_frames(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
-                  stop_on_wait: bool = False) -> AsyncIterator[str]:
+                  stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[str]:
     """The frames of a stream admitted with `admission`. If the generator is
     dropped without ever starting (the request was cancelled), the slot goes
     back at once."""
     frames = event_stream(admission=admission, run_id=run_id, after_seq=after_seq, user=user,
-                          stop_on_wait=stop_on_wait)
+                          stop_on_wait=stop_on_wait, until_seq=until_seq)
     weakref.finalize(frames, hub.withdraw, admission)
     return frames
 
 
 async def event_stream(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
-                       stop_on_wait: bool = False) -> AsyncIterator[str]:
+                       stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[str]:
     """Frames after `after_seq`, then live ones, until the run is terminal
-    (or, with `stop_on_wait`, waits for a person or is paused).
+    (or, with `stop_on_wait`, waits for a person or is paused; or, with
+    `until_seq`, that event was sent).
 
     Its slot (`hub.admit`) counts as a live listener from the generator's
     first step to its `finally`.
@@ -513,7 +514,8 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
                 for event in events:
                     yield encode(event)
                     listener.last_seq = event.id
-                    if _ends_stream(event.type, event.data, stop_on_wait):
+                    if _ends_stream(event.type, event.data, stop_on_wait) or (
+                            until_seq is not None and event.id >= until_seq):
                         return
                 if len(events) == READ_BATCH:
                     continue

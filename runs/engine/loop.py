@@ -495,6 +495,12 @@ def apply_manual_trigger(ctx: RunContext) -> bool:
     policy = policies.manual_policy(ctx, str(entry.get("policyId")))
     if policy is not None:
         policies.on_manual(ctx, step, policy)
+        if step.status == RunStatus.FAILED:
+            # A node started by the previous step never runs now.
+            for node in ctx.nodes.values():
+                if node.status == NodeStatus.RUNNING and node.node_id not in step.node_updates:
+                    step.update_node(node.node_id, status=NodeStatus.FAILED, completed_at=timezone.now(),
+                                     error={"code": "policy_failed", "message": f"policy {policy['id']} failed the run"})
     else:
         step.event(ev.event_log(level="warning", message=f"manual policy {entry.get('policyId')} is gone"))
     run_id = ctx.run.id

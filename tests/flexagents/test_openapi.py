@@ -143,6 +143,7 @@ def test_it_says_where_the_planning_fields_are_documented(schema):
     description = schema["components"]["schemas"]["TaskEnvelope"]["description"]
     for name in ("optimisation", "directives", "goals", "maxTokens"):
         assert name in description
+    assert "deadlineSeconds" not in description  # enforced (runs/governance.py)
 
 
 # --- what the server returns is what the schema declares ------------------------------------

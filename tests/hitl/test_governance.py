@@ -249,3 +249,23 @@ def test_recipients_are_the_assignees_and_then_the_escalation_targets(api_for, c
     assert [r["email"] for r in hitl_recipients(request=request)] == ["ana@example.com", "lee@example.com"]
     assert hitl_recipients(request=request, escalation=True) == [
         {"userId": bob.pk, "username": "bob", "email": "bob@example.com"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_streamed_run_resume_short_of_the_quorum_ends_after_its_update(api_for, client_user, ana, bob, drain):
+    from tests.sse import streamed, types
+
+    run_id, request = waiting_run(api_for, client_user, drain, requiredApprovals=2)
+
+    frames = streamed(api_for(ana).post("/api/v1/flex/run.resume", {
+        "runId": run_id, "expectedPlanVersion": 1, "responses": [{**APPROVE, "requestId": request.id}]},
+        format="json", HTTP_ACCEPT="text/event-stream"))
+
+    assert types(frames) == ["hitl_update"]
+    assert frames[0]["data"]["payload"]["response"]["responderDisplayName"] == "ana"
+    assert Run.objects.get(pk=run_id).status == "awaiting_hitl"
+    latest = frames[0]["data"]["payload"]["response"]["responseId"]
+    second = api_for(bob).post("/api/v1/flex/run.resume", {
+        "runId": run_id, "expectedPlanVersion": 1, "latestResponseId": latest,
+        "responses": [{**APPROVE, "requestId": request.id}]}, format="json")
+    assert second.status_code == 202 and second.json()["status"] == "queued"

@@ -59,6 +59,17 @@ BY_DESIGN = (
     # Runtime policy ids are unique within an envelope; `uniqueItems` compares
     # whole items, not one property of them.
     ("/id", "duplicate policy id"),
+    # A `hitl` action's assignees and escalation targets must be existing
+    # users and groups (server state, like the cursor; usernames are not
+    # published in the schema), and its deadline fields depend on each other
+    # (docs/hitl.md, "Governing human decisions").
+    ("", "unknown user "),
+    ("", "unknown group "),
+    ("/onTimeout", "onTimeout needs timeoutSeconds"),
+    ("/onTimeout/optionId", "expected one of the request's options"),
+    ("/onTimeout/optionId", "optionId goes with type 'option' only"),
+    ("/escalateTo", "escalateTo needs escalateAfterSeconds"),
+    ("/escalateAfterSeconds", "must be less than timeoutSeconds"),
 )
 
 

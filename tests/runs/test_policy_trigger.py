@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from hitl.models import HitlRequest
-from runs.models import AuditEntry, Run
+from runs.models import AuditEntry, NodeRun, Run
 from tests.conftest import load_envelope
 from tests.hitl.helpers import event_types, events_of, submit
 
@@ -67,6 +67,45 @@ def test_a_hitl_policy_triggered_by_hand_asks_a_person(api_for, operator, queued
     request = HitlRequest.objects.get(run=run)
     assert (request.source, request.kind, request.operator_prompt) == ("ask-legal", "approval", "Legal wants a look")
     assert "triggered by hand" in request.question
+
+
+def test_after_a_manual_hitl_is_approved_the_run_completes(api_for, operator, queued, drain):
+    assert trigger(api_for(operator), queued, "ask-legal").status_code == 202
+    drain()
+    request = HitlRequest.objects.get(run_id=queued)
+
+    answered = api_for(operator).post("/api/hitl/resume", {"runId": queued, "requestId": request.id, "responses": [
+        {"responseType": "approval", "approved": True}]}, format="json")
+
+    assert answered.status_code == 200, answered.content
+    drain()
+    run = Run.objects.get(pk=queued)
+    assert run.status == "completed" and run.output["copyVariants"]
+    assert set(NodeRun.objects.filter(run=run).values_list("status", flat=True)) == {"completed"}
+
+
+def test_a_manual_pause_then_a_resume_completes_the_run(api_for, operator, queued, drain):
+    assert trigger(api_for(operator), queued, "hold").status_code == 202
+    drain()
+    run = Run.objects.get(pk=queued)
+    assert (run.status, run.pause_reason) == ("paused", "held by hand")
+
+    resumed = api_for(operator).post("/api/v1/flex/run.resume", {"runId": queued,
+                                                                 "expectedPlanVersion": run.plan_version},
+                                     format="json")
+
+    assert resumed.status_code == 202, resumed.content
+    drain()
+    assert Run.objects.get(pk=queued).status == "completed"
+
+
+def test_a_manual_fail_leaves_no_node_running(api_for, operator, queued, drain):
+    trigger(api_for(operator), queued, "stop-now")
+
+    drain()
+
+    statuses = set(NodeRun.objects.filter(run_id=queued).values_list("status", flat=True))
+    assert "running" not in statuses and "failed" in statuses
 
 
 def test_an_emit_policy_logs_and_the_run_goes_on(api_for, operator, queued, drain):
