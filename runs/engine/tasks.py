@@ -95,7 +95,7 @@ def task_payload(task: Task, *, bundle: dict[str, Any] | None = None, with_lease
 def _context(run_id: str) -> RunContext:
     """The run under its row lock, as a worker would load it; the claim is
     the run's current token (no worker holds a run that waits on tasks)."""
-    run = Run.objects.select_for_update().select_related("created_by").get(pk=run_id)
+    run = Run.objects.select_for_update(of=("self",)).select_related("created_by").get(pk=run_id)
     ctx = RunContext(claim=Claim(run_id=run.id, token=run.lease_token, worker_id="task", takeover=False), run=run)
     if run.plan_version:
         ctx.graph = PlanVersion.objects.get(run_id=run.id, version=run.plan_version).graph
