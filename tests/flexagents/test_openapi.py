@@ -122,8 +122,18 @@ def test_the_health_check_needs_no_credentials(schema):
 
 def test_it_says_which_envelope_fields_are_not_yet_enforced(schema):
     description = schema["components"]["schemas"]["TaskEnvelope"]["description"]
-    for name in ("deadlineSeconds", "optimisation", "directives"):
-        assert name in description
+    assert "deadlineSeconds` is accepted but not yet enforced" in description
+    assert "optimisation" not in description and "directives" not in description  # both are used now
+
+
+def test_a_goal_condition_reads_catalog_facets_only(schema):
+    condition = schema["components"]["schemas"]["TaskEnvelopeGoalCondition"]
+    operation = next(branch for branch in condition["anyOf"] if branch.get("maxProperties") == 1)
+    path = operation["properties"]["var"]["pattern"]
+    import re
+
+    assert re.match(path, "qa_report.score") and re.match(path, "copyVariants")
+    assert not re.match(path, "qa_reprot.score") and not re.match(path, "")
 
 
 # --- what the server returns is what the schema declares ------------------------------------

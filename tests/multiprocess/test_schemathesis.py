@@ -59,6 +59,8 @@ BY_DESIGN = (
     # Runtime policy ids are unique within an envelope; `uniqueItems` compares
     # whole items, not one property of them.
     ("/id", "duplicate policy id"),
+    # The same for goal ids.
+    ("/id", "duplicate goal id"),
 )
 
 

@@ -493,7 +493,7 @@ export interface components {
         };
         TaskEnvelopeGoal: {
             id: string;
-            condition: unknown;
+            condition: components["schemas"]["TaskEnvelopeGoalCondition"];
             maxReplans?: number;
             /** @enum {unknown} */
             onUnmet?: "replan" | "hitl" | "fail";
@@ -584,9 +584,46 @@ export interface components {
         } | Record<string, never> | {
             [key: string]: unknown;
         };
+        /** @description JSON-Logic over the facets (docs/planning.md, Goals): every var names a catalog facet */
+        TaskEnvelopeGoalCondition: string | number | boolean | components["schemas"]["TaskEnvelopeGoalCondition"][] | {
+            "!"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "!!"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "!="?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "!=="?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "%"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "*"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "+"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "-"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "/"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "<"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "<="?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "=="?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "==="?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            ">"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            ">="?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            "?:"?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            all?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            and?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            cat?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            filter?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            if?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            in?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            map?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            max?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            merge?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            min?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            missing?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            missing_some?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            none?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            or?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            reduce?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            some?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            substr?: components["schemas"]["TaskEnvelopeGoalCondition"];
+            var?: string;
+        };
         /**
          * TaskEnvelope
-         * @description What a client asks for (docs/api.md, TaskEnvelope). `constraints.deadlineSeconds`, `policies.planner.optimisation` and `policies.planner.directives` are accepted but not yet enforced.
+         * @description What a client asks for (docs/api.md, TaskEnvelope; planning, goals: docs/planning.md). `constraints.deadlineSeconds` is accepted but not yet enforced.
          */
         TaskEnvelope: {
             objective: string;
