@@ -21,7 +21,6 @@ The authentication schemes are described by the extensions at the end.
 from __future__ import annotations
 
 import copy
-import re
 from collections import defaultdict
 from typing import Any
 
@@ -118,26 +117,6 @@ def json_logic_component() -> dict[str, Any]:
     }
 
 
-def goal_condition_component(facets: list[str]) -> dict[str, Any]:
-    """A goal's condition: JSON-Logic whose every `var` is a literal path
-    starting with a catalog facet (docs/planning.md, Goals)."""
-    from planner.jsonlogic import OPERATORS
-
-    rule = _ref("TaskEnvelopeGoalCondition")
-    path = {"type": "string", "pattern": "^(" + "|".join(re.escape(f) for f in facets) + r")(\.[^.]+)*$"}
-    operations = {op: rule for op in sorted(OPERATORS) if op != "var"}
-    operations["var"] = path
-    return {
-        "description": "JSON-Logic over the facets (docs/planning.md, Goals): every var names a catalog facet",
-        "anyOf": [
-            {"type": "string"}, {"type": "number"}, {"type": "boolean"},
-            {"type": "array", "items": rule},
-            {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-             "properties": operations},
-        ],
-    }
-
-
 def envelope_components() -> dict[str, Any]:
     """`TaskEnvelope` and its parts, from the schema the server validates with.
 
@@ -168,8 +147,8 @@ def envelope_components() -> dict[str, Any]:
     trigger = components[f"{prefix}RuntimePolicy"]["properties"]["trigger"]["properties"]
     trigger["condition"] = _ref(f"{prefix}JsonLogicRule")
     components[f"{prefix}JsonLogicRule"] = json_logic_component()
-    components[f"{prefix}Goal"]["properties"]["condition"] = _ref(f"{prefix}GoalCondition")
-    components[f"{prefix}GoalCondition"] = goal_condition_component(sorted(catalog))
+    # A goal's vars must also name catalog facets (422 unknown_facet): a rule OpenAPI 3.0 cannot state.
+    components[f"{prefix}Goal"]["properties"]["condition"] = _ref(f"{prefix}JsonLogicRule")
     for branch in root["properties"]["outputContract"]["oneOf"]:
         facets = branch["properties"].get("facets")
         if facets is not None:

@@ -126,14 +126,9 @@ def test_it_says_which_envelope_fields_are_not_yet_enforced(schema):
     assert "optimisation" not in description and "directives" not in description  # both are used now
 
 
-def test_a_goal_condition_reads_catalog_facets_only(schema):
-    condition = schema["components"]["schemas"]["TaskEnvelopeGoalCondition"]
-    operation = next(branch for branch in condition["anyOf"] if branch.get("maxProperties") == 1)
-    path = operation["properties"]["var"]["pattern"]
-    import re
-
-    assert re.match(path, "qa_report.score") and re.match(path, "copyVariants")
-    assert not re.match(path, "qa_reprot.score") and not re.match(path, "")
+def test_a_goal_condition_is_a_json_logic_rule(schema):
+    goal = schema["components"]["schemas"]["TaskEnvelopeGoal"]
+    assert goal["properties"]["condition"] == {"$ref": "#/components/schemas/TaskEnvelopeJsonLogicRule"}
 
 
 # --- what the server returns is what the schema declares ------------------------------------

@@ -493,7 +493,7 @@ export interface components {
         };
         TaskEnvelopeGoal: {
             id: string;
-            condition: components["schemas"]["TaskEnvelopeGoalCondition"];
+            condition: components["schemas"]["TaskEnvelopeJsonLogicRule"];
             maxReplans?: number;
             /** @enum {unknown} */
             onUnmet?: "replan" | "hitl" | "fail";
@@ -583,43 +583,6 @@ export interface components {
             var?: components["schemas"]["TaskEnvelopeJsonLogicRule"];
         } | Record<string, never> | {
             [key: string]: unknown;
-        };
-        /** @description JSON-Logic over the facets (docs/planning.md, Goals): every var names a catalog facet */
-        TaskEnvelopeGoalCondition: string | number | boolean | components["schemas"]["TaskEnvelopeGoalCondition"][] | {
-            "!"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "!!"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "!="?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "!=="?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "%"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "*"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "+"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "-"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "/"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "<"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "<="?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "=="?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "==="?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            ">"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            ">="?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            "?:"?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            all?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            and?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            cat?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            filter?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            if?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            in?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            map?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            max?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            merge?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            min?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            missing?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            missing_some?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            none?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            or?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            reduce?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            some?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            substr?: components["schemas"]["TaskEnvelopeGoalCondition"];
-            var?: string;
         };
         /**
          * TaskEnvelope
