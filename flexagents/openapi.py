@@ -147,6 +147,8 @@ def envelope_components() -> dict[str, Any]:
     trigger = components[f"{prefix}RuntimePolicy"]["properties"]["trigger"]["properties"]
     trigger["condition"] = _ref(f"{prefix}JsonLogicRule")
     components[f"{prefix}JsonLogicRule"] = json_logic_component()
+    # A goal's vars must also name catalog facets (422 unknown_facet): a rule OpenAPI 3.0 cannot state.
+    components[f"{prefix}Goal"]["properties"]["condition"] = _ref(f"{prefix}JsonLogicRule")
     for branch in root["properties"]["outputContract"]["oneOf"]:
         facets = branch["properties"].get("facets")
         if facets is not None:

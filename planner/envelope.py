@@ -541,10 +541,7 @@ def _check_goals(envelope: dict[str, Any], catalog: dict[str, Facet]) -> None:
         if problems:
             continue
         paths = jsonlogic.data_paths(goal["condition"])
-        if not paths:
-            errors.append({"path": f"{base}/condition",
-                           "message": "the condition reads no facet (use {\"var\": \"<facet>.<field>\"})"})
-        elif "" in paths:
+        if "" in paths:
             errors.append({"path": f"{base}/condition",
                            "message": "every var of a goal must name a facet (no computed or empty paths)"})
         unknown += [(f"{base}/condition", name) for name in goal_facets(goal["condition"]) if name not in catalog]

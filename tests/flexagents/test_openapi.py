@@ -146,6 +146,11 @@ def test_it_says_where_the_planning_fields_are_documented(schema):
     assert "deadlineSeconds" not in description  # enforced (runs/governance.py)
 
 
+def test_a_goal_condition_is_a_json_logic_rule(schema):
+    goal = schema["components"]["schemas"]["TaskEnvelopeGoal"]
+    assert goal["properties"]["condition"] == {"$ref": "#/components/schemas/TaskEnvelopeJsonLogicRule"}
+
+
 # --- what the server returns is what the schema declares ------------------------------------
 
 def test_every_error_the_server_returns_is_declared(schema, api_for, client, operator, support, client_user,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -70,7 +71,15 @@ BY_DESIGN = (
     ("/onTimeout/optionId", "optionId goes with type 'option' only"),
     ("/escalateTo", "escalateTo needs escalateAfterSeconds"),
     ("/escalateAfterSeconds", "must be less than timeoutSeconds"),
+    # The same for goal ids.
+    ("/id", "duplicate goal id"),
+    # Which actions an onNodeFail policy may take depends on the trigger kind.
+    ("/action/type", "an onNodeFail policy can only"),
 )
+# A goal's condition is any JSON-Logic rule in the schema; the server also
+# wants its every var to be a literal path starting with a catalog facet
+# (422 unknown_facet or validation_failed at the condition).
+GOAL_CONDITION = re.compile(r"^/policies/planner/goals/\d+/condition$")
 
 
 def token_for(django_user_model: Any, username: str, role: str) -> str:
@@ -94,9 +103,10 @@ def by_design(check: str, response: dict[str, Any] | None) -> bool:
         errors = body["details"]["errors"]
     except (ValueError, KeyError, TypeError):
         return False
-    return body.get("code") == "validation_failed" and bool(errors) and all(
-        any(str(error.get("path", "")).endswith(suffix) and str(error.get("message", "")).startswith(start)
-            for suffix, start in BY_DESIGN)
+    return body.get("code") in ("validation_failed", "unknown_facet") and bool(errors) and all(
+        GOAL_CONDITION.match(str(error.get("path", ""))) or (body.get("code") == "validation_failed" and any(
+            str(error.get("path", "")).endswith(suffix) and str(error.get("message", "")).startswith(start)
+            for suffix, start in BY_DESIGN))
         for error in errors)
 
 

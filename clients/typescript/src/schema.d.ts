@@ -804,7 +804,7 @@ export interface components {
         };
         TaskEnvelopeGoal: {
             id: string;
-            condition: unknown;
+            condition: components["schemas"]["TaskEnvelopeJsonLogicRule"];
             maxReplans?: number;
             /** @enum {unknown} */
             onUnmet?: "replan" | "hitl" | "fail";
