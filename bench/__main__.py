@@ -155,6 +155,8 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         print(f"growth, {g['nodes']}-node run of {g['pad_bytes'] / 1000:g} KB nodes: step 1–5 {g['first_ms']:.2f} ms,"
               f" step {g['nodes'] - 5}–{g['nodes'] - 1} {g['last_ms']:.2f} ms ({g['ms_growth']:+.0%})"
               f"  {verdict(max(g['ms_growth'], 0.0), TARGETS['growth']) if vendor == 'postgresql' else ''}")
+        print(f"  CPU time of the worker per step {g['first_cpu_ms']:.2f} ms -> {g['last_cpu_ms']:.2f} ms"
+              f" ({g['cpu_growth']:+.0%})")
         print(f"  bytes sent per step {g['first_bytes'] / 1000:.1f} KB -> {g['last_bytes'] / 1000:.1f} KB"
               f" ({g['bytes_growth']:+.0%}), {g['total_bytes_per_run'] / 1e6:.2f} MB per run,"
               f" {g['commits_per_step']:.2f} commits per step (floor then {g['floor_ms']:.2f} ms)")

@@ -49,7 +49,9 @@ def count_commits() -> dict[str, int]:
     from django.db import connection
     from django.db.backends.base.base import BaseDatabaseWrapper
 
-    counts = {"commits": 0, "statements": 0, "bytes": 0}
+    # Bytes are counted only while `counts["count_bytes"]` is set (the growth
+    # phase): sizing parameters costs time of its own.
+    counts = {"commits": 0, "statements": 0, "bytes": 0, "count_bytes": 0}
     original = BaseDatabaseWrapper._commit
 
     def _commit(self: Any) -> Any:
@@ -60,7 +62,8 @@ def count_commits() -> dict[str, int]:
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         counts["statements"] += 1
-        counts["bytes"] += len(sql.encode()) + _size(params)
+        if counts["count_bytes"]:
+            counts["bytes"] += len(sql.encode()) + _size(params)
         if not connection.in_atomic_block and sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE", "WITH R"):
             counts["commits"] += 1  # autocommit: the statement (the step's `WITH r AS (UPDATE …`) commits itself
         return execute(sql, params, many, context)
@@ -146,20 +149,21 @@ def growth(nodes: int, pad_bytes: int, runs: int, counts: dict[str, int]) -> dic
     from runs.engine import loop
     from runs.engine.worker import drain
 
-    steps: list[tuple[float, int, int]] = []
+    steps: list[tuple[float, int, int, float]] = []
     original = loop.run_node
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         before = dict(counts)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             return original(*args, **kwargs)
         finally:
             steps.append(((time.perf_counter() - started) * 1000, counts["bytes"] - before["bytes"],
-                          counts["commits"] - before["commits"]))
+                          counts["commits"] - before["commits"], (time.process_time() - cpu) * 1000))
 
-    per_run: list[list[tuple[float, int, int]]] = []
+    per_run: list[list[tuple[float, int, int, float]]] = []
     loop.run_node = timed  # type: ignore[assignment]
+    counts["count_bytes"] = 1
     try:
         for _ in range(runs):
             ids = _create([envelope(nodes, pad_bytes=pad_bytes)])
@@ -169,6 +173,7 @@ def growth(nodes: int, pad_bytes: int, runs: int, counts: dict[str, int]) -> dic
             per_run.append(list(steps))
     finally:
         loop.run_node = original  # type: ignore[assignment]
+        counts["count_bytes"] = 0
 
     def window(lo: int, hi: int, index: int) -> float:
         # Steps lo..hi (1-based, capability nodes), median over steps and runs.
@@ -176,8 +181,12 @@ def growth(nodes: int, pad_bytes: int, runs: int, counts: dict[str, int]) -> dic
 
     first_ms, last_ms = window(1, 5, 0), window(nodes - 5, nodes - 1, 0)
     first_b, last_b = window(1, 5, 1), window(nodes - 5, nodes - 1, 1)
+    # CPU time of this process (Python, driver) per step: less sensitive to
+    # other load on the machine than wall time.
+    first_cpu, last_cpu = window(1, 5, 3), window(nodes - 5, nodes - 1, 3)
     return {"nodes": nodes, "pad_bytes": pad_bytes, "runs": runs,
             "first_ms": first_ms, "last_ms": last_ms, "ms_growth": last_ms / first_ms - 1,
+            "first_cpu_ms": first_cpu, "last_cpu_ms": last_cpu, "cpu_growth": last_cpu / first_cpu - 1,
             "first_bytes": first_b, "last_bytes": last_b, "bytes_growth": last_b / first_b - 1,
             "commits_per_step": statistics.mean(s[2] for run in per_run for s in run[:nodes - 1]),
             "total_bytes_per_run": statistics.mean(sum(s[1] for s in run) for run in per_run)}
