@@ -111,14 +111,15 @@ def clarifications_for(ctx: RunContext, node_id: str) -> list[dict[str, Any]]:
     return hitl_services.clarifications_for_node(run_id=ctx.run.id, node_id=node_id)
 
 
-def on_capability_inactive(ctx: RunContext, step: Step, node: NodeRun) -> bool:
+def on_capability_inactive(ctx: RunContext, step: Step, node: NodeRun, error: dict[str, Any]) -> bool:
     """A dispatched node's capability became inactive (its agent stopped
-    heartbeating). THE REPLAN TRIGGER POINT: this is where a replan policy
-    would plan the remaining work again without that capability (API.md,
-    "Replanning and goals"). Replanning is not built yet, so it never
-    decides: it returns False and the caller fails the node and the run with
-    `capability_inactive` (runs.engine.tasks)."""
-    return False
+    heartbeating): for the run, its node failed for good (it is `failed` in
+    the step). `onNodeFail` policies decide, as for any such node: `replan`
+    plans the remaining work again without that capability (an alternative
+    takes the node; `plan_rejected` when none can), `fail` or `emit`.
+    Returns True when one decided; otherwise the caller fails the run with
+    `capability_inactive` (runs.engine.tasks; docs/agents.md)."""
+    return on_node_fail(ctx, step, node, error)
 
 
 def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "ClarificationNeeded") -> None:

@@ -488,15 +488,19 @@ def _end_inactive(task_id: str, *, now: datetime) -> bool:
         if ctx.run.status != RunStatus.RUNNING or node is None or node.status != NodeStatus.DISPATCHED:
             return True
         step = Step()
-        if not policies.on_capability_inactive(ctx, step, node):
-            error = {"code": "capability_inactive",
-                     "message": f"Capability {node.capability_id} became inactive (its agent stopped sending "
-                                f"heartbeats) while node {node.node_id} waited for it."}
-            step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id,
-                                           attempt=node.attempts, error=error, will_retry=False))
-            step.update_node(node.node_id, status=NodeStatus.FAILED, error=error, completed_at=now)
+        error = {"code": "capability_inactive",
+                 "message": f"Capability {node.capability_id} became inactive (its agent stopped sending "
+                            f"heartbeats) while node {node.node_id} waited for it."}
+        step.event(ev.event_node_error(node_id=node.node_id, capability_id=node.capability_id,
+                                       attempt=node.attempts, error=error, will_retry=False))
+        step.update_node(node.node_id, status=NodeStatus.FAILED, error=error, completed_at=now)
+        if not policies.on_capability_inactive(ctx, step, node, error):
             fail(step, code="capability_inactive", message=error["message"],
                  extra={"nodeId": node.node_id, "capabilityId": node.capability_id})
+        elif step.status is None:
+            # A policy replanned: start what the new plan makes ready, in this
+            # commit, so the run is claimable (or dispatched) at once.
+            loop.start_next_or_finish(ctx, step, {k: n.status for k, n in ctx.nodes.items()})
         try:
             loop.commit(ctx, step, holder=False)
         except Fenced:

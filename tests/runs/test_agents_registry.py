@@ -13,6 +13,7 @@ from planner.models import Agent, AgentCapability
 from planner.registry import get_registry
 from runs.engine import tasks as task_services
 from runs.models import Run
+from tests.conftest import load_envelope
 from tests.runs.agents_helpers import REVIEW_ID, registration, review_envelope
 
 pytestmark = pytest.mark.django_db
@@ -125,6 +126,38 @@ def test_a_waiting_run_fails_when_its_capability_goes_inactive(api_for, agent_us
     assert (swept["agentsInactive"], swept["inactiveTasks"]) == (1, 1)
     run = Run.objects.get(pk=run_id)
     assert run.status == "failed" and run.error["code"] == "capability_inactive"
+
+
+def test_a_waiting_run_replans_onto_an_alternative_when_its_capability_goes_inactive_under_a_replan_policy(
+        api_for, agent_user, operator, drain):
+    from runs.models import NodeRun, PlanVersion, RunEvent
+
+    register(api_for(agent_user), registration())
+    envelope = load_envelope("facets-output")
+    # The agent's reviewer is preferred; the built-in one is the alternative.
+    envelope["policies"]["planner"]["selection"] = {"prefer": [REVIEW_ID]}
+    envelope["policies"]["runtime"] = [{"id": "replace-dead-reviewer", "trigger": {
+        "kind": "onNodeFail", "selector": {"kind": "validation"}}, "action": {"type": "replan"}}]
+    run_id = api_for(operator).post("/api/v1/flex/runs", envelope, format="json").json()["runId"]
+    drain()
+    assert Run.objects.get(pk=run_id).status == "running"
+    assert NodeRun.objects.get(run_id=run_id, capability_id=REVIEW_ID).status == "dispatched"
+
+    Agent.objects.filter(pk="acme-review").update(last_heartbeat_at=timezone.now() - timedelta(hours=1))
+    task_services.sweep_tasks()
+    drain()
+
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "completed", run.error
+    assert run.plan_version == 2
+    version = PlanVersion.objects.get(run_id=run_id, version=2)
+    assert version.trigger["excludedCapabilities"] == [REVIEW_ID]
+    assert "qa.ContentReview" in [n["capabilityId"] for n in version.graph["nodes"]]
+    assert NodeRun.objects.get(run_id=run_id, capability_id=REVIEW_ID).status == "failed"
+    types = list(RunEvent.objects.filter(run_id=run_id).order_by("seq").values_list("type", flat=True))
+    assert types.count("plan_updated") == 1 and types[-1] == "complete"
+    seqs = list(RunEvent.objects.filter(run_id=run_id).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_flex_user_creates_an_agent_token(capsys, db):
