@@ -27,8 +27,10 @@ What it does, for a request that carries the header (without it: nothing):
 5. Errors are not stored: a 4xx/5xx made no change (its transaction rolled
    back), so the same key may be retried — after fixing the body too. Only
    2xx responses are recorded and replayed (unlike Stripe, which also saves
-   errors of requests that started executing; here an error never has a
-   partial effect to protect).
+   errors of requests that started executing), with one exception: an error
+   response the view marks `idempotent_committed` did change state and is
+   committed, recorded and replayed like a success (a task completion whose
+   output failed its contract: the attempt is counted).
 6. Keys are kept `FLEX_IDEMPOTENCY_TTL_SECONDS` (24 h): older ones are
    ignored and deleted by the workers' sweep (`prune_idempotency_keys`).
 
@@ -144,7 +146,7 @@ def idempotent(handler: Handler) -> Handler:
                 request.accepted_media_type = "application/json"
                 return _replay(row)
             response = handler(view, request, *args, **kwargs)
-            if response.status_code >= 400:
+            if response.status_code >= 400 and not getattr(response, "idempotent_committed", False):
                 transaction.set_rollback(True)  # an error response is not recorded (see module docstring)
                 return response
             status, body = _record(response)

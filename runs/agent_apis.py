@@ -27,7 +27,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from flexagents.dates import iso_or_none
-from flexagents.errors import Forbidden, ValidationFailed
+from flexagents.errors import Forbidden, ValidationFailed, error_body
+from flexagents.idempotency import idempotent
 from flexagents.fields import StrictCharField, StrictIntegerField
 from flexagents.pagination import KeysetCursorPagination
 from flexagents.redaction import FREE_TEXT_KEYS, redact
@@ -281,13 +282,19 @@ class TaskHeartbeatApi(AgentApiView):
 
 class TaskCompleteApi(AgentApiView):
     @extend_schema(request=CompleteSerializer, summary="Complete a claimed task with its output facets")
+    @idempotent
     def post(self, request: Request, task_id: str) -> Response:
         body = parsed(CompleteSerializer, request.data)
         result = task_services.task_complete(user=request.user, task_id=task_id, lease_token=body["leaseToken"],
                                              output=body["output"], usage=body["usage"])
         if not result.accepted:
-            raise ValidationFailed("The output fails the node's contract; the attempt is counted.",
-                                   details={"errors": result.errors})
+            # Not raised: the refused output was committed as a counted
+            # attempt, which an Idempotency-Key must keep (and replay).
+            refused = Response(error_body(ValidationFailed.code,
+                                          "The output fails the node's contract; the attempt is counted.",
+                                          {"errors": result.errors}), status=422)
+            refused.idempotent_committed = True  # type: ignore[attr-defined]
+            return refused
         return Response({"taskId": task_id, "status": TaskStatus.COMPLETED})
 
 

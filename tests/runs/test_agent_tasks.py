@@ -251,3 +251,34 @@ def test_the_task_list_shows_the_callers_tasks_filtered(agent_api, api_for, oper
     assert api_for(other).get("/api/v1/flex/tasks").json()["tasks"] == []
     bad = agent_api.get("/api/v1/flex/tasks?status=bogus")
     assert bad.status_code == 422 and bad.json()["code"] == "validation_failed"
+
+
+def test_a_completion_sent_twice_with_one_idempotency_key_commits_once_and_replays(agent_api, api_for, operator,
+                                                                                   drain):
+    run_id, _ = _dispatched_task(api_for, operator, drain, maxRetries=1)
+    body = claim(agent_api).json()["task"]
+    url = f"/api/v1/flex/tasks/{body['taskId']}/complete"
+    # An invalid output is a counted attempt: with a key, the 422 is committed and replayed, not rolled back.
+    refused = {"leaseToken": body["leaseToken"], "output": invalid_review()}
+    first = agent_api.post(url, refused, format="json", HTTP_IDEMPOTENCY_KEY="done-1")
+    again = agent_api.post(url, refused, format="json", HTTP_IDEMPOTENCY_KEY="done-1")
+    assert first.status_code == again.status_code == 422 and first.json() == again.json()
+    assert again["Idempotent-Replayed"] == "true"
+    # One counted attempt, one re-offer (the replay did neither again).
+    assert types(run_id).count("validation_error") == 1 and Task.objects.filter(run_id=run_id).count() == 2
+
+    second = claim(agent_api).json()["task"]
+    assert second["attempt"] == 2
+    url = f"/api/v1/flex/tasks/{second['taskId']}/complete"
+    done = {"leaseToken": second["leaseToken"], "output": valid_review()}
+    first = agent_api.post(url, done, format="json", HTTP_IDEMPOTENCY_KEY="done-2")
+    again = agent_api.post(url, done, format="json", HTTP_IDEMPOTENCY_KEY="done-2")
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert again["Idempotent-Replayed"] == "true"
+    other = agent_api.post(url, {**done, "usage": {"model": "m", "promptTokens": 1, "completionTokens": 1}},
+                           format="json", HTTP_IDEMPOTENCY_KEY="done-2")
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    node = NodeRun.objects.get(run_id=run_id, capability_id=REVIEW_ID)
+    assert (node.status, node.commits) == ("completed", 1)
+    drain()
+    assert Run.objects.get(pk=run_id).status == "completed" and seqs_contiguous(run_id)

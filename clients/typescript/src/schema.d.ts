@@ -4075,7 +4075,10 @@ export interface operations {
     taskComplete: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1-255 printable ASCII characters. The same key from the same user with the same body replays the first (2xx) response with `Idempotent-Replayed: true`; kept 24 h (docs/api.md, Idempotency). */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 taskId: string;
             };
@@ -4090,6 +4093,8 @@ export interface operations {
             /** @description No response body */
             200: {
                 headers: {
+                    /** @description Present on a replayed response */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -4156,7 +4161,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `lease_lost` */
+            /** @description Conflict: `lease_lost`, `idempotency_in_progress` */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4164,7 +4169,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "lease_lost";
+                        code?: "lease_lost" | "idempotency_in_progress";
                     };
                 };
             };
@@ -4192,7 +4197,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Unprocessable content: `validation_failed` */
+            /** @description Unprocessable content: `validation_failed`, `idempotency_key_invalid`, `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4200,7 +4205,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "validation_failed";
+                        code?: "validation_failed" | "idempotency_key_invalid" | "idempotency_key_reused";
                     };
                 };
             };
