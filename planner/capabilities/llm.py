@@ -7,8 +7,9 @@ call of `run`:
 1. build the prompt: the declaration's instructions, then the objective, the
    consumed facets (title, description, semantics, value), the facets to
    produce (title, description, semantics, schema), special instructions,
-   the planner's directives, every clarification answered for this node and,
-   on a retry, the errors of the previous reply (docs/models.md, "Prompt");
+   the planner's directives, every clarification answered for this node, the
+   goal feedback of a goal replan and, on a retry, the errors of the previous
+   reply (docs/models.md, "Prompt");
 2. call the endpoint's chat-completions API through the official `openai`
    SDK, the node's compiled contract wrapped as the structured-output
    `response_format` (`reply_schema`: an `answer` or a `clarify`);
@@ -123,7 +124,7 @@ def build_messages(declaration: LlmDeclaration, bundle: ContextBundle) -> list[d
         parts += ["# Variants", f"Write exactly {variant_count} variant(s).", ""]
     if bundle.special_instructions:
         parts += ["# Special instructions", *(f"- {text}" for text in bundle.special_instructions), ""]
-    directives = planner_policy.get("directives")
+    directives = bundle.directives or planner_policy.get("directives")
     if directives:
         parts += ["# Directives", "```json", _json(directives), "```", ""]
     if bundle.clarifications:
@@ -131,6 +132,9 @@ def build_messages(declaration: LlmDeclaration, bundle: ContextBundle) -> list[d
         for item in bundle.clarifications:
             parts += [f"- Question: {item.get('question')}", f"  Answer: {item.get('answer')}"]
         parts.append("")
+    if bundle.goal_feedback:
+        # The run's goals were not met by the last result (docs/planning.md): do better on them.
+        parts += ["# Goals not met yet (improve on them)", "```json", _json(bundle.goal_feedback), "```", ""]
     if bundle.previous_errors:
         parts += ["# Your previous reply was rejected",
                   "It broke the contract here (JSON Pointer: problem); fix every point:",

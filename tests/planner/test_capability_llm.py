@@ -202,6 +202,19 @@ def test_the_prompt_shows_previous_errors_only_on_a_retry():
     assert "- /qa_report/score: must be <= 1" in build_messages(twin, bundle)[1]["content"]
 
 
+def test_the_prompt_carries_directives_and_goal_feedback_from_the_bundle():
+    twin = next(d for d in load_declarations(SHIPPED) if d.capability_id == "llm.SocialpostDrafting")
+    bundle = ContextBundle(run_id="r", node_id="n", objective="Write it", facets={},
+                           contract=compile_facets(["copyVariants"]).schema)
+    assert "Goals not met" not in build_messages(twin, bundle)[1]["content"]
+    bundle.directives = {"brandVoice": "plain words"}
+    bundle.goal_feedback = [{"goalId": "quality", "condition": {">=": [{"var": "qa_report.score"}, 0.8]},
+                             "attempt": 1, "values": {"qa_report": {"score": 0.7}}}]
+    prompt = build_messages(twin, bundle)[1]["content"]
+    assert "# Directives" in prompt and "plain words" in prompt
+    assert "# Goals not met yet" in prompt and '"goalId": "quality"' in prompt and "0.7" in prompt
+
+
 # --- planning -----------------------------------------------------------------------------------
 
 def test_capabilities_selected_only_on_request_lose_to_the_default_and_win_when_required():
