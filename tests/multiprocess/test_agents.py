@@ -126,7 +126,10 @@ def test_a_zombie_agent_gets_lease_lost_and_commits_nothing(procs, token, tmp_pa
     wait_for(lambda: "lease lost" in zombie.logs(20000), timeout=20, what="the zombie to hear lease_lost")
 
     assert zombie.stop() == 0
-    assert stats(zombie) == {"claimed": 1, "lease_lost": 1}  # nothing completed, nothing failed
+    # Nothing completed, nothing failed: its lease renewal may hear lease_lost
+    # too, before the completion does.
+    seen = stats(zombie)
+    assert set(seen) == {"claimed", "lease_lost"} and seen["claimed"] == 1 and seen["lease_lost"] >= 1, seen
     assert types_of(run_id) == events_before  # nothing written after the takeover's run
     node = hashtags_node(run_id)
     assert (node.commits, node.attempts) == (1, 2)
