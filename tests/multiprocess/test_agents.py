@@ -202,3 +202,38 @@ def test_invalid_output_from_an_agent_is_refused_retried_then_escalated_to_a_per
 
     assert agent.stop() == 0
     assert stats(agent) == {"claimed": 2, "rejected": 2}
+
+
+def test_a_killed_agents_capability_goes_inactive_and_its_run_replans_onto_another_agent(procs, token, tmp_path):
+    from runs.models import PlanVersion
+
+    web, port = procs.daphne()
+    procs.worker()
+    log = tmp_path / "calls.jsonl"
+    # Two agents produce `hashtags`; the envelope prefers the first, which is
+    # killed mid-task: its capability goes inactive and an onNodeFail replan
+    # policy moves the node to the other agent's capability.
+    doomed = start_test_agent(procs, port, agent_token("mp-agent-a"), AGENT_SLEEP="120", AGENT_CALL_LOG=str(log))
+    other = start_test_agent(procs, port, agent_token("mp-agent-b"), AGENT_ID="mp-other",
+                             AGENT_CAPABILITY="acme.HashtagsToo", AGENT_CALL_LOG=str(log))
+    envelope = hashtags_envelope()
+    envelope["policies"] = {"planner": {"selection": {"prefer": [HASHTAGS]}}, "runtime": [
+        {"id": "replace-lost-agent", "trigger": {"kind": "onNodeFail", "selector": {"capabilityId": HASHTAGS}},
+         "action": {"type": "replan"}}]}
+    run_id = submit(port, token, envelope)
+    wait_for(lambda: len(calls(log)) == 1, timeout=60, what="the preferred agent to start the task")
+    assert calls(log)[0]["pid"] == doomed.pid
+    doomed.kill()  # SIGKILL: no more heartbeats, no hand-back
+
+    assert wait_run_status(run_id, ("completed", "failed", "awaiting_hitl"), timeout=90) == "completed"
+    run = Run.objects.get(pk=run_id)
+    assert run.plan_version == 2
+    trigger = PlanVersion.objects.get(run_id=run_id, version=2).trigger
+    assert trigger["excludedCapabilities"] == [HASHTAGS], trigger
+    assert calls(log)[-1]["pid"] == other.pid and f"#Pid{other.pid}" in run.output["hashtags"]
+    assert NodeRun.objects.get(run_id=run_id, capability_id="acme.HashtagsToo").commits == 1
+    assert hashtags_node(run_id).commits == 0
+    frames = SSEClient(port, token, run_id).read(timeout=30)
+    assert_contiguous(frames)
+    assert "plan_updated" in [f["event"] for f in frames] and frames[-1]["event"] == "complete"
+    assert other.stop() == 0
