@@ -229,6 +229,12 @@ FLEX_SSE_KEEPALIVE_SECONDS = env_float("FLEX_SSE_KEEPALIVE_SECONDS", 15.0, minim
 FLEX_SSE_POLL_SECONDS = env_float("FLEX_SSE_POLL_SECONDS", 0.25 if not REDIS_URL else 2.0, minimum=0.01)
 FLEX_SSE_MAX_STREAMS_PER_USER = env_int("FLEX_SSE_MAX_STREAMS_PER_USER", 200, minimum=1)
 FLEX_SSE_MAX_STREAMS = env_int("FLEX_SSE_MAX_STREAMS", 5000, minimum=1)
+# A stream whose client leaves more than this unread in the server is cut
+# with a retry hint (it reconnects with Last-Event-ID and loses nothing).
+FLEX_SSE_SLOW_CONSUMER_BYTES = env_int("FLEX_SSE_SLOW_CONSUMER_BYTES", 256 * 1024, minimum=1024)
+FLEX_SSE_SLOW_CONSUMER_SECONDS = env_float("FLEX_SSE_SLOW_CONSUMER_SECONDS", 10.0, minimum=0.05)
+# The kernel send buffer of a stream's socket (bounded memory per stream).
+FLEX_SSE_SOCKET_BUFFER_BYTES = env_int("FLEX_SSE_SOCKET_BUFFER_BYTES", 64 * 1024, minimum=4096)
 # How long a stream ticket (`?ticket=` for EventSource) may wait to be used.
 FLEX_STREAM_TICKET_SECONDS = env_int("FLEX_STREAM_TICKET_SECONDS", 60, minimum=1, maximum=3600)
 
