@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connection, connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
@@ -115,10 +116,15 @@ def offloaded(view: Callable[..., Any]) -> Callable[..., Any]:
                 connections.close_all()
 
     in_executor = sync_to_async(run_view, thread_sensitive=False)
+    # Under a sync handler (WSGI, Django's test client) the request's own
+    # thread runs the view, as for any other view (and sees its transaction).
+    in_request_thread = sync_to_async(view, thread_sensitive=True)
 
     @functools.wraps(view)
     async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
-        return await in_executor(request, *args, **kwargs)
+        if isinstance(request, ASGIRequest):
+            return await in_executor(request, *args, **kwargs)
+        return await in_request_thread(request, *args, **kwargs)
 
     return async_view
 
