@@ -18,11 +18,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
-from whitenoise.middleware import WhiteNoiseMiddleware
 
 from flexagents import logging as flex_logging
 from flexagents.errors import FlexDisabled, error_body
@@ -173,34 +172,3 @@ class ApiErrorMiddleware(HybridMiddleware):
         logger.error("unhandled error in %s %s", request.method, request.path, exc_info=exception)
         return json_error(500, *_INTERNAL)
 
-
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
-    """whitenoise, sync and async: whitenoise 6 is sync-only, and one
-    sync-only middleware makes Django run the rest of an async request —
-    an async view included — inside a thread that waits for it. A long-polling
-    claim (runs.agent_apis) would then pin a thread for its whole wait. Here a
-    static file is served as whitenoise serves it (its lookup and response
-    building in a thread when under ASGI); any other request passes straight
-    through to the async stack."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        super().__init__(get_response)
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        return super().__call__(request)
-
-    async def __acall__(self, request: HttpRequest) -> Any:
-        if self.autorefresh:
-            static_file = await sync_to_async(self.find_file)(request.path_info)
-        else:
-            static_file = self.files.get(request.path_info)  # a dict lookup
-        if static_file is not None:
-            return await sync_to_async(self.serve)(static_file, request)
-        return await self.get_response(request)

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     # daphne first: `runserver` then serves ASGI, which SSE needs.
     "daphne",
     "corsheaders",
+    "servestatic",  # its system checks; the middleware serves static files
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -71,8 +72,11 @@ MIDDLEWARE = [
     "flexagents.access.RequestLogMiddleware",
     "flexagents.access.InputGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # whitenoise, made async-capable: no sync-only middleware may hold a thread for an async view.
-    "flexagents.middleware.StaticFilesMiddleware",
+    # Async-capable (ServeStatic, a maintained fork of WhiteNoise): with every
+    # middleware async-capable Django runs the chain on the event loop, so a
+    # long-lived request (an SSE stream, a task claim's long poll) holds no
+    # thread for its lifetime.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -164,13 +168,13 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic
+STATIC_ROOT.mkdir(exist_ok=True)  # servestatic warns about a missing root before collectstatic
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = True
+SERVESTATIC_USE_FINDERS = True
 
 # Body size limit (API.md: 1 MiB by default); DRF >= 3.18 honours it for JSON.
 FLEX_MAX_BODY_BYTES = env_int("FLEX_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
@@ -228,6 +232,12 @@ FLEX_SSE_KEEPALIVE_SECONDS = env_float("FLEX_SSE_KEEPALIVE_SECONDS", 15.0, minim
 FLEX_SSE_POLL_SECONDS = env_float("FLEX_SSE_POLL_SECONDS", 0.25 if not REDIS_URL else 2.0, minimum=0.01)
 FLEX_SSE_MAX_STREAMS_PER_USER = env_int("FLEX_SSE_MAX_STREAMS_PER_USER", 200, minimum=1)
 FLEX_SSE_MAX_STREAMS = env_int("FLEX_SSE_MAX_STREAMS", 5000, minimum=1)
+# A stream whose client leaves more than this unread in the server is cut
+# with a retry hint (it reconnects with Last-Event-ID and loses nothing).
+FLEX_SSE_SLOW_CONSUMER_BYTES = env_int("FLEX_SSE_SLOW_CONSUMER_BYTES", 256 * 1024, minimum=1024)
+FLEX_SSE_SLOW_CONSUMER_SECONDS = env_float("FLEX_SSE_SLOW_CONSUMER_SECONDS", 10.0, minimum=0.05)
+# The kernel send buffer of a stream's socket (bounded memory per stream).
+FLEX_SSE_SOCKET_BUFFER_BYTES = env_int("FLEX_SSE_SOCKET_BUFFER_BYTES", 64 * 1024, minimum=4096)
 # How long a stream ticket (`?ticket=` for EventSource) may wait to be used.
 FLEX_STREAM_TICKET_SECONDS = env_int("FLEX_STREAM_TICKET_SECONDS", 60, minimum=1, maximum=3600)
 

@@ -4,13 +4,17 @@ Views are thin: parse, call one service or selector, serialize.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import re
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connection, connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django_eventstream.renderers import SSEEventRenderer
@@ -98,6 +102,40 @@ def sse_response(*, admission: Admission | None, run_id: str, after_seq: int, us
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def offloaded(view: Callable[..., Any]) -> Callable[..., Any]:
+    """An async view that runs the (sync, DRF) `view` — authentication, the
+    run permission check, Last-Event-ID, admission, rendering an error — on
+    the event loop's bounded default executor, and gives the database
+    connection back at once. The streaming response that comes back is an
+    async generator served on the event loop: with the async middleware chain
+    (flexagents.asgi) no stream holds an OS thread, in any phase, and a
+    connect storm of thousands of streams queues on a handful of threads."""
+
+    def run_view(request: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = view(request, *args, **kwargs)
+            render = getattr(response, "render", None)
+            if callable(render) and not getattr(response, "is_rendered", True):
+                response = render()
+            return response
+        finally:
+            if not connection.in_atomic_block:
+                connections.close_all()
+
+    in_executor = sync_to_async(run_view, thread_sensitive=False)
+    # Under a sync handler (WSGI, Django's test client) the request's own
+    # thread runs the view, as for any other view (and sees its transaction).
+    in_request_thread = sync_to_async(view, thread_sensitive=True)
+
+    @functools.wraps(view)
+    async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(request, ASGIRequest):
+            return await in_executor(request, *args, **kwargs)
+        return await in_request_thread(request, *args, **kwargs)
+
+    return async_view
 
 
 def admit_stream(user: Any) -> Admission:

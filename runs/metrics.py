@@ -59,6 +59,8 @@ HITL_RESPONSE = Histogram("flex_hitl_response_seconds", "From a HITL request to 
 LEASE_TAKEOVERS = Counter("flex_lease_takeovers", "Runs claimed from a worker whose lease expired.")
 SSE_OPEN_STREAMS = Gauge("flex_sse_open_streams", "SSE streams open now, all live processes summed.",
                          multiprocess_mode="livesum")
+SSE_TABLE_READS = Counter("flex_sse_table_reads", "Reads of the event table by SSE streams (replays and "
+                          "catch-ups; one per run per wake, shared by its lagging streams).")
 LLM_TOKENS = Counter("flex_llm_tokens", "Language-model tokens used.", ["model", "kind"])
 NOTIFICATION_ATTEMPTS = Counter("flex_notification_attempts",
                                 "Notification delivery attempts (webhooks, email) by outcome: delivered, retry "
@@ -119,6 +121,10 @@ def sse_stream_opened() -> None:
 
 def sse_stream_closed() -> None:
     SSE_OPEN_STREAMS.dec()
+
+
+def sse_table_read() -> None:
+    SSE_TABLE_READS.inc()
 
 
 def llm_tokens_used(*, model: str, kind: str, tokens: int) -> None:

@@ -413,6 +413,58 @@ _read_last_seqs = sync_to_async(_read_last_seqs_sync, thread_sensitive=False)
 _may_view = sync_to_async(_may_view_sync, thread_sensitive=False)
 
 
+class _SharedRead:
+    """One read of a run's events, shared by every stream of this event loop
+    that needs one before it starts: the lowest position wins, each stream
+    keeps what is after its own."""
+
+    __slots__ = ("after", "future")
+
+    def __init__(self, after: int, future: asyncio.Future) -> None:
+        self.after = after
+        self.future = future
+
+
+_shared_reads: dict[tuple[int, str], _SharedRead] = {}
+
+
+async def read_events_shared(run_id: str, after_seq: int) -> tuple[list[Event], str | None, bool]:
+    """Events of `run_id` after `after_seq`, the run's status, and whether the
+    read was cut at READ_BATCH (read again). Streams that fall behind in the
+    same wake — an overflow, a gap, a Redis reconnect, a connect storm's
+    initial replay — share ONE query per run: the read starts on the next
+    turn of the event loop, and every stream of that run that asks before
+    then joins it."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), run_id)
+    shared = _shared_reads.get(key)
+    if shared is None:
+        shared = _SharedRead(after_seq, loop.create_future())
+        _shared_reads[key] = shared
+        loop.call_soon(lambda: loop.create_task(_run_shared_read(key, run_id, shared)))
+    else:
+        shared.after = min(shared.after, after_seq)
+    events, status = await asyncio.shield(shared.future)
+    return [e for e in events if e.id > after_seq], status, len(events) >= READ_BATCH
+
+
+async def _run_shared_read(key: tuple[int, str], run_id: str, shared: _SharedRead) -> None:
+    if _shared_reads.get(key) is shared:
+        del _shared_reads[key]  # later askers start a new read
+    metrics.sse_table_read()  # flex_sse_table_reads_total
+    try:
+        result = await _read_events(run_id, shared.after, READ_BATCH)
+    except BaseException as exc:  # noqa: BLE001 — handed to every waiting stream
+        if not shared.future.done():
+            shared.future.set_exception(exc)
+            shared.future.add_done_callback(lambda f: f.exception())  # retrieved even if no one waits
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return
+    if not shared.future.done():
+        shared.future.set_result(result)
+
+
 def _ends_stream(type_: str, data: str, stop_on_wait: bool) -> bool:
     if type_ == COMPLETE:
         return True
@@ -510,14 +562,14 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
                     listener.channel_items = {}
                     listener.overflow = False
                     listener.aevent.clear()
-                events, status = await _read_events(run_id, listener.last_seq, READ_BATCH)
+                events, status, cut = await read_events_shared(run_id, listener.last_seq)
                 for event in events:
                     yield encode(event)
                     listener.last_seq = event.id
                     if _ends_stream(event.type, event.data, stop_on_wait) or (
                             until_seq is not None and event.id >= until_seq):
                         return
-                if len(events) == READ_BATCH:
+                if cut:
                     continue
                 need_read = False
                 if status is None or (status in TERMINAL_STATUSES and not events):
