@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import django_filters
 from asgiref.sync import markcoroutinefunction, sync_to_async
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -35,6 +34,7 @@ from flexagents.redaction import FREE_TEXT_KEYS, redact
 from flexagents.roles import user_is_agent, user_may_register_agents, user_may_view_all_runs
 from planner import agents as agent_services
 from planner.types import CAPABILITY_KINDS
+from runs import notify
 from runs.apis import FlexApiView
 from runs.engine import tasks as task_services
 from runs.hitl_apis import StrictSerializer
@@ -177,17 +177,7 @@ class AgentListApi(AgentApiView):
 
 # --- claim (long poll) -----------------------------------------------------------------
 
-def _close_after(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run on the shared executor and give the connection back at once: a
-    waiting claim must not hold one."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return wrapper
+_close_after = notify.closing_connection  # a waiting claim must not hold a connection
 
 
 @_close_after

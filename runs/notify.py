@@ -8,11 +8,14 @@ event. Redis being down never fails the caller: the event is already committed.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Coroutine
+from typing import Any, Callable, TypeVar
 
 import redis
 from django.conf import settings
@@ -178,3 +181,48 @@ def start_work_listener() -> threading.Thread | None:
     thread = threading.Thread(target=listen, name="flex-work-listener", daemon=True)
     thread.start()
     return thread
+
+
+_R = TypeVar("_R")
+
+
+def closing_connection(fn: Callable[..., _R]) -> Callable[..., _R]:
+    """Run `fn` (a read or a short transaction, on an executor thread) and
+    give its database connection back at once: an idle stream or a waiting
+    claim must not hold one."""
+    from django.db import connection
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return wrapper
+
+
+class PerLoopBackground:
+    """A hub's background tasks, one set per event loop: `_poll_forever`, and
+    `_redis_forever` when Redis is configured (runs.streaming, runs.task_wait)."""
+
+    _tasks: dict[int, list[asyncio.Task[None]]]
+
+    def _poll_forever(self) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
+
+    def _redis_forever(self) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
+
+    def ensure_background(self) -> None:
+        loop = asyncio.get_running_loop()
+        key = id(loop)
+        tasks = self._tasks.get(key)
+        if tasks and all(not t.done() for t in tasks):
+            return
+        # Forget tasks of loops that are gone (tests create many loops).
+        self._tasks = {k: v for k, v in self._tasks.items() if any(not t.done() for t in v)}
+        new = [loop.create_task(self._poll_forever())]
+        if settings.REDIS_URL:
+            new.append(loop.create_task(self._redis_forever()))
+        self._tasks[key] = new

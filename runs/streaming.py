@@ -30,7 +30,6 @@ from typing import Any, AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django_eventstream.channelmanager import ChannelManagerBase
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist, StorageBase
@@ -131,7 +130,7 @@ class Admission:
 ADMIT_GRACE_SECONDS = 5.0
 
 
-class StreamHub:
+class StreamHub(notify.PerLoopBackground):
     """Per-process bookkeeping of open streams and their notification sources.
 
     Admission counts live listeners (streams whose generator runs) plus slots
@@ -280,20 +279,7 @@ class StreamHub:
             if listener.loop is not None:
                 listener.wake_threadsafe()
 
-    # -- background tasks, one set per event loop --
-    def ensure_background(self) -> None:
-        loop = asyncio.get_running_loop()
-        key = id(loop)
-        tasks = self._tasks.get(key)
-        if tasks and all(not t.done() for t in tasks):
-            return
-        # Forget tasks of loops that are gone (tests create many loops).
-        self._tasks = {k: v for k, v in self._tasks.items() if any(not t.done() for t in v)}
-        new = [loop.create_task(self._poll_forever())]
-        if settings.REDIS_URL:
-            new.append(loop.create_task(self._redis_forever()))
-        self._tasks[key] = new
-
+    # -- background tasks, one set per event loop: notify.PerLoopBackground --
     async def _poll_forever(self) -> None:
         """Watch Run.last_seq of followed runs; wake streams that fell behind.
         The only path without Redis, and a safety net with it."""
@@ -377,17 +363,7 @@ hub = StreamHub()
 notify.register_frame_sink(hub.deliver_many, wants=hub.has_listeners)
 
 
-def _close_after(fn):
-    """Run a read and give the connection back at once: an idle stream must
-    not hold a database connection between reads."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return wrapper
+_close_after = notify.closing_connection
 
 
 @_close_after

@@ -25,7 +25,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Max, Q
 
 from runs import notify
@@ -34,20 +33,18 @@ from runs.models import Task, TaskStatus
 logger = logging.getLogger("runs.task_wait")
 
 
+@notify.closing_connection
 def _signature_sync() -> tuple[Any, ...]:
-    try:
-        row = Task.objects.filter(status__in=[TaskStatus.OPEN, TaskStatus.CLAIMED]).aggregate(
-            open=Count("pk", filter=Q(status=TaskStatus.OPEN)), claimed=Count("pk", filter=Q(status=TaskStatus.CLAIMED)),
-            latest=Max("created_at"))
-        return (row["open"], row["claimed"], row["latest"])
-    finally:
-        connection.close()
+    row = Task.objects.filter(status__in=[TaskStatus.OPEN, TaskStatus.CLAIMED]).aggregate(
+        open=Count("pk", filter=Q(status=TaskStatus.OPEN)), claimed=Count("pk", filter=Q(status=TaskStatus.CLAIMED)),
+        latest=Max("created_at"))
+    return (row["open"], row["claimed"], row["latest"])
 
 
 _signature = sync_to_async(_signature_sync, thread_sensitive=False)
 
 
-class TaskWaitHub:
+class TaskWaitHub(notify.PerLoopBackground):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[int, tuple[asyncio.AbstractEventLoop, set[asyncio.Event]]] = {}
@@ -94,18 +91,6 @@ class TaskWaitHub:
             entry = self._waiters.get(id(loop))
             events = list(entry[1]) if entry else []
         _set_all(events)
-
-    def ensure_background(self) -> None:
-        loop = asyncio.get_running_loop()
-        key = id(loop)
-        tasks = self._tasks.get(key)
-        if tasks and all(not t.done() for t in tasks):
-            return
-        self._tasks = {k: v for k, v in self._tasks.items() if any(not t.done() for t in v)}
-        new = [loop.create_task(self._poll_forever())]
-        if settings.REDIS_URL:
-            new.append(loop.create_task(self._redis_forever()))
-        self._tasks[key] = new
 
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()

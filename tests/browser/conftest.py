@@ -118,3 +118,23 @@ def login(page: Any, base: str, username: str, *, admin: bool = True, password: 
     page.fill("input[name=password]", password)
     page.click("[type=submit]")
     page.wait_for_load_state()
+
+
+def wait_for_person(run: Any, drain: Any) -> Any:
+    """Advance `run` in this process until it waits for a person (before the
+    browser opens: the ORM may not run beside Playwright's loop). The
+    server's embedded worker may claim it before drain() does; then that
+    worker brings it to the person."""
+    import time
+
+    from runs.models import RunStatus
+
+    deadline = time.monotonic() + 30
+    while True:
+        drain()
+        run.refresh_from_db()
+        if run.status == RunStatus.AWAITING_HITL or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert run.status == RunStatus.AWAITING_HITL, run.status
+    return run

@@ -17,7 +17,7 @@ from guardian.shortcuts import assign_perm
 from hitl.models import HitlRequest
 from runs.models import AuditEntry, Run, RunStatus
 from runs.services import run_create
-from tests.browser.conftest import login, screenshot
+from tests.browser.conftest import login, screenshot, wait_for_person
 from tests.conftest import load_envelope
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,15 +33,7 @@ def submit_and_wait(user: Any, name: str, drain: Callable[[], int]) -> Run:
     run = run_create(user=user, envelope=load_envelope(name))
     # The server's embedded worker may claim the run before drain() does;
     # then it is that worker that brings it to the person.
-    deadline = time.monotonic() + 30
-    while True:
-        drain()
-        run.refresh_from_db()
-        if run.status == RunStatus.AWAITING_HITL or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert run.status == RunStatus.AWAITING_HITL, run.status
-    return run
+    return wait_for_person(run, drain)
 
 
 def status_of(run_id: str) -> str:

@@ -3,14 +3,13 @@ HITL inbox, reads the judged review, accepts it, and reads on the history
 page the two plan versions (docs/planning.md)."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from runs.models import Run, RunStatus
 from runs.services import run_create
-from tests.browser.conftest import login, screenshot
+from tests.browser.conftest import login, screenshot, wait_for_person
 from tests.browser.test_console import TIMEOUT_MS, wait_for_status
 from tests.conftest import load_envelope
 
@@ -22,15 +21,7 @@ def goal_run_waiting(user: Any, drain: Any) -> Run:
     envelope["policies"]["planner"]["goals"][0].update(
         condition={">=": [{"var": "qa_report.score"}, 2]}, maxReplans=1)  # never met
     run = run_create(user=user, envelope=envelope)
-    deadline = time.monotonic() + 30
-    while True:
-        drain()
-        run.refresh_from_db()
-        if run.status == RunStatus.AWAITING_HITL or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert run.status == RunStatus.AWAITING_HITL, run.status
-    return run
+    return wait_for_person(run, drain)
 
 
 def test_an_operator_accepts_an_unmet_goal_from_the_inbox_and_reads_both_plan_versions(

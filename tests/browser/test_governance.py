@@ -10,7 +10,6 @@ to the run page to the Answer button.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from hitl.models import HitlRequest
 from runs.models import Run, RunStatus
 from runs.services import run_create
-from tests.browser.conftest import login, screenshot
+from tests.browser.conftest import login, screenshot, wait_for_person
 from tests.conftest import load_envelope
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,15 +29,7 @@ def governed_run(user: Any, drain: Callable[[], int], **rules: Any) -> Run:
     envelope = load_envelope("approval-required")
     envelope["policies"]["runtime"][0]["action"].update({"allowSelfApproval": False, **rules})
     run = run_create(user=user, envelope=envelope)
-    deadline = time.monotonic() + 30
-    while True:
-        drain()
-        run.refresh_from_db()
-        if run.status == RunStatus.AWAITING_HITL or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert run.status == RunStatus.AWAITING_HITL, run.status
-    return run
+    return wait_for_person(run, drain)
 
 
 def open_from_inbox(page: Any, run_id: str) -> None:
