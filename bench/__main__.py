@@ -5,7 +5,8 @@ with this round's targets. Nothing here is a test: no figure fails the run.
 Environment: FLEX_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/flex_bench;
 the database is dropped and re-created), FLEX_BENCH_DIR (default /tmp/flex_bench),
 FLEX_BENCH_CLIENTS (default 500), FLEX_BENCH_AGENTS (long-polling agents, default 200),
-FLEX_BENCH_ONLY (sqlite or postgresql), FLEX_BENCH_LLM_RUNS (default 20), FLEX_BENCH_LLM_DELAY_MS (the
+FLEX_BENCH_ONLY (sqlite or postgresql), FLEX_BENCH_PHASES (a comma-separated subset of
+engine, throughput, llm, sse, agents, sse_polling; default all), FLEX_BENCH_LLM_RUNS (default 20), FLEX_BENCH_LLM_DELAY_MS (the
 test model's latency, default 50).
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from bench.common import RESULT_PREFIX, ROOT, WORK, free_port, wait_port
 PG_URL = os.environ.get("FLEX_BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/flex_bench")
 CLIENTS = int(os.environ.get("FLEX_BENCH_CLIENTS", "500"))
 AGENTS = int(os.environ.get("FLEX_BENCH_AGENTS", "200"))
+ALL_PHASES = ("engine", "throughput", "llm", "sse", "agents", "sse_polling")
+PHASES = [p.strip() for p in os.environ.get("FLEX_BENCH_PHASES", ",".join(ALL_PHASES)).split(",") if p.strip()]
 # Engine targets are ratios to the floor measured in the same run (bench/floor.py).
 TARGETS = {"marginal_ratio": 2.0, "run3_ratio": 10.0, "approval_ratio": 15.0, "growth": 0.15,
            "commits_per_node": 1.0, "sse_p50_ms": 10.0, "sse_p99_ms": 50.0}
@@ -103,18 +106,23 @@ def bench_database(vendor: str, url: str) -> dict[str, Any]:
     env = base_env(url)
     log(f"[{vendor}] migrating")
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-    out: dict[str, Any] = {"engine": phase("bench.engine", env), "throughput": phase("bench.throughput", env),
-                           "llm": phase("bench.llm", env)}
+    out: dict[str, Any] = {}
+    for name, module in (("engine", "bench.engine"), ("throughput", "bench.throughput"), ("llm", "bench.llm")):
+        if name in PHASES:
+            out[name] = phase(module, env)
     if shutil.which("redis-server"):
-        with PrivateRedis() as redis:
-            out["sse_redis"] = phase("bench.sse", {**env, "REDIS_URL": redis.url}, str(CLIENTS))
-        with PrivateRedis() as redis:
-            out["agents"] = phase("bench.agents", {**env, "REDIS_URL": redis.url}, str(AGENTS))
-    else:
+        if "sse" in PHASES:
+            with PrivateRedis() as redis:
+                out["sse_redis"] = phase("bench.sse", {**env, "REDIS_URL": redis.url}, str(CLIENTS))
+        if "agents" in PHASES:
+            with PrivateRedis() as redis:
+                out["agents"] = phase("bench.agents", {**env, "REDIS_URL": redis.url}, str(AGENTS))
+    elif "agents" in PHASES:
         # Without Redis a waiting claim learns of new tasks by polling (FLEX_TASK_POLL_SECONDS).
         out["agents"] = phase("bench.agents", env, str(AGENTS))
-    # Without Redis: streams learn of new events by polling (FLEX_SSE_POLL_SECONDS, 0.25 s default).
-    out["sse_polling"] = phase("bench.sse", env, "0", "4")
+    if "sse_polling" in PHASES:
+        # Without Redis: streams learn of new events by polling (FLEX_SSE_POLL_SECONDS, 0.25 s default).
+        out["sse_polling"] = phase("bench.sse", env, "0", "4")
     return out
 
 
@@ -128,45 +136,48 @@ def report(results: dict[str, dict[str, Any]]) -> None:
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load average {LOAD_AT_START} at start,"
           f" {_loadavg()} at the end\n")
     for vendor, r in results.items():
-        e = r["engine"]
-        m = e["summary"]
+        print(f"--- {vendor}")
+        if "engine" in r:
+            e = r["engine"]
+            m = e["summary"]
 
-        def fig(key: str, unit: str = "ms") -> str:
-            v = m[key]
-            return f"{v['median']:.2f} {unit} [{v['min']:.2f}–{v['max']:.2f}]"
+            def fig(key: str, unit: str = "ms") -> str:
+                v = m[key]
+                return f"{v['median']:.2f} {unit} [{v['min']:.2f}–{v['max']:.2f}]"
 
-        print(f"--- {vendor}  (medians of {len(e['rounds'])} interleaved rounds [min–max])")
-        print(f"floor, one transaction of 3 small writes: {fig('floor_ms')} on the driver;"
-              f" {fig('floor_django_ms')} through Django")
-        rows = (("marginal cost of one node step", "marginal_ms_per_node", "marginal_ratio"),
-                ("3-node run end to end", "run3_ms", "run3_ratio"),
-                ("approval pause + resume (3 nodes, ask after node 2)", "approval_ms", "approval_ratio"))
-        for label, key, ratio in rows:
-            v = m[ratio]
-            line = f"{label}: {fig(key)} = {v['median']:.2f}× floor [{v['min']:.2f}–{v['max']:.2f}]"
-            if vendor == "postgresql":
-                line += "  " + verdict(v["median"], TARGETS[ratio])
-            print(line)
-        print(f"  statements: {m['marginal_statements_per_node']['median']:.2f} per node step,"
-              f" {m['approval_statements']['median']:.1f} per approval run")
-        print(f"  commits per node step (marginal): {m['marginal_commits_per_node']['median']:.3f}  "
-              f"{verdict(m['marginal_commits_per_node']['median'], TARGETS['commits_per_node'])}")
-        g = e["growth"]
-        print(f"growth, {g['nodes']}-node run of {g['pad_bytes'] / 1000:g} KB nodes: step 1–5 {g['first_ms']:.2f} ms,"
-              f" step {g['nodes'] - 5}–{g['nodes'] - 1} {g['last_ms']:.2f} ms ({g['ms_growth']:+.0%})"
-              f"  {verdict(max(g['ms_growth'], 0.0), TARGETS['growth']) if vendor == 'postgresql' else ''}")
-        print(f"  CPU time of the worker per step {g['first_cpu_ms']:.2f} ms -> {g['last_cpu_ms']:.2f} ms"
-              f" ({g['cpu_growth']:+.0%})")
-        print(f"  bytes sent per step {g['first_bytes'] / 1000:.1f} KB -> {g['last_bytes'] / 1000:.1f} KB"
-              f" ({g['bytes_growth']:+.0%}), {g['total_bytes_per_run'] / 1e6:.2f} MB per run,"
-              f" {g['commits_per_step']:.2f} commits per step (floor then {g['floor_ms']:.2f} ms)")
-        for label, t in (("", r["throughput"]["throughput"]),
-                         (f", {r['throughput']['in_flight']['runs']} runs in flight",
-                          r["throughput"]["in_flight"]["throughput"])):
-            base = t["1"]["runs_per_second"]
-            print(f"runs/sec (3-node runs{label}): " + ", ".join(
-                f"{n} worker{'s' if n != '1' else ''}: {v['runs_per_second']:.1f} (x{v['runs_per_second'] / base:.2f})"
-                for n, v in t.items()))
+            print(f"engine: medians of {len(e['rounds'])} interleaved rounds [min–max]")
+            print(f"floor, one transaction of 3 small writes: {fig('floor_ms')} on the driver;"
+                  f" {fig('floor_django_ms')} through Django")
+            rows = (("marginal cost of one node step", "marginal_ms_per_node", "marginal_ratio"),
+                    ("3-node run end to end", "run3_ms", "run3_ratio"),
+                    ("approval pause + resume (3 nodes, ask after node 2)", "approval_ms", "approval_ratio"))
+            for label, key, ratio in rows:
+                v = m[ratio]
+                line = f"{label}: {fig(key)} = {v['median']:.2f}× floor [{v['min']:.2f}–{v['max']:.2f}]"
+                if vendor == "postgresql":
+                    line += "  " + verdict(v["median"], TARGETS[ratio])
+                print(line)
+            print(f"  statements: {m['marginal_statements_per_node']['median']:.2f} per node step,"
+                  f" {m['approval_statements']['median']:.1f} per approval run")
+            print(f"  commits per node step (marginal): {m['marginal_commits_per_node']['median']:.3f}  "
+                  f"{verdict(m['marginal_commits_per_node']['median'], TARGETS['commits_per_node'])}")
+            g = e["growth"]
+            print(f"growth, {g['nodes']}-node run of {g['pad_bytes'] / 1000:g} KB nodes: step 1–5 {g['first_ms']:.2f} ms,"
+                  f" step {g['nodes'] - 5}–{g['nodes'] - 1} {g['last_ms']:.2f} ms ({g['ms_growth']:+.0%})"
+                  f"  {verdict(max(g['ms_growth'], 0.0), TARGETS['growth']) if vendor == 'postgresql' else ''}")
+            print(f"  CPU time of the worker per step {g['first_cpu_ms']:.2f} ms -> {g['last_cpu_ms']:.2f} ms"
+                  f" ({g['cpu_growth']:+.0%})")
+            print(f"  bytes sent per step {g['first_bytes'] / 1000:.1f} KB -> {g['last_bytes'] / 1000:.1f} KB"
+                  f" ({g['bytes_growth']:+.0%}), {g['total_bytes_per_run'] / 1e6:.2f} MB per run,"
+                  f" {g['commits_per_step']:.2f} commits per step (floor then {g['floor_ms']:.2f} ms)")
+        if "throughput" in r:
+            for label, t in (("", r["throughput"]["throughput"]),
+                             (f", {r['throughput']['in_flight']['runs']} runs in flight",
+                              r["throughput"]["in_flight"]["throughput"])):
+                base = t["1"]["runs_per_second"]
+                print(f"runs/sec (3-node runs{label}): " + ", ".join(
+                    f"{n} worker{'s' if n != '1' else ''}: {v['runs_per_second']:.1f} (x{v['runs_per_second'] / base:.2f})"
+                    for n, v in t.items()))
         if "sse_redis" in r:
             s = r["sse_redis"]
             lat = s["latency"]
@@ -201,8 +212,9 @@ def report(results: dict[str, dict[str, Any]]) -> None:
                 print(f"  {node:<19} model {v['model_ms_p50']:7.1f} ms | ours {v['overhead_ms_p50']:6.1f} ms "
                       f"(SDK+HTTP {v['sdk_http_ms_p50']:5.1f}, prompt+validate+commit {v['engine_ms_p50']:5.1f}; "
                       f"max {v['overhead_ms_max']:.1f}) = {v['overhead_ms_p50'] / v['node_ms_p50']:.0%} of the node")
-        p = r["sse_polling"]["latency"]
-        print(f"SSE without Redis (polling): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms ({p['frames']} frames)")
+        if "sse_polling" in r:
+            p = r["sse_polling"]["latency"]
+            print(f"SSE without Redis (polling): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms ({p['frames']} frames)")
         print()
 
 
@@ -220,6 +232,9 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     capabilities.write_catalog(WORK / "facets.json")
     only = os.environ.get("FLEX_BENCH_ONLY")
+    unknown = sorted(set(PHASES) - set(ALL_PHASES))
+    if unknown:
+        sys.exit(f"FLEX_BENCH_PHASES: unknown phase(s) {', '.join(unknown)}; choose from {', '.join(ALL_PHASES)}")
     results: dict[str, dict[str, Any]] = {}
     for vendor, prepare in (("sqlite", prepare_sqlite), ("postgresql", prepare_postgres)):
         if only and only != vendor:

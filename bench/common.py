@@ -106,12 +106,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
-def bench_user() -> Any:
+def bench_user(username: str = "bench") -> Any:
+    """The client creating runs ("bench"), or another superuser ("bench-approver"
+    answers approvals: a run's creator may not approve its own request)."""
     from django.contrib.auth import get_user_model
 
     user_model = get_user_model()
-    user = user_model.objects.filter(username="bench").first()
-    return user or user_model.objects.create_superuser(username="bench", password="bench")
+    user = user_model.objects.filter(username=username).first()
+    return user or user_model.objects.create_superuser(username=username, password="bench")
 
 
 def bench_token() -> str:

@@ -126,14 +126,14 @@ def approval_cycle(runs: int, counts: dict[str, int]) -> dict[str, float]:
     from runs.engine.worker import drain
     from runs.services import hitl_resume
 
-    user = bench_user()
+    approver = bench_user("bench-approver")
     ids = _create([envelope(3, approve_after=2) for _ in range(runs)])
     before = dict(counts)
     started = time.perf_counter()
     drain(max_steps=runs + 10)
     for run_id in ids:
         request = HitlRequest.objects.get(run_id=run_id, status="pending")
-        hitl_resume(user=user, run_id=run_id, request_id=request.id,
+        hitl_resume(user=approver, run_id=run_id, request_id=request.id,
                     responses=[{"responseType": "approval", "approved": True}])
     drain(max_steps=runs + 10)
     elapsed = (time.perf_counter() - started) * 1000
