@@ -1,5 +1,6 @@
 """Engine costs in one process, one thread — the same claim / execute /
-commit path as a worker (`drain()`), trivial capabilities — each measured
+commit path as a worker (`drain()`, sweeping as often as a worker does:
+once per FLEX_SWEEP_SECONDS, not before every claim), trivial capabilities — each measured
 in rounds interleaved with the database's floor (`bench.floor`) and printed
 as a ratio to it.
 
@@ -24,6 +25,14 @@ from datetime import date, datetime
 from typing import Any
 
 from bench.common import emit, setup_django
+
+
+def drain(max_steps: int) -> int:
+    from django.conf import settings
+
+    from runs.engine.worker import drain as drain_runs
+
+    return drain_runs(max_steps=max_steps, sweep_seconds=settings.FLEX_SWEEP_SECONDS)
 
 ROUNDS = 3
 
@@ -95,7 +104,6 @@ def _check_completed(ids: list[str]) -> None:
 
 def measure(nodes: int, runs: int, counts: dict[str, int]) -> dict[str, float]:
     from bench.capabilities import envelope
-    from runs.engine.worker import drain
 
     ids = _create([envelope(nodes) for _ in range(runs)])
     before = dict(counts)
@@ -123,7 +131,6 @@ def approval_cycle(runs: int, counts: dict[str, int]) -> dict[str, float]:
     from bench.capabilities import envelope
     from bench.common import bench_user
     from hitl.models import HitlRequest
-    from runs.engine.worker import drain
     from runs.services import hitl_resume
 
     approver = bench_user("bench-approver")
@@ -147,7 +154,6 @@ def growth(nodes: int, pad_bytes: int, runs: int, counts: dict[str, int]) -> dic
     """Per node step of long runs with large facets: time, bytes, commits."""
     from bench.capabilities import envelope
     from runs.engine import loop
-    from runs.engine.worker import drain
 
     steps: list[tuple[float, int, int, float]] = []
     original = loop.run_node

@@ -400,6 +400,8 @@ def plan_warnings(envelope: dict[str, Any], *, graph: PlanGraph | None,
     """Runtime-policy selectors that cannot fire on `graph` (or on any plan, when it is None)."""
     from planner.envelope import selector_warnings
 
+    if not (envelope.get("policies") or {}).get("runtime"):
+        return []  # no selectors to check (and no node ids of the whole catalog to compute)
     possible = {*_node_ids(sorted(c for c in capability_ids if c != OUTPUT_MAPPER_ID)).values(), OUTPUT_NODE_ID}
     if graph is None:
         return selector_warnings(envelope, possible_node_ids=possible)
@@ -595,13 +597,16 @@ def _node_ids(order: list[str], *, kept: dict[str, str] | None = None, reuse: di
     ids: dict[str, str] = {cid: kept[cid] for cid in order if cid in kept}
     ids.update({cid: reuse[cid] for cid in order if cid in reuse and cid not in ids})
     taken = {OUTPUT_NODE_ID, *(taken or set()), *ids.values()}
+    next_suffix: dict[str, int] = {}  # per base: where the search for a free suffix resumes
     for cid in order:
         if cid in ids:
             continue
         base = (names or {}).get(cid) or cid.split(".", 1)[0] or "node"
-        candidate, suffix = base, 2
+        suffix = next_suffix.get(base, 2)
+        candidate = base if base not in next_suffix else f"{base}-{suffix}"
         while candidate in taken:
             candidate, suffix = f"{base}-{suffix}", suffix + 1
+        next_suffix[base] = suffix
         taken.add(candidate)
         ids[cid] = candidate
     return ids

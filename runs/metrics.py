@@ -179,12 +179,40 @@ def _count(rows: list[Any]) -> None:
 _USAGE_EVENTS = frozenset({ev.NODE_COMPLETE, ev.NODE_ERROR, ev.VALIDATION_ERROR})
 
 
+# Creation times the writer already holds for a run it is finishing or a
+# request being answered (`note_run_created`, `note_hitl_created`), so
+# counting the end costs no query; bounded (cleared when full).
+_CREATED: dict[tuple[str, Any], Any] = {}
+_CREATED_MAX = 4096
+
+
+def _note(key: tuple[str, Any], created_at: Any) -> None:
+    if len(_CREATED) >= _CREATED_MAX:
+        _CREATED.clear()
+    _CREATED[key] = created_at
+
+
+def note_run_created(run_id: str, created_at: Any) -> None:
+    """Before committing a run's end: when it was created (`flex_run_seconds`)."""
+    _note(("run", run_id), created_at)
+
+
+def note_hitl_created(request_id: Any, created_at: Any) -> None:
+    """Before committing a request's answer: when it was asked (`flex_hitl_answer_seconds`)."""
+    _note(("hitl", request_id), created_at)
+
+
 def _run_seconds(row: Any) -> float | None:
-    created = Run.objects.filter(pk=row.run_id).values_list("created_at", flat=True).first()
+    created = _CREATED.pop(("run", row.run_id), None)
+    if created is None:
+        created = Run.objects.filter(pk=row.run_id).values_list("created_at", flat=True).first()
     return (row.created_at - created).total_seconds() if created else None
 
 
 def _hitl_seconds(request_id: Any, resolved_at: Any) -> float | None:
+    created = _CREATED.pop(("hitl", request_id), None)
+    if created is not None:
+        return float((resolved_at - created).total_seconds())
     created = HitlRequest.objects.filter(pk=request_id).values_list("created_at", flat=True).first()
     return (resolved_at - created).total_seconds() if created else None
 

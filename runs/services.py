@@ -27,7 +27,7 @@ from planner.envelope import validate_envelope
 from planner.planner import build_plan
 from planner.registry import get_registry
 from runs import events as ev
-from runs import notify
+from runs import metrics, notify
 from runs.models import AuditEntry, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
 from runs.replanning import ReplanOutcome, plan_again, plan_nodes_payload
 from runs.selectors import run_get_for_user
@@ -458,6 +458,7 @@ def _resolve(*, user: Any, request: HitlRequest, answer: Answer, now: datetime,
     events.append(ev.event_hitl_resolved(request_id=request.id, resolution=resolved.resolution,
                                          responses=[hitl_response_payload(r) for r in resolved.responses],
                                          node_id=request.pending_node_id))
+    metrics.note_hitl_created(request.id, request.created_at)
     return resolved, events
 
 

@@ -50,7 +50,7 @@ from django.utils import timezone
 from runs import notifications
 from runs.events import PendingEvent, publish_on_commit
 from runs.models import (NODE_TRANSITIONS, RUN_TRANSITIONS, STATUS_WRITER, TERMINAL_STATUSES, NodeRun, Run,
-                         RunEvent, RunFacet)
+                         RunEvent, RunFacet, RunStatus)
 
 
 class FacetWrite(NamedTuple):
@@ -61,6 +61,14 @@ class FacetWrite(NamedTuple):
     node_id: str
     capability_id: str
     plan_version: int
+
+
+class CommittedStep(list[RunEvent]):
+    """The events a `step_commit` wrote, and what the run's row said then:
+    `triggers_pending` — manual policy triggers recorded on the run and not
+    yet applied (the engine applies them before its next step)."""
+
+    triggers_pending: bool = True
 
 
 class Fenced(Exception):
@@ -100,10 +108,13 @@ def run_transition(
     lease_token: int | None = None,
     updates: Mapping[str, Any] | None = None,
     events: Iterable[PendingEvent] = (),
+    via: str | None = None,
 ) -> list[RunEvent]:
     """Move a run from one of `expect` (None: any status) to `to` (None: the
     status stays), apply `updates` to its row and append `events` written at
     `plan_version`, in the caller's transaction. Returns the written events.
+    `via`: a status the run passes through in this same commit (queued →
+    planning → running when the plan is made at once); both moves are checked.
 
     Raises `TransitionNotAllowed` when the table forbids a move from one of
     `expect` to `to`, `Fenced` when the row is not in one of `expect` or no
@@ -115,7 +126,7 @@ def run_transition(
     pending = list(events)
     now = timezone.now()
     values = dict(updates or {})
-    _check_run_move(run_id, to, expected, values, now)
+    _check_run_move(run_id, to, expected, values, now, via=via)
     with status_writer():
         last_seq = _bump_run(run_id=run_id, count=len(pending), lease_token=lease_token, statuses=expected,
                              updates=values)
@@ -131,12 +142,23 @@ def run_transition(
 
 
 def _check_run_move(run_id: str, to: str | None, expected: list[str] | None, values: dict[str, Any],
-                    now: Any) -> None:
-    """The transition-table check of a run move; adds status, completed_at and
-    updated_at to `values`."""
+                    now: Any, *, via: str | None = None) -> None:
+    """The transition-table check of a run move (through `via`, if given);
+    adds status, completed_at and updated_at to `values`."""
     if "status" in values:
         raise TypeError("run_transition sets the status from `to`, not from `updates`")
-    if to is not None:
+    if via is not None:
+        if not expected:
+            raise TypeError("a move through a status needs the statuses it starts from (`expect`)")
+        forbidden = [status for status in expected if not run_transition_allowed(status, via)]
+        if to is not None and not run_transition_allowed(via, to):
+            forbidden.append(via)
+        if forbidden:
+            raise TransitionNotAllowed(f"{run_id}: {', '.join(forbidden)} -> {via} -> {to}")
+        values["status"] = to if to is not None else via
+        if values["status"] in TERMINAL_STATUSES:
+            values.setdefault("completed_at", now)
+    elif to is not None:
         if expected is None:
             raise TypeError("a status change needs the statuses it starts from (`expect`)")
         forbidden = [status for status in expected if not run_transition_allowed(status, to)]
@@ -169,7 +191,9 @@ def step_commit(
     nodes: Mapping[int, Mapping[str, Any]] | None = None,
     facets: Sequence[FacetWrite] = (),
     events: Sequence[PendingEvent] = (),
-) -> list[RunEvent]:
+    via: str | None = None,
+    inserts: Sequence[Any] = (),
+) -> CommittedStep:
     """`run_transition` + `nodes_update` of one engine step, as ONE statement
     on PostgreSQL — one round trip: outside a transaction the statement is
     its own (no BEGIN, one COMMIT), inside the caller's it joins it — and one
@@ -186,15 +210,20 @@ def step_commit(
       whole step (`TransitionNotAllowed`; on PostgreSQL the statement itself
       raises, so nothing of it is committed).
 
+    `inserts`: new rows of other tables (model instances: a plan's version
+    and node rows), inserted only if the run update matched; their pks are
+    set on them.
+
     Events are numbered from the returned `last_seq` (gap-free under the
-    row lock) and published after commit. Extend it by passing more events
+    row lock) and published after commit. The result also says whether the
+    run's row holds manual policy triggers (read in the same statement). Extend it by passing more events
     or adding a part to the statement (an outbox row joins `r` like the
     events do); writes of other shapes take `run_transition` in a transaction.
     """
     expected = [str(status) for status in expect]
     now = timezone.now()
     values = dict(updates)
-    _check_run_move(run_id, to, expected, values, now)
+    _check_run_move(run_id, to, expected, values, now, via=via)
     node_changes = [(pk, _node_sources(pk, changes), changes) for pk, changes in (nodes or {}).items()]
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
@@ -206,9 +235,10 @@ def step_commit(
         try:
             with (transaction.atomic() if connection.in_atomic_block or notifying else nullcontext()), \
                     status_writer():
-                last_seq = _step_postgresql(connection, run_id=run_id, lease_token=lease_token, statuses=expected,
-                                            updates=values, nodes=node_changes, facets=facets, events=events,
-                                            plan_version=plan_version, now=now)
+                last_seq, triggers = _step_postgresql(
+                    connection, run_id=run_id, lease_token=lease_token, statuses=expected, updates=values,
+                    nodes=node_changes, facets=facets, events=events, plan_version=plan_version, now=now,
+                    inserts=inserts)
                 if last_seq is None:
                     raise Fenced(run_id)
                 rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
@@ -225,12 +255,25 @@ def step_commit(
             if last_seq is None:
                 raise Fenced(run_id)
             rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+            rows_insert(inserts)
             _write_sqlite(connection, nodes=node_changes, rows=rows)
             facets_write(run_id, facets)
             notifications.enqueue(rows)
+            triggers = _triggers_pending_sqlite(connection, run_id)
     if rows:
         publish_on_commit(rows)  # at once when the statement was its own transaction
-    return rows
+    result = CommittedStep(rows)
+    result.triggers_pending = triggers
+    return result
+
+
+def _triggers_pending_sqlite(connection: Any, run_id: str) -> bool:
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {qn('manual_triggers')} FROM {qn(Run._meta.db_table)} WHERE {qn('id')} = %s",
+                       [run_id])
+        row = cursor.fetchone()
+    return row is not None and row[0] not in (None, "", "[]", [])
 
 
 def _node_sources(pk: int, changes: Mapping[str, Any]) -> list[str] | None:
@@ -254,6 +297,47 @@ def _allowed_sources(to: str) -> list[str]:
 
 
 # --- SQL of the hot path ---------------------------------------------------------
+
+def lease_claim(*, worker_id: str, now: Any, expires_at: Any, sweep: bool, run_id: str | None = None) -> Run | None:
+    """PostgreSQL: lease the oldest claimable run (or `run_id`) in ONE
+    statement — the row locked with `FOR UPDATE SKIP LOCKED` (concurrent
+    workers pick different runs without waiting) and its lease taken
+    (`lease_token + 1`, owner, expiry) — and return it, loaded as the worker
+    needs it (`previous_owner`: the owner before this claim, and
+    `created_by_username`, set on it), or None. The conditions are
+    `runs.engine.lease.claim_next`'s; the status is read, never written."""
+    connection = transaction.get_connection()
+    sql = _claim_sql(connection.ops.quote_name, sweep, run_id is not None)
+    params: list[Any] = [now] * (4 if sweep else 3) + ([run_id] if run_id is not None else [])
+    params += [worker_id, expires_at]
+    for run in Run.objects.raw(sql, params):
+        return run
+    return None
+
+
+@lru_cache(maxsize=None)
+def _claim_sql(qn: Any, sweep: bool, by_id: bool) -> str:
+    t = qn(Run._meta.db_table)
+    status, owner, expires, available = (qn(c) for c in ("status", "lease_owner", "lease_expires_at",
+                                                           "available_at"))
+    # Queued with a free or expired lease, and available; running and let go
+    # on purpose (no owner, expired); with `sweep`, any running or planning
+    # run whose lease expired (a dead worker's). Index run_queue_idx serves
+    # the queued branch, run_lease_idx the expired ones.
+    claimable = [f"({status} = '{RunStatus.QUEUED}' AND ({expires} IS NULL OR {expires} < %s) "
+                 f"AND ({available} IS NULL OR {available} <= %s))",
+                 f"({status} = '{RunStatus.RUNNING}' AND {owner} = '' AND {expires} < %s)"]
+    if sweep:
+        claimable.append(f"({status} IN ('{RunStatus.RUNNING}', '{RunStatus.PLANNING}') AND {expires} < %s)")
+    where = f"({' OR '.join(claimable)})" + (f" AND {qn('id')} = %s" if by_id else "")
+    return (f"WITH c AS (SELECT {qn('id')}, {owner} FROM {t} WHERE {where} ORDER BY {qn('created_at')} "
+            f"LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {t} SET {owner} = %s, {qn('lease_token')} = {t}.{qn('lease_token')} + 1, {expires} = %s "
+            f"FROM c WHERE {t}.{qn('id')} = c.{qn('id')} "
+            f"RETURNING {t}.*, c.{owner} AS previous_owner, "
+            f"(SELECT {qn('username')} FROM {qn('auth_user')} WHERE {qn('id')} = {t}.{qn('created_by_id')}) "
+            f"AS created_by_username")
+
 
 @lru_cache(maxsize=None)
 def _column(model: type, name: str) -> tuple[Field, str]:  # type: ignore[type-arg]
@@ -293,9 +377,9 @@ def _assignments(connection: Any, model: type, values: Mapping[str, Any], table:
 def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses: list[str],
                      updates: dict[str, Any], nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
                      facets: Sequence[FacetWrite], events: Sequence[PendingEvent], plan_version: int,
-                     now: Any) -> int | None:
+                     now: Any, inserts: Sequence[Any] = ()) -> tuple[int | None, bool]:
     """The step as one data-modifying CTE; returns the new `last_seq` (None:
-    fenced). Raises `TransitionNotAllowed` when a node row was not in a
+    fenced) and whether the run holds manual policy triggers. Raises `TransitionNotAllowed` when a node row was not in a
     status its move is allowed from."""
     qn = connection.ops.quote_name
     run_table, node_table, event_table = (qn(m._meta.db_table) for m in (Run, NodeRun, RunEvent))
@@ -304,7 +388,8 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
     params.append(len(events))
     params += [run_id, lease_token, *statuses]
     parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s AND {qn('lease_token')} = %s "
-             f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) RETURNING {qn('last_seq')})"]
+             f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) "
+             f"RETURNING {qn('last_seq')}, {qn('manual_triggers')} <> '[]'::jsonb AS triggers)"]
     for i, (pk, sources, changes) in enumerate(nodes):
         node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.")
         where = f"{node_table}.{qn('id')} = %s"
@@ -331,18 +416,65 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
                      f"v (k, val, nid, cap, pv) {_FACET_UPSERT} RETURNING 1)")
         params.append(run_id)
         params += _facet_params(connection, facets)
+    groups = _insert_groups(inserts)
+    for k, (model, objs) in enumerate(groups):
+        sql_part, insert_params = _insert_part(connection, model, objs)
+        parts.append(f"i{k} AS ({sql_part})")
+        params += insert_params
     # A node row the run update reached but its own update did not (not in a
     # status its move starts from) fails the statement: nothing is written.
     checks = "".join(
         f", (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM r) OR count(*) = 1 THEN 1 "
         f"ELSE ('{_NODE_REFUSED} ' || count(*))::int END FROM n{i})" for i in range(len(nodes)))
-    sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r){checks}"
+    pks = "".join(f", (SELECT array_agg(pk ORDER BY pk) FROM i{k})" for k in range(len(groups)))
+    sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r), (SELECT triggers FROM r){pks}{checks}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None or row[0] is None:
-        return None
-    return int(row[0])
+        return None, False
+    for k, (_model, objs) in enumerate(groups):
+        # Serial keys are drawn in row order within the statement.
+        for obj, pk in zip(objs, row[2 + k], strict=True):
+            obj.pk = pk
+            obj._state.adding = False
+            obj._state.db = connection.alias
+    return int(row[0]), bool(row[1])
+
+
+def _insert_groups(objs: Sequence[Any]) -> list[tuple[type, list[Any]]]:
+    groups: dict[type, list[Any]] = {}
+    for obj in objs:
+        groups.setdefault(type(obj), []).append(obj)
+    return list(groups.items())
+
+
+def _insert_part(connection: Any, model: type, objs: list[Any]) -> tuple[str, list[Any]]:
+    """`INSERT INTO table (…) SELECT v.* FROM r, (VALUES …)`: rows inserted
+    only when the run update matched, each value cast to its column's type
+    and prepared by its field, as `bulk_create` would; returns their pks as
+    `pk`."""
+    qn = connection.ops.quote_name
+    opts = model._meta  # type: ignore[attr-defined]
+    fields = [f for f in opts.concrete_fields if not f.primary_key]
+    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
+    params: list[Any] = []
+    for obj in objs:
+        params += [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    columns = ", ".join(qn(f.column) for f in fields)
+    aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+    values = ", ".join([f"({casts})"] * len(objs))
+    sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT v.* FROM r, (VALUES {values}) AS v ({aliases}) "
+           f"RETURNING {qn(opts.pk.column)} AS pk")
+    return sql, params
+
+
+def rows_insert(objs: Sequence[Any]) -> None:
+    """Insert new rows of other tables with a step (`step_commit`'s `inserts`,
+    or on the general path after `run_transition`), one multi-row insert per
+    table; sets their pks."""
+    for model, group in _insert_groups(objs):
+        model._default_manager.bulk_create(group)  # type: ignore[attr-defined]
 
 
 _NODE_REFUSED = "node_move_refused"

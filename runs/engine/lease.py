@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -28,6 +29,7 @@ from django.utils import timezone
 
 from runs import metrics
 from runs.models import Run, RunStatus
+from runs.transitions import lease_claim
 
 logger = logging.getLogger("runs.engine.lease")
 
@@ -39,6 +41,13 @@ class Claim:
     worker_id: str
     # True when the previous holder's lease expired while the run was running.
     takeover: bool
+    # The run as claimed (PostgreSQL: the claiming statement returns it), so
+    # the engine's first load need not read it again; taken by that load
+    # (`take_run`), later loads read the row.
+    preloaded: list[Run] = field(default_factory=list, compare=False, repr=False)
+
+    def take_run(self) -> Run | None:
+        return self.preloaded.pop() if self.preloaded else None
 
 
 def lease_duration() -> timedelta:
@@ -49,14 +58,40 @@ def claim_next(*, worker_id: str, run_id: str | None = None, sweep: bool = True)
     """Claim the oldest claimable run (or `run_id`), or return None.
     With `sweep=False` only queued runs are considered (the cheap query).
 
-    1. In one transaction, find a candidate. On PostgreSQL the row is locked
-       with `FOR UPDATE SKIP LOCKED`, so concurrent workers pick different
-       runs without waiting. On SQLite the IMMEDIATE transaction already
-       serialises writers (select_for_update is a no-op there).
-    2. Take the lease with a conditional UPDATE on the token we read, and
-       check the row count (a second line of defence on both databases).
+    On PostgreSQL, one statement (`runs.transitions.lease_claim`): the
+    candidate is locked with `FOR UPDATE SKIP LOCKED`, so concurrent workers
+    pick different runs without waiting, and leased in the same statement.
+    On SQLite, in one IMMEDIATE transaction (which already serialises
+    writers): find a candidate, then take the lease with a conditional
+    UPDATE on the token read, checking the row count.
     """
     now = timezone.now()
+    row: dict[str, Any] | None
+    if connection.vendor == "postgresql":
+        # One statement, one round trip: the row locked (SKIP LOCKED), leased, returned.
+        run = lease_claim(worker_id=worker_id, now=now, expires_at=now + lease_duration(), sweep=sweep,
+                          run_id=run_id)
+        if run is None:
+            return None
+        row = {"id": run.id, "lease_token": run.lease_token - 1, "status": run.status,
+               "lease_owner": getattr(run, "previous_owner", "")}
+    else:
+        run = None
+        row = _claim_sqlite(worker_id=worker_id, now=now, run_id=run_id, sweep=sweep)
+        if row is None:
+            return None
+    # A run still owned by someone whose lease ran out lost its worker (a
+    # crash attempt); one handed back on purpose has no owner.
+    claim = Claim(run_id=row["id"], token=row["lease_token"] + 1, worker_id=worker_id,
+                  takeover=row["status"] != RunStatus.QUEUED and bool(row["lease_owner"]),
+                  preloaded=[run] if run is not None else [])
+    if claim.takeover:
+        metrics.lease_takeover()
+    return claim
+
+
+def _claim_sqlite(*, worker_id: str, now: Any, run_id: str | None, sweep: bool) -> dict[str, Any] | None:
+    """`claim_next` on SQLite: the same conditions as `lease_claim`'s."""
     free_or_expired = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     available = Q(available_at__isnull=True) | Q(available_at__lte=now)
     claimable = Q(status=RunStatus.QUEUED) & free_or_expired & available
@@ -66,12 +101,11 @@ def claim_next(*, worker_id: str, run_id: str | None = None, sweep: bool = True)
     claimable |= Q(status=RunStatus.RUNNING, lease_owner="", lease_expires_at__lt=now)
     if sweep:
         claimable |= Q(status__in=[RunStatus.RUNNING, RunStatus.PLANNING]) & Q(lease_expires_at__lt=now)
+    candidates = Run.objects.filter(claimable)
+    if run_id is not None:
+        candidates = candidates.filter(pk=run_id)
     with transaction.atomic():
-        qs = Run.objects.select_for_update(skip_locked=True).filter(claimable)
-        if run_id is not None:
-            qs = qs.filter(pk=run_id)
-        # Index run_queue_idx serves the queued branch; run_lease_idx the expired one.
-        row = qs.order_by("created_at").values("id", "lease_token", "status", "lease_owner").first()
+        row = candidates.order_by("created_at").values("id", "lease_token", "status", "lease_owner").first()
         if row is None:
             return None
         updated = Run.objects.filter(pk=row["id"], lease_token=row["lease_token"]).update(
@@ -79,15 +113,7 @@ def claim_next(*, worker_id: str, run_id: str | None = None, sweep: bool = True)
             lease_token=F("lease_token") + 1,
             lease_expires_at=now + lease_duration(),
         )
-        if updated != 1:
-            return None
-    # A run still owned by someone whose lease ran out lost its worker (a
-    # crash attempt); one handed back on purpose has no owner.
-    claim = Claim(run_id=row["id"], token=row["lease_token"] + 1, worker_id=worker_id,
-                  takeover=row["status"] != RunStatus.QUEUED and bool(row["lease_owner"]))
-    if claim.takeover:
-        metrics.lease_takeover()
-    return claim
+        return row if updated == 1 else None
 
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.PLANNING, RunStatus.RUNNING)

@@ -32,13 +32,14 @@ from hitl.services import FollowUp, hitl_follow_up_pending_pause
 from planner.contracts import compile_facets, validate_instance
 from planner.planner import build_plan
 from runs import events as ev
-from runs import notify
+from runs import metrics, notify
 from runs.engine import executor, policies, retry, scheduling
-from runs.engine.lease import Claim, Heartbeat, lease_duration
+from runs.engine.lease import ACTIVE_STATUSES, Claim, Heartbeat, lease_duration
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
-from runs.transitions import FacetWrite, Fenced, facets_write, nodes_update, run_transition, step_commit
+from runs.transitions import (FacetWrite, Fenced, TransitionNotAllowed, facets_write, node_transition_allowed,
+                              nodes_update, rows_insert, run_transition, step_commit)
 
 logger = logging.getLogger("runs.engine.loop")
 
@@ -48,7 +49,8 @@ def lease_after(ctx: RunContext, step: Step, statuses: dict[str, str], *, holder
     """The run's lease fields after a step, and whether workers must be woken.
 
     - A worker (`holder`) keeps its lease, renewed for free, while it has
-      work; when the run is left running with only dispatched nodes (tasks for
+      work; a step that ends the run or makes it wait for a person (any
+      status but queued, planning, running) lets go in the same commit; when the run is left running with only dispatched nodes (tasks for
       agents or people), it lets go in this same commit: no owner, no expiry
       (so no worker claims or sweeps it) and the token moved on.
     - A commit made for a task (`holder=False`, runs.engine.tasks) holds no
@@ -56,6 +58,9 @@ def lease_after(ctx: RunContext, step: Step, statuses: dict[str, str], *, holder
       once, and any other run without a lease.
     """
     status = step.status or ctx.run.status
+    if holder and status not in ACTIVE_STATUSES:
+        # Done, or waiting for a person: let go in this commit (no `release` after).
+        return {"lease_owner": "", "lease_expires_at": None}, False
     running = any(s == NodeStatus.RUNNING for s in statuses.values())
     dispatched = any(s == NodeStatus.DISPATCHED for s in statuses.values())
     if holder and not (status == RunStatus.RUNNING and dispatched and not running):
@@ -71,9 +76,10 @@ def lease_after(ctx: RunContext, step: Step, statuses: dict[str, str], *, holder
 
 @tracing.traced("flex.run.step")  # a span per committed step when OpenTelemetry is configured
 def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.RUNNING,),
-           holder: bool = True) -> None:
+           holder: bool = True, via: str | None = None) -> None:
     """Write a step in one transaction, fenced by lease token and status.
-    `holder=False`: a commit for a task, by no worker (see `lease_after`)."""
+    `holder=False`: a commit for a task, by no worker (see `lease_after`).
+    `via`: a status the run passes through in this commit (`plan`)."""
     run = ctx.run
     now = timezone.now()
     # Node changes are applied to copies first, to compute the snapshot.
@@ -87,8 +93,10 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
         "plan_version": run.plan_version,
         **step.run_updates,
     }
-    if step.status is not None and step.status in TERMINAL_STATUSES:
+    final_status = step.status or (via if via is not None else None)
+    if final_status is not None and final_status in TERMINAL_STATUSES:
         run_updates["completed_at"] = now
+        metrics.note_run_created(run.id, run.created_at)
     if step.writes or step.earlier_node_updates:
         with transaction.atomic():
             if wake:
@@ -98,24 +106,29 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
             # node changes go batch by batch (a replan's completed -> pending
             # before the same step starts the node again).
             run_transition(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
-                           lease_token=ctx.claim.token, updates=run_updates, events=step.events)
+                           lease_token=ctx.claim.token, updates=run_updates, events=step.events, via=via)
+            rows_insert(step.inserts)
             facets_write(run.id, step.facets)
             for write in step.writes:
                 write()
             # After the writes: the plan's node rows get their pks there.
             for batch in step.node_batches():
                 nodes_update({ctx.nodes[node_id].pk: changes for node_id, changes in batch.items()})
+        # Triggers are not read on this path: a trigger recorded since the last
+        # read is seen by the next hot-path commit's read (before the next step).
     else:
         # The hot path: one statement, one round trip, one commit on PostgreSQL.
-        step_commit(run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
-                    lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
-                    nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
-                    events=step.events)
+        committed = step_commit(
+            run_id=run.id, to=step.status, expect=expect, plan_version=run_updates["plan_version"],
+            lease_token=ctx.claim.token, updates=run_updates, facets=step.facets,
+            nodes={ctx.nodes[node_id].pk: changes for node_id, changes in step.node_updates.items()},
+            events=step.events, via=via, inserts=step.inserts)
+        ctx.triggers_pending = committed.triggers_pending
         if wake:
             # After the commit (on_commit outside a transaction would run now).
             transaction.on_commit(notify.announce_work)
-    if step.status is not None:
-        run_updates["status"] = step.status
+    if final_status is not None:
+        run_updates["status"] = final_status
     log_node_events(ctx, step)
     # Committed: bring memory up to date.
     for batch in step.node_batches():
@@ -209,27 +222,35 @@ def output_contract_schema(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(ctx: RunContext) -> None:
-    """First steps of a new run: queued -> planning (`start`), then plan it
-    and start its first node (planning -> running), or fail it.
+    """First step of a new run: plan it and start its first node (queued ->
+    planning -> running, in one commit), or fail it.
 
-    A worker that dies while planning leaves the run `planning` with an
-    expiring lease; the sweep's takeover plans it again (the planner is a
-    pure function: nothing of the first attempt was committed)."""
+    The planner is a pure function: a worker that dies while planning has
+    committed nothing, and the run is claimed again (its lease expires). A
+    planner that raises leaves the run `planning` (the start committed
+    alone) for the sweep's takeover, as before planning was folded into one
+    commit."""
     run = ctx.run
+    step = Step()
+    expect: tuple[str, ...] = (RunStatus.PLANNING,)
+    via: str | None = None
     if run.status == RunStatus.QUEUED:
-        step = Step()
-        step.status = RunStatus.PLANNING
         step.event(ev.event_start(run_id=run.id, thread_id=run.thread_id or None, status=RunStatus.PLANNING,
                                   correlation_id=run.correlation_id or None))
-        commit(ctx, step, expect=(RunStatus.QUEUED,))
-    result = build_plan(run.envelope)
-    step = Step()
+        expect, via = (RunStatus.QUEUED,), RunStatus.PLANNING
+    try:
+        result = build_plan(run.envelope)
+    except Exception:
+        if via is not None:
+            step.status = RunStatus.PLANNING
+            commit(ctx, step, expect=expect)
+        raise
     step.event(ev.event_plan_requested(attempt=1, capabilities=result.considered))
     if result.graph is None:
         step.event(ev.event_plan_rejected(attempt=1, diagnostics=result.diagnostics))
         fail(step, code="plan_rejected", message="No plan can satisfy the output contract.",
              extra={"diagnostics": result.diagnostics})
-        commit(ctx, step, expect=(RunStatus.PLANNING,))
+        commit(ctx, step, expect=expect, via=via)
         return
     graph = result.graph.to_dict()
     ctx.graph = graph
@@ -241,14 +262,13 @@ def plan(ctx: RunContext) -> None:
     ]
     pending_ids = [n["id"] for n in graph["nodes"]]
 
-    def write_plan() -> None:
-        PlanVersion.objects.create(run_id=run.id, version=1, reason=PlanVersion.Reason.INITIAL,
-                                   trigger={"kind": "submit"}, graph=graph,
-                                   node_statuses={nid: NodeStatus.PENDING for nid in pending_ids},
-                                   pending_node_ids=pending_ids, schema_hash=graph.get("schemaHash", ""))
-        NodeRun.objects.bulk_create(node_rows)  # one multi-row insert; sets the pks
-
-    step.writes.append(write_plan)
+    # The version and the node rows (one multi-row insert), inserted in this
+    # step's statuses (`insert_started`); their pks are set by the commit.
+    step.inserts.append(PlanVersion(run_id=run.id, version=1, reason=PlanVersion.Reason.INITIAL,
+                                    trigger={"kind": "submit"}, graph=graph,
+                                    node_statuses={nid: NodeStatus.PENDING for nid in pending_ids},
+                                    pending_node_ids=pending_ids, schema_hash=graph.get("schemaHash", "")))
+    step.inserts.extend(node_rows)
     step.event(ev.event_plan_generated(
         version=1,
         nodes=[{"id": n["id"], "capabilityId": n["capabilityId"], "kind": n["kind"], "label": n.get("label", ""),
@@ -259,14 +279,32 @@ def plan(ctx: RunContext) -> None:
     ))
     step.status = RunStatus.RUNNING
     # Node rows exist in memory before commit so the step can refer to them;
-    # their pks are set by write_plan inside the transaction.
+    # their pks are set when the commit inserts them.
     ctx.nodes = {row.node_id: row for row in node_rows}
     halted = policies.on_start(ctx, step)
     if not halted:
         ready = scheduling.ready_nodes(ctx.states())
         if ready:
             start_node(ctx, step, ready[0])
-    commit(ctx, step, expect=(RunStatus.PLANNING,))
+    insert_started(step, ctx.nodes)
+    commit(ctx, step, expect=expect, via=via)
+
+
+def insert_started(step: Step, rows: dict[str, NodeRun]) -> None:
+    """New node rows take this step's changes before they are inserted (a
+    started first node is inserted `running`, not inserted `pending` and
+    updated): each move checked against the node table as an update would
+    be, one statement fewer."""
+    if step.earlier_node_updates:
+        return
+    for node_id, changes in step.node_updates.items():
+        row = rows[node_id]
+        to = changes.get("status")
+        if to is not None and not node_transition_allowed(row.status, str(to)):
+            raise TransitionNotAllowed(f"node {node_id}: {row.status} -> {to}")
+        for key, value in changes.items():
+            setattr(row, key, value)
+    step.node_updates = {}
 
 
 def resume_started(ctx: RunContext) -> None:
@@ -487,7 +525,10 @@ def apply_manual_trigger(ctx: RunContext) -> bool:
     """Apply the oldest manual policy trigger recorded on the run (by the
     trigger endpoint, under the run's row lock) in one committed step, and
     remove it from the run in that same step. True when one was applied."""
+    if not ctx.triggers_pending:
+        return False
     pending = Run.objects.filter(pk=ctx.run.id).values_list("manual_triggers", flat=True).first() or []
+    ctx.triggers_pending = bool(pending)
     if not pending:
         return False
     entry = pending[0]
@@ -518,8 +559,8 @@ def apply_manual_trigger(ctx: RunContext) -> bool:
 # --- driver --------------------------------------------------------------------
 
 def load(claim: Claim) -> RunContext:
-    run = Run.objects.select_related("created_by").get(pk=claim.run_id)
-    ctx = RunContext(claim=claim, run=run)
+    run = claim.take_run() or Run.objects.select_related("created_by").get(pk=claim.run_id)
+    ctx = RunContext(claim=claim, run=run, triggers_pending=bool(run.manual_triggers))
     if run.plan_version:
         # The worker's copy of the snapshot: the inputs and what nodes produced.
         run.facets, run.provenance = run.facet_snapshot()
@@ -529,12 +570,20 @@ def load(claim: Claim) -> RunContext:
     return ctx
 
 
+def _username(run: Run) -> str | None:
+    """Who created the run (for the log context), without a query when the
+    claim brought it along (`created_by_username`)."""
+    if hasattr(run, "created_by_username"):
+        return str(run.created_by_username) if run.created_by_username else None
+    return getattr(run.created_by, "username", None) if run.created_by_id else None
+
+
 def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[[], bool] | None = None) -> str:
     """Drive a claimed run until it completes, waits, or the worker must stop.
     Returns the run's status as this worker last saw it."""
     ctx = load(claim)
     with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id,
-                     user=getattr(ctx.run.created_by, "username", None)):
+                     user=_username(ctx.run)):
         return _advance(ctx, claim, heartbeat=heartbeat, stop=stop)
 
 

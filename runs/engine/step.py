@@ -33,6 +33,10 @@ class RunContext:
     run: Run
     graph: dict[str, Any] = field(default_factory=dict)
     nodes: dict[str, NodeRun] = field(default_factory=dict)
+    # Whether the run's row may hold manual policy triggers, as the last
+    # commit's statement read it (the hot path reads it for free); True
+    # when unknown, and the loop looks.
+    triggers_pending: bool = True
 
     @property
     def envelope(self) -> dict[str, Any]:
@@ -65,8 +69,11 @@ class Step:
     # `RunFacet` row), never by rewriting the run's whole snapshot.
     facets: list[FacetWrite] = field(default_factory=list)
     status: str | None = None
-    # Extra writes that must share the transaction (plan version, HITL request).
+    # Extra writes that must share the transaction (HITL request, task).
     writes: list[Callable[[], None]] = field(default_factory=list)
+    # New rows of other tables (a plan's version and node rows): inserted with
+    # the step, in its one statement on the hot path; their pks set then.
+    inserts: list[Any] = field(default_factory=list)
 
     def event(self, event: PendingEvent) -> None:
         """Add an event made by one of the `runs.events.event_*` builders."""

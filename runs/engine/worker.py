@@ -26,7 +26,14 @@ from django.db import close_old_connections, connection
 from runs import governance, notify
 from runs.engine import lease, loop, tasks
 from runs.notifications import Notifier
+from runs.models import RunStatus
 from runs.ops import worker_beat
+
+# What `advance` returns when its last commit let go of the run (the commit
+# that completed it, failed it or made it wait for a person: `loop.lease_after`,
+# or the one that left it to agents): no `release` after it.
+LET_GO = frozenset({"dispatched", RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
+                    RunStatus.AWAITING_HITL, RunStatus.PAUSED})
 
 logger = logging.getLogger("runs.engine.worker")
 
@@ -97,7 +104,7 @@ class Worker:
             try:
                 if outcome == "handed_back":
                     lease.hand_back(claim)
-                elif outcome != "lease_lost":
+                elif outcome != "lease_lost" and outcome not in LET_GO:
                     # Also after an exception (outcome ""): release() leaves an
                     # active run to the sweep as a counted crash attempt.
                     lease.release(claim)
@@ -141,10 +148,11 @@ class Worker:
             logger.info("worker stopped", extra={"worker": self.worker_id})
 
 
-def drain(*, worker_id: str = "drain", max_steps: int = 1000) -> int:
+def drain(*, worker_id: str = "drain", max_steps: int = 1000, sweep_seconds: float = 0.0) -> int:
     """Advance every claimable run until none is left, in this thread.
-    For management commands and tests that want a run executed now."""
-    worker = Worker(worker_id=worker_id, sweep_seconds=0.0)
+    For management commands and tests that want a run executed now (they
+    sweep before every claim; a worker sweeps every FLEX_SWEEP_SECONDS)."""
+    worker = Worker(worker_id=worker_id, sweep_seconds=sweep_seconds)
     steps = 0
     while steps < max_steps and worker.run_once():
         steps += 1
