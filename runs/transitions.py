@@ -426,17 +426,21 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
     checks = "".join(
         f", (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM r) OR count(*) = 1 THEN 1 "
         f"ELSE ('{_NODE_REFUSED} ' || count(*))::int END FROM n{i})" for i in range(len(nodes)))
-    pks = "".join(f", (SELECT array_agg(pk ORDER BY pk) FROM i{k})" for k in range(len(groups)))
+    # Serial keys come back (drawn in row order within the statement); rows
+    # with keys of their own are only counted.
+    pks = "".join(f", (SELECT array_agg(pk ORDER BY pk) FROM i{k})"
+                  if model._meta.auto_field is not None  # type: ignore[attr-defined]
+                  else f", (SELECT count(*) FROM i{k})" for k, (model, _objs) in enumerate(groups))
     sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r), (SELECT triggers FROM r){pks}{checks}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None or row[0] is None:
         return None, False
-    for k, (_model, objs) in enumerate(groups):
-        # Serial keys are drawn in row order within the statement.
-        for obj, pk in zip(objs, row[2 + k], strict=True):
-            obj.pk = pk
+    for k, (model, objs) in enumerate(groups):
+        for i, obj in enumerate(objs):
+            if model._meta.auto_field is not None:  # type: ignore[attr-defined]
+                obj.pk = row[2 + k][i]
             obj._state.adding = False
             obj._state.db = connection.alias
     return int(row[0]), bool(row[1])
@@ -456,7 +460,7 @@ def _insert_part(connection: Any, model: type, objs: list[Any]) -> tuple[str, li
     `pk`."""
     qn = connection.ops.quote_name
     opts = model._meta  # type: ignore[attr-defined]
-    fields = [f for f in opts.concrete_fields if not f.primary_key]
+    fields = [f for f in opts.concrete_fields if f is not opts.auto_field]
     casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
     params: list[Any] = []
     for obj in objs:

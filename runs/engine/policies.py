@@ -87,7 +87,7 @@ def escalate_invalid_output(ctx: RunContext, step: Step, node: NodeRun, errors: 
         operator_prompt="The output under review is the node's last attempt; it is never accepted as it is.",
         contract_summary=summary, plan_version=ctx.run.plan_version, source="validation_retries_exhausted",
         review=_reviewable(ctx, node.node_id, output))
-    step.writes.append(lambda: request.save(force_insert=True))
+    step.inserts.append(request)
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
     step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
@@ -129,7 +129,7 @@ def on_clarify(ctx: RunContext, step: Step, node: NodeRun, question: "Clarificat
         allow_free_form=question.allow_free_form, urgency=question.urgency, pending_node_id=node.node_id,
         operator_prompt=question.operator_prompt, contract_summary=_contract_summary(ctx, node.node_id),
         plan_version=ctx.run.plan_version, source="clarify")
-    step.writes.append(lambda: request.save(force_insert=True))
+    step.inserts.append(request)
     step.update_node(node.node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
     step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]),
@@ -277,7 +277,7 @@ def _raise_approval(ctx: RunContext, step: Step, policy: dict[str, Any], trigger
         contract_summary=summary, plan_version=ctx.run.plan_version, source=policy["id"],
         approve_action=_follow_up(action.get("approveAction")), reject_action=_follow_up(action.get("rejectAction")),
         review=review, governance={key: action[key] for key in hitl_services.GOVERNANCE_KEYS if key in action})
-    step.writes.append(lambda: request.save(force_insert=True))
+    step.inserts.append(request)
     if trigger == ON_VALIDATION_FAIL and node is not None:
         step.update_node(node_id, status=NodeStatus.AWAITING_HITL, completed_at=timezone.now())
     step.status = RunStatus.AWAITING_HITL
@@ -508,7 +508,7 @@ def _raise_goal_approval(ctx: RunContext, step: Step, goal: dict[str, Any], name
                           "replans": replans, "maxReplans": goal.get("maxReplans", 2), "facets": names,
                           "outputFacets": names, "nodeId": None},
         plan_version=ctx.run.plan_version, source=f"goal:{goal['id']}", review=values)
-    step.writes.append(lambda: request.save(force_insert=True))
+    step.inserts.append(request)
     step.status = RunStatus.AWAITING_HITL
     step.event(ev.event_hitl_request(request=hitl_request_payload(request, responses=[]), node_id=""))
 
