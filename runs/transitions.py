@@ -36,14 +36,17 @@ only this module enters it.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
+from datetime import date, datetime
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from django.db import DataError, transaction
-from django.db.models import F, Field, Q, Value
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import F, Field, JSONField, Q, Value
 from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
@@ -454,23 +457,31 @@ def _insert_groups(objs: Sequence[Any]) -> list[tuple[type, list[Any]]]:
 
 
 def _insert_part(connection: Any, model: type, objs: list[Any]) -> tuple[str, list[Any]]:
-    """`INSERT INTO table (…) SELECT v.* FROM r, (VALUES …)`: rows inserted
-    only when the run update matched, each value cast to its column's type
-    and prepared by its field, as `bulk_create` would; returns their pks as
-    `pk`."""
+    """`INSERT INTO table (…) SELECT … FROM r, jsonb_to_recordset($rows)`:
+    rows inserted only when the run update matched, every row in ONE
+    parameter (a JSON array), so the statement's text and its parameter
+    count do not grow with the number of rows (the driver caches the
+    parsing of short statements with few parameters; a plan of 20 nodes
+    would otherwise be parsed anew each time). Values are prepared by their
+    fields as `bulk_create` would; returns their pks as `pk`."""
     qn = connection.ops.quote_name
     opts = model._meta  # type: ignore[attr-defined]
     fields = [f for f in opts.concrete_fields if f is not opts.auto_field]
-    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
-    params: list[Any] = []
-    for obj in objs:
-        params += [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    rows = [{f.column: _json_value(f, f.pre_save(obj, True), connection) for f in fields} for obj in objs]
     columns = ", ".join(qn(f.column) for f in fields)
-    aliases = ", ".join(f"c{i}" for i in range(len(fields)))
-    values = ", ".join([f"({casts})"] * len(objs))
-    sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT v.* FROM r, (VALUES {values}) AS v ({aliases}) "
-           f"RETURNING {qn(opts.pk.column)} AS pk")
-    return sql, params
+    record = ", ".join(f"{qn(f.column)} {f.db_type(connection)}" for f in fields)
+    sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT {', '.join(f'x.{qn(f.column)}' for f in fields)} "
+           f"FROM r, jsonb_to_recordset(%s::jsonb) AS x ({record}) RETURNING {qn(opts.pk.column)} AS pk")
+    return sql, [json.dumps(rows, cls=DjangoJSONEncoder)]
+
+
+def _json_value(field: Any, value: Any, connection: Any) -> Any:
+    """A field's value as JSON for `jsonb_to_recordset`: a JSON field's own
+    value, anything else as its field prepares it for the database."""
+    if isinstance(field, JSONField):
+        return field.get_prep_value(value) if value is not None else None
+    prepared = field.get_db_prep_save(value, connection)
+    return prepared.isoformat() if isinstance(prepared, (datetime, date)) else prepared
 
 
 def rows_insert(objs: Sequence[Any]) -> None:
