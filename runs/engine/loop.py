@@ -34,7 +34,7 @@ from planner.planner import build_plan
 from runs import events as ev
 from runs import metrics, notify
 from runs.engine import executor, policies, retry, scheduling
-from runs.engine.lease import ACTIVE_STATUSES, Claim, Heartbeat, lease_duration
+from runs.engine.lease import ACTIVE_STATUSES, Claim, Heartbeat, claim_next, lease_duration
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
@@ -578,10 +578,44 @@ def _username(run: Run) -> str | None:
     return getattr(run.created_by, "username", None) if run.created_by_id else None
 
 
-def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[[], bool] | None = None) -> str:
+def claim_and_plan(*, worker_id: str, sweep: bool) -> tuple[Claim, RunContext | None] | None:
+    """Claim the next run; a new one (queued, never planned) is planned in
+    the claim's own transaction, so claiming and planning it cost one
+    commit. The row is locked (SKIP LOCKED) while the pure, local planner
+    runs; a worker that dies meanwhile commits nothing and the run stays
+    queued. Returns (claim, its context when planned here) or None.
+
+    A planner that raises rolls the whole transaction back; the run is then
+    claimed on its own and `advance` plans it as before (its failure leaves
+    the run `planning` for the sweep)."""
+    try:
+        with transaction.atomic():
+            claim = claim_next(worker_id=worker_id, sweep=sweep)
+            if claim is None:
+                return None
+            ctx = load(claim)
+            if ctx.run.status != RunStatus.QUEUED or ctx.run.plan_version:
+                return claim, ctx
+            with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=worker_id,
+                             user=_username(ctx.run)):
+                plan(ctx)
+            return claim, ctx
+    except Fenced:
+        raise
+    except Exception:  # noqa: BLE001 — planning failed: nothing was committed; the usual path shows it
+        logger.warning("planning in the claim's transaction failed; claiming on its own",
+                       extra={"worker": worker_id}, exc_info=True)
+    again = claim_next(worker_id=worker_id, sweep=sweep)
+    return (again, None) if again is not None else None
+
+
+def advance(claim: Claim, *, heartbeat: Heartbeat | None = None, stop: Callable[[], bool] | None = None,
+            ctx: RunContext | None = None) -> str:
     """Drive a claimed run until it completes, waits, or the worker must stop.
-    Returns the run's status as this worker last saw it."""
-    ctx = load(claim)
+    Returns the run's status as this worker last saw it. `ctx`: the run as
+    `claim_and_plan` left it (already loaded, maybe planned)."""
+    if ctx is None:
+        ctx = load(claim)
     with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=claim.worker_id,
                      user=_username(ctx.run)):
         return _advance(ctx, claim, heartbeat=heartbeat, stop=stop)

@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection
 
 from runs import governance, notify
 from runs.engine import lease, loop, tasks
+from runs.engine.step import RunContext
 from runs.notifications import Notifier
 from runs.models import RunStatus
 from runs.ops import worker_beat
@@ -88,7 +89,14 @@ class Worker:
             # once whatever the number of workers sweeping).
             governance.sweep()
             self.sweep_tasks()
-        claim = lease.claim_next(worker_id=self.worker_id, sweep=sweep)
+        ctx: RunContext | None = None
+        claim: lease.Claim | None
+        if connection.vendor == "postgresql":
+            # A new run is claimed and planned in one commit.
+            claimed = loop.claim_and_plan(worker_id=self.worker_id, sweep=sweep)
+            claim, ctx = claimed if claimed is not None else (None, None)
+        else:
+            claim = lease.claim_next(worker_id=self.worker_id, sweep=sweep)
         if claim is None:
             return False
         self.current = claim
@@ -96,7 +104,7 @@ class Worker:
             heartbeat.track(claim)
         outcome = ""
         try:
-            outcome = loop.advance(claim, heartbeat=heartbeat, stop=lambda: self.stopping)
+            outcome = loop.advance(claim, heartbeat=heartbeat, stop=lambda: self.stopping, ctx=ctx)
         finally:
             if heartbeat is not None:
                 heartbeat.track(None)

@@ -153,3 +153,33 @@ def test_many_capabilities_sharing_a_prefix_get_the_same_node_ids_as_before():
     taken = {"bench-3", "bench-4"}
     ids = planner_module._node_ids(order[:4], taken=taken)
     assert [ids[c] for c in order[:4]] == ["bench", "bench-2", "bench-5", "bench-6"]
+
+
+def test_a_new_run_is_claimed_and_planned_in_the_claims_transaction(api_for, client_user):
+    run_id = submit(api_for(client_user), load_envelope("linkedin-variants"))
+    claimed = loop.claim_and_plan(worker_id="w1", sweep=False)
+    assert claimed is not None
+    claim, ctx = claimed
+    assert claim.run_id == run_id and ctx is not None and ctx.run.status == "running"
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "running" and run.lease_owner == "w1" and run.lease_token == claim.token
+    assert loop.advance(claim, ctx=ctx) == "completed"
+    assert Run.objects.get(pk=run_id).status == "completed"
+
+
+def test_when_planning_raises_in_the_claims_transaction_nothing_of_it_stays_and_the_usual_path_shows_it(
+        api_for, client_user, monkeypatch):
+    run_id = submit(api_for(client_user), load_envelope("linkedin-variants"))
+
+    def broken(envelope: Any) -> Any:
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(loop, "build_plan", broken)
+    claimed = loop.claim_and_plan(worker_id="w1", sweep=False)
+    assert claimed is not None
+    claim, ctx = claimed
+    assert ctx is None and claim.run_id == run_id
+    assert not RunEvent.objects.filter(run_id=run_id).exists()  # the claim's transaction rolled back whole
+    with pytest.raises(RuntimeError):
+        loop.advance(claim)
+    assert Run.objects.get(pk=run_id).status == "planning"
