@@ -581,12 +581,12 @@ def _username(run: Run) -> str | None:
 def claim_and_plan(*, worker_id: str, sweep: bool) -> tuple[Claim, RunContext | None] | None:
     """Claim the next run; a new one (queued, never planned) is planned in
     the claim's own transaction, so claiming and planning it cost one
-    commit. The row is locked (SKIP LOCKED) while the pure, local planner
+    commit, and a resumed one (queued again) is started in it the same way. The row is locked (SKIP LOCKED) while the pure, local planner
     runs; a worker that dies meanwhile commits nothing and the run stays
     queued. Returns (claim, its context when planned here) or None.
 
-    A planner that raises rolls the whole transaction back; the run is then
-    claimed on its own and `advance` plans it as before (its failure leaves
+    A planner (or resume) that raises rolls the whole transaction back; the
+    run is then claimed on its own and `advance` does it as before (its failure leaves
     the run `planning` for the sweep)."""
     try:
         with transaction.atomic():
@@ -594,11 +594,14 @@ def claim_and_plan(*, worker_id: str, sweep: bool) -> tuple[Claim, RunContext | 
             if claim is None:
                 return None
             ctx = load(claim)
-            if ctx.run.status != RunStatus.QUEUED or ctx.run.plan_version:
+            if ctx.run.status != RunStatus.QUEUED:
                 return claim, ctx
             with log_context(run_id=ctx.run.id, correlation_id=ctx.run.correlation_id, worker=worker_id,
                              user=_username(ctx.run)):
-                plan(ctx)
+                if ctx.run.plan_version:
+                    resume_started(ctx)  # a resumed run: running again, its next node started
+                else:
+                    plan(ctx)
             return claim, ctx
     except Fenced:
         raise

@@ -183,3 +183,17 @@ def test_when_planning_raises_in_the_claims_transaction_nothing_of_it_stays_and_
     with pytest.raises(RuntimeError):
         loop.advance(claim)
     assert Run.objects.get(pk=run_id).status == "planning"
+
+
+def test_a_resumed_run_is_claimed_and_started_in_the_claims_transaction(api_for, client_user, operator):
+    run_id = submit(api_for(client_user), load_envelope("approval-required"))
+    drain_runs(max_steps=2)
+    request = HitlRequest.objects.get(run_id=run_id, status="pending")
+    hitl_resume(user=operator, run_id=run_id, request_id=request.id, responses=[APPROVE])
+    assert Run.objects.get(pk=run_id).status == "queued"
+    claimed = loop.claim_and_plan(worker_id="w1", sweep=False)
+    assert claimed is not None
+    claim, ctx = claimed
+    assert ctx is not None and ctx.run.status == "running"
+    assert Run.objects.get(pk=run_id).status == "running"
+    assert loop.advance(claim, ctx=ctx) == "completed"
