@@ -230,6 +230,11 @@ def report(results: dict[str, dict[str, Any]]) -> None:
                       f" {p['frames']}/{p['frames_expected']} frames, opened in {p['seconds_to_open']}s;"
                       f" commit->receive p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms"
                       f" {verdict(p['p99_ms'], TARGETS['pushpin_p99_ms'])}, max {p['max_ms']:.1f} ms")
+                print(f"  delivery: {p['delivery_wall_seconds']}s from release to the last client's end; CPU seconds"
+                      f" spent meanwhile: " + ", ".join(f"{k} {v}" for k, v in p["delivery_cpu_seconds"].items()))
+                if p.get("failed_streams") or p.get("incomplete_examples"):
+                    print(f"  {p['failed_streams']} streams failed (e.g. {p['failures'][:1]}); incomplete"
+                          f" (frames, last seqs): {p['incomplete_examples']}")
                 for label in ("baseline", "connect_peak", "open_idle", "delivery_peak", "after"):
                     v = p[label]
                     print(f"  {label:>13}: " + "; ".join(f"{name} threads {f['threads']}, RSS {f['rss_mb']:.0f} MB"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -24,12 +25,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, daphne, emit, free_port, percentile, setup_django, worker
+from bench.common import ROOT, Child, emit, free_port, percentile, setup_django, wait_port, worker
 
 NODES = 20
+CONNECTING = 200
+FAILED: list[str] = []  # errors of this client process's streams
+CPU_AT_OPEN: list[float] = []
+# Frames are compact JSON starting {"type":…,"id":…,"seq":…,"timestamp":…} (runs.events.event_frame).
+FRAME_HEAD = re.compile(rb'data: \{"type":"([a-z_]+)","id":"[^"]*","seq":(\d+),"timestamp":"([^"]+)"')
 
 
-async def one_client(port: int, token: str, run_id: str, opened: list[int]) -> list[tuple[int, float]]:
+async def one_client(port: int, token: str, run_id: str, opened: list[int],
+                     connecting: asyncio.Semaphore, mine: list[bool]) -> list[tuple[int, float]]:
     """(seq, latency ms) of each frame until `complete` (or the stream ends).
     Pushpin sends the stream chunked at arbitrary boundaries (a frame may
     span chunks): the body is de-chunked before it is split into frames."""
@@ -43,7 +50,6 @@ async def one_client(port: int, token: str, run_id: str, opened: list[int]) -> l
     chunked = b"transfer-encoding: chunked" in head.lower()
     frames: list[tuple[int, float]] = []
     buffer = b""
-    counted = False
     try:
         while True:
             if chunked:
@@ -60,16 +66,18 @@ async def one_client(port: int, token: str, run_id: str, opened: list[int]) -> l
             *complete_frames, buffer = buffer.split(b"\n\n")
             done = False
             for frame in complete_frames:
-                if not counted and b"stream open" in frame:
-                    counted = True
+                if not mine[0] and b"stream open" in frame:
+                    mine[0] = True
                     opened[0] += 1
-                for line in frame.split(b"\n"):
-                    if line.startswith(b"data: "):
-                        now = time.time()
-                        event = json.loads(line[6:])
-                        sent = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-                        frames.append((event["seq"], (now - sent) * 1000.0))
-                        done = done or event["type"] == "complete"
+                    connecting.release()
+                # The frame's seq and timestamp only (a plan frame is ~9 KB of JSON:
+                # parsing it all would make the clients, not the server, the bottleneck).
+                head_match = FRAME_HEAD.search(frame)
+                if head_match:
+                    now = time.time()
+                    sent = datetime.fromisoformat(head_match.group(3).decode().replace("Z", "+00:00")).timestamp()
+                    frames.append((int(head_match.group(2)), (now - sent) * 1000.0))
+                    done = done or head_match.group(1) == b"complete"
             if done:
                 break
     finally:
@@ -82,26 +90,43 @@ def clients_main(port: int, token: str, run_id: str, count: int, total: int) -> 
 
     async def run() -> list[list[tuple[int, float]]]:
         opened = [0]
-        tasks = []
-        for start in range(0, count, 250):
-            tasks += [asyncio.create_task(one_client(port, token, run_id, opened)) for _ in range(min(250, count - start))]
-            await asyncio.sleep(0.1)
+        # At most CONNECTING requests of this process in flight at once: a
+        # storm as fast as the stack answers, without overrunning the
+        # daphnes' listen backlog (refused connections would be 502s).
+        connecting = asyncio.Semaphore(CONNECTING)
+
+        async def client() -> list[tuple[int, float]]:
+            await connecting.acquire()
+            mine = [False]
+            try:
+                return await one_client(port, token, run_id, opened, connecting, mine)
+            except (OSError, RuntimeError, asyncio.IncompleteReadError, ValueError) as exc:
+                FAILED.append(repr(exc)[:200])
+                if not mine[0]:  # refused before it opened: count it as "open" (and lost)
+                    opened[0] += 1
+                    connecting.release()
+                return []
+
+        tasks = [asyncio.create_task(client()) for _ in range(count)]
         deadline = time.monotonic() + 300
         while opened[0] < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{opened[0]}/{count} streams open")
-            failed = [t for t in tasks if t.done() and t.exception()]
-            if failed:
-                raise failed[0].exception()  # type: ignore[misc]
             await asyncio.sleep(0.05)
         print("OPEN", flush=True)
-        return await asyncio.wait_for(asyncio.gather(*tasks), timeout=600)
+        CPU_AT_OPEN.append(time.process_time())
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=600)
+        return results
 
     results = asyncio.run(run())
     expected = list(range(1, total + 1))
     complete = sum(1 for frames in results if [f[0] for f in frames] == expected)
+    incomplete = [[f[0] for f in frames] for frames in results if [f[0] for f in frames] != expected]
     latencies = [round(f[1], 2) for frames in results for f in frames]
-    print("RESULT " + json.dumps({"complete": complete, "latencies": latencies}), flush=True)
+    print("RESULT " + json.dumps({"complete": complete, "latencies": latencies, "failed": FAILED,
+                                  "delivery_cpu": time.process_time() - CPU_AT_OPEN[0],
+                                  "incomplete_examples": [(len(seqs), seqs[-3:]) for seqs in incomplete[:5]]}),
+          flush=True)
 
 
 def _status(pid: int, field: str) -> int:
@@ -109,6 +134,18 @@ def _status(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (their threads included)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _tree(pid: int) -> list[int]:
@@ -146,7 +183,12 @@ def main() -> None:
     group = ProcGroup(dict(os.environ))
     pushpin = Pushpin(group, ports)
     grip = {"FLEX_GRIP_URL": pushpin.grip_url}
-    webs = [daphne(f"{connection.vendor}-pushpin-daphne-{i + 1}", port, env=grip) for i, port in enumerate(ports)]
+    # The Procfile's web command, with a listen backlog for the connect storm (docs/deployment.md).
+    webs = [Child(f"{connection.vendor}-pushpin-daphne-{i + 1}",
+                  [sys.executable, "-m", "flexagents.serve", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024"],
+                  env=grip) for i, port in enumerate(ports)]
+    for port in ports:
+        wait_port(port)
     pp = pushpin.start()
     wk = worker(f"{connection.vendor}-pushpin-worker", env=grip)
     result: dict[str, Any] = {"vendor": connection.vendor, "redis": bool(os.environ.get("REDIS_URL")),
@@ -200,8 +242,17 @@ def main() -> None:
         time.sleep(1.5)
         result["open_idle"] = snapshot()
         current[0] = "delivery"
+
+        def cpu() -> dict[str, float]:
+            return {"pushpin": _cpu_seconds(_tree(pp.pid)), "daphnes": _cpu_seconds([w.pid for w in webs]),
+                    "worker": _cpu_seconds([wk.pid])}
+
+        cpu_before, wall_before = cpu(), time.monotonic()
         release(run_id)
         complete, latencies = 0, []
+        failures: list[str] = []
+        incomplete: list[Any] = []
+        clients_cpu = 0.0
         for child in children:
             assert child.stdout is not None
             for line in child.stdout:
@@ -209,12 +260,20 @@ def main() -> None:
                     body = json.loads(line[7:])
                     complete += body["complete"]
                     latencies += body["latencies"]
+                    failures += body["failed"]
+                    incomplete += body["incomplete_examples"]
+                    clients_cpu += body["delivery_cpu"]
             child.wait(timeout=60)
+        cpu_after = cpu()
+        result["delivery_cpu_seconds"] = {**{k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
+                                          "clients": round(clients_cpu, 1)}
+        result["delivery_wall_seconds"] = round(time.monotonic() - wall_before, 1)
         stop.set()
         sampler.join(timeout=5)
         time.sleep(2.0)
         result.update({"complete_deliveries": complete, "frames": len(latencies),
-                       "frames_expected": clients * total,
+                       "frames_expected": clients * total, "failed_streams": len(failures),
+                       "failures": failures[:5], "incomplete_examples": incomplete[:5],
                        "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
                        "max_ms": max(latencies) if latencies else float("nan"),
                        "connect_peak": peaks["connect"], "delivery_peak": peaks["delivery"], "after": snapshot()})

@@ -75,7 +75,8 @@ def _config(url: str | None, key: str | None) -> tuple[str, int, str, str | None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"FLEX_GRIP_URL must be an http(s) URL, got {url!r}")
     query = parse_qs(parsed.query)
-    key = key or (query.get("key") or [None])[0]
+    if not key and query.get("key"):
+        key = query["key"][0]
     https = parsed.scheme == "https"
     port = parsed.port or (443 if https else 80)
     path = parsed.path.rstrip("/") + "/publish/"
@@ -132,7 +133,8 @@ def _frames_after(run_id: str, after: int) -> tuple[str | None, list[RunEvent]]:
 
 
 def encode_row(row: RunEvent) -> str:
-    return sse_encode_event(row.type, dumps(event_frame(row)), event_id=event_id(row.run_id, row.seq))
+    frame: str = sse_encode_event(row.type, dumps(event_frame(row)), event_id=event_id(row.run_id, row.seq))
+    return frame
 
 
 def hold_response(*, run_id: str, user: Any, after: int, first: bool) -> HttpResponse:

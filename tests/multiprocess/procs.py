@@ -284,8 +284,12 @@ push_in_http_addr=127.0.0.1
 push_in_http_port={self.publish_port}
 stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats
 command_spec=tcp://127.0.0.1:{free_port()}
-message_rate=100000
-message_hwm=200000
+# Deliveries (one per message and connection, weighted by size) per second,
+# and how many may wait: past the hwm Pushpin drops deliveries, and each drop
+# costs its connection a recovery request (runs.grip). The package's 2,500/s
+# and 25,000 would throttle a run followed by thousands.
+message_rate=1000000
+message_hwm=50000000
 message_wait=5000
 id_cache_ttl=60
 connection_subscription_max=20
