@@ -211,9 +211,18 @@ def main() -> None:
                 for key, value in figures.items():
                     slot[key] = max(slot.get(key, 0), value)
 
+        run_id = held_run(user, step_sleep=0.02)
+        # Warm each daphne up (imports, URL resolver, executor) before the storm, as bench/sse.py's
+        # latency phase does: the first requests of a cold process are slow, and 400 of them at once
+        # made Pushpin answer some with 502.
+        import urllib.request
+
+        for port in ports:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/flex/runs/{run_id}/events",
+                                             headers={"Authorization": f"Bearer {token}"})
+            urllib.request.urlopen(request, timeout=30).read()
         time.sleep(1.0)
         result["baseline"] = snapshot()
-        run_id = held_run(user, step_sleep=0.02)
         peaks: dict[str, dict[str, Any]] = {"connect": {}, "delivery": {}}
         current = ["connect"]
         stop = threading.Event()
