@@ -31,7 +31,7 @@ run: migrate
 # DATABASE_URL says otherwise).
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/replanning.py runs/governance.py hitl/services.py hitl/presenters.py flexagents/startup.py flexagents/idempotency.py runs/notifications.py \
+	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/grip.py runs/replanning.py runs/governance.py hitl/services.py hitl/presenters.py flexagents/startup.py flexagents/idempotency.py runs/notifications.py \
 		runs/task_wait.py runs/task_forms.py runs/task_pages.py runs/human_tasks.py clients/python/src/flexagents_sdk examples/agents/hashtags.py
 	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh

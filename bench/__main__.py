@@ -6,8 +6,9 @@ Environment: FLEX_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/flex_
 the database is dropped and re-created), FLEX_BENCH_DIR (default /tmp/flex_bench),
 FLEX_BENCH_CLIENTS (default 500), FLEX_BENCH_AGENTS (long-polling agents, default 200),
 FLEX_BENCH_ONLY (sqlite or postgresql), FLEX_BENCH_PHASES (a comma-separated subset of
-engine, throughput, llm, sse, agents, sse_polling; default all), FLEX_BENCH_LLM_RUNS (default 20), FLEX_BENCH_LLM_DELAY_MS (the
-test model's latency, default 50).
+engine, throughput, llm, sse, agents, sse_polling, pushpin; default all), FLEX_BENCH_LLM_RUNS (default 20), FLEX_BENCH_LLM_DELAY_MS (the
+test model's latency, default 50), FLEX_BENCH_PUSHPIN_CLIENTS (clients through Pushpin in front of
+two daphnes, default 5000; the phase is skipped without Debian's pushpin).
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ from bench.common import RESULT_PREFIX, ROOT, WORK, free_port, wait_port
 PG_URL = os.environ.get("FLEX_BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/flex_bench")
 CLIENTS = int(os.environ.get("FLEX_BENCH_CLIENTS", "500"))
 AGENTS = int(os.environ.get("FLEX_BENCH_AGENTS", "200"))
-ALL_PHASES = ("engine", "throughput", "llm", "sse", "agents", "sse_polling")
+PUSHPIN_CLIENTS = int(os.environ.get("FLEX_BENCH_PUSHPIN_CLIENTS", "5000"))
+ALL_PHASES = ("engine", "throughput", "llm", "sse", "agents", "sse_polling", "pushpin")
 PHASES = [p.strip() for p in os.environ.get("FLEX_BENCH_PHASES", ",".join(ALL_PHASES)).split(",") if p.strip()]
 # Engine targets are ratios to the floor measured in the same run (bench/floor.py).
 TARGETS = {"marginal_ratio": 2.0, "run3_ratio": 10.0, "approval_ratio": 15.0, "growth": 0.15,
-           "commits_per_node": 1.0, "sse_p50_ms": 10.0, "sse_p99_ms": 50.0}
+           "commits_per_node": 1.0, "sse_p50_ms": 10.0, "sse_p99_ms": 50.0, "pushpin_p99_ms": 2000.0}
 
 
 def log(message: str) -> None:
@@ -123,6 +125,9 @@ def bench_database(vendor: str, url: str) -> dict[str, Any]:
     if "sse_polling" in PHASES:
         # Without Redis: streams learn of new events by polling (FLEX_SSE_POLL_SECONDS, 0.25 s default).
         out["sse_polling"] = phase("bench.sse", env, "0", "4")
+    if "pushpin" in PHASES:
+        # Pushpin holds the streams; the worker publishes to it (Redis is not on that path).
+        out["pushpin"] = phase("bench.sse_pushpin", env, str(PUSHPIN_CLIENTS))
     return out
 
 
@@ -215,6 +220,25 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         if "sse_polling" in r:
             p = r["sse_polling"]["latency"]
             print(f"SSE without Redis (polling): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms ({p['frames']} frames)")
+        if "pushpin" in r:
+            p = r["pushpin"]
+            if "skipped" in p:
+                print(f"SSE through Pushpin: skipped ({p['skipped']})")
+            else:
+                print(f"{p['clients']} SSE clients through Pushpin in front of two daphnes ({p['client_processes']}"
+                      f" client processes): {p['complete_deliveries']}/{p['clients']} complete,"
+                      f" {p['frames']}/{p['frames_expected']} frames, opened in {p['seconds_to_open']}s;"
+                      f" commit->receive p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms"
+                      f" {verdict(p['p99_ms'], TARGETS['pushpin_p99_ms'])}, max {p['max_ms']:.1f} ms")
+                print(f"  delivery: {p['delivery_wall_seconds']}s from release to the last client's end; CPU seconds"
+                      f" spent meanwhile: " + ", ".join(f"{k} {v}" for k, v in p["delivery_cpu_seconds"].items()))
+                if p.get("failed_streams") or p.get("incomplete_examples"):
+                    print(f"  {p['failed_streams']} streams failed (e.g. {p['failures'][:1]}); incomplete"
+                          f" (frames, last seqs): {p['incomplete_examples']}")
+                for label in ("baseline", "connect_peak", "open_idle", "delivery_peak", "after"):
+                    v = p[label]
+                    print(f"  {label:>13}: " + "; ".join(f"{name} threads {f['threads']}, RSS {f['rss_mb']:.0f} MB"
+                                                          for name, f in v.items()))
         print()
 
 

@@ -126,11 +126,14 @@ async def serve_long_lived(scope: dict, receive: Any, send: Any) -> None:
             return {"type": "http.disconnect"}
         received = asyncio.ensure_future(receive())
         was_cut = asyncio.ensure_future(cut.wait())
-        done, _ = await asyncio.wait({received, was_cut}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({received, was_cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when Django cancels its disconnect listener (a response that is not a stream)
+            for waiter in (received, was_cut):
+                if not waiter.done():
+                    waiter.cancel()
         if received in done:
-            was_cut.cancel()
             return received.result()
-        received.cancel()
         return {"type": "http.disconnect"}  # Django stops the stream's generator
 
     await django_application.handle(scope, guarded_receive, guarded_send)

@@ -238,6 +238,20 @@ FLEX_SSE_SLOW_CONSUMER_BYTES = env_int("FLEX_SSE_SLOW_CONSUMER_BYTES", 256 * 102
 FLEX_SSE_SLOW_CONSUMER_SECONDS = env_float("FLEX_SSE_SLOW_CONSUMER_SECONDS", 10.0, minimum=0.05)
 # The kernel send buffer of a stream's socket (bounded memory per stream).
 FLEX_SSE_SOCKET_BUFFER_BYTES = env_int("FLEX_SSE_SOCKET_BUFFER_BYTES", 64 * 1024, minimum=4096)
+# Pushpin (GRIP) in front of the web processes (docs/deployment.md): the URL of
+# its publish endpoint, e.g. http://127.0.0.1:5561 (optionally `?key=<sig_key>`).
+# Unset: streams are served by the web process itself, as always.
+FLEX_GRIP_URL = env_str("FLEX_GRIP_URL") or None
+# Pushpin's `sig_key`: requests that claim to come through Pushpin (Grip-Sig)
+# are believed only with a valid signature. Also read from FLEX_GRIP_URL's `key`.
+FLEX_GRIP_KEY = env_str("FLEX_GRIP_KEY") or None
+# A held stream with no new event for this long asks the web processes again
+# (from its last id): a publish that was lost (a worker killed between commit
+# and publish, Pushpin briefly unreachable) costs at most this much latency.
+FLEX_GRIP_RECOVER_SECONDS = env_int("FLEX_GRIP_RECOVER_SECONDS", 60, minimum=1, maximum=3600)
+# Committed frames waiting to be published to Pushpin per process; past this
+# they are dropped (the gap is repaired from the event table, see runs/grip.py).
+FLEX_GRIP_PUBLISH_QUEUE = env_int("FLEX_GRIP_PUBLISH_QUEUE", 20000, minimum=100)
 # How long a stream ticket (`?ticket=` for EventSource) may wait to be used.
 FLEX_STREAM_TICKET_SECONDS = env_int("FLEX_STREAM_TICKET_SECONDS", 60, minimum=1, maximum=3600)
 

@@ -37,7 +37,7 @@ from flexagents.roles import user_is_agent
 from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
-from runs import metrics, ops, services
+from runs import grip, metrics, ops, services
 from runs.debug import run_debug_view
 from runs.events import event_frame, event_id
 from runs.listing import run_list_response, run_summary
@@ -268,6 +268,8 @@ class RunStreamGetApi(SseApiView):
             raise ValidationFailed("Last-Event-ID is ahead of this run's events.",
                                    details={"errors": [{"path": "/lastEventId", "message": "unknown event id"}],
                                             "lastSeq": run.last_seq})
+        if grip.proxied(request):  # through Pushpin (FLEX_GRIP_URL): replay, then Pushpin holds the stream
+            return grip.hold_response(run_id=run.id, user=request.user, after=after, first=True)
         admission = admit_stream(request.user)
         return sse_response(admission=admission, run_id=run.id, after_seq=after, user=request.user,
                             stop_on_wait=False)

@@ -15,6 +15,10 @@ class RunsConfig(AppConfig):
 
         startup.on_server_start(worker.start_embedded_workers_if_configured)
 
+        from runs import grip
+
+        grip.register()  # with FLEX_GRIP_URL: committed frames are published to Pushpin
+
         # Define every metric in this process (multi-process files included),
         # so unlabelled counters scrape as 0 before their first increment.
         import atexit

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import agent_apis, apis
+from runs import agent_apis, apis, grip
 
 app_name = "runs"
 
@@ -14,6 +14,8 @@ urlpatterns = [
          name="policy-trigger"),
     # Offloaded: the stream is served on the event loop, its set-up on a bounded executor.
     path("runs/<str:run_id>/stream", apis.offloaded(apis.RunStreamGetApi.as_view()), name="run-stream"),
+    # Pushpin's next link for a held stream (FLEX_GRIP_URL; runs.grip): never called by clients.
+    path("runs/<str:run_id>/stream/grip/<str:token>", grip.next_view, name="run-stream-grip-next"),
     path("runs/<str:run_id>/stream-ticket", apis.StreamTicketCreateApi.as_view(), name="stream-ticket"),
     path("runs/<str:run_id>/events", apis.RunEventsApi.as_view(), name="run-events"),
     path("capabilities", apis.CapabilitiesApi.as_view(), name="capabilities"),

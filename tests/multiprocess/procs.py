@@ -212,3 +212,112 @@ def child_database_url() -> str:
         return "sqlite:///" + str(Path(db["TEST"]["NAME"]).resolve())
     parsed = urlparse(settings.DATABASE_URL)
     return urlunparse(parsed._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+PUSHPIN_KEY = "flex-multiprocess-pushpin-signature-key"
+
+
+class Pushpin:
+    """A real Pushpin (Debian package `pushpin`, with condure and zurl) on
+    free ports, running unprivileged from a private directory: its own
+    config, routes, run and log directories, and a copy of the package's
+    internal config and templates (the package points zurl at a system
+    service under /var/run and denies 127.* in zurl's template: here zurl
+    is one of Pushpin's own services and may reach the local origins)."""
+
+    LIB = Path("/usr/lib/pushpin")
+
+    def __init__(self, group: ProcGroup, origins: list[int], *, key: str = PUSHPIN_KEY) -> None:
+        import shutil
+
+        self.group = group
+        self.key = key
+        self.port = free_port()
+        self.publish_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="flex-pushpin-"))
+        for sub in ("run", "log", "lib/runner"):
+            (self.dir / sub).mkdir(parents=True)
+        for template in (self.LIB / "runner").glob("*.template"):
+            text = template.read_text()
+            if template.name.startswith("zurl"):
+                text = "\n".join("deny=" if line.startswith("deny=") else line for line in text.splitlines()) + "\n"
+            (self.dir / "lib/runner" / template.name).write_text(text)
+        internal = (self.LIB / "internal.conf").read_text().replace("ipc:///var/run/zurl/zurl-",
+                                                                    "ipc://{rundir}/{ipc_prefix}zurl-")
+        (self.dir / "lib/internal.conf").write_text(internal)
+        self.routes = self.dir / "routes"
+        self.set_origins(origins)
+        self.config = self.dir / "pushpin.conf"
+        self.config.write_text(f"""[global]
+include={{libdir}}/internal.conf
+libdir={self.dir / 'lib'}
+rundir={self.dir / 'run'}
+ipc_prefix=flexpp-
+port_offset=0
+stats_connection_ttl=120
+
+[runner]
+services=condure,zurl,pushpin-proxy,pushpin-handler
+http_port=127.0.0.1:{self.port}
+logdir={self.dir / 'log'}
+log_level={os.environ.get("FLEX_PUSHPIN_LOG_LEVEL", "2")}
+client_buffer_size=8192
+client_maxconn=50000
+condure_bin={shutil.which('condure') or 'condure'}
+zurl_bin={shutil.which('zurl') or 'zurl'}
+
+[proxy]
+routesfile={self.routes}
+debug=false
+auto_cross_origin=false
+accept_x_forwarded_protocol=false
+set_x_forwarded_protocol=proto-only
+sig_iss=pushpin
+sig_key={key}
+updates_check=off
+
+[handler]
+push_in_spec=tcp://127.0.0.1:{free_port()}
+push_in_sub_specs=tcp://127.0.0.1:{free_port()}
+push_in_sub_connect=false
+push_in_http_addr=127.0.0.1
+push_in_http_port={self.publish_port}
+stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats
+command_spec=tcp://127.0.0.1:{free_port()}
+# Deliveries (one per message and connection, weighted by size) per second,
+# and how many may wait: past the hwm Pushpin drops deliveries, and each drop
+# costs its connection a recovery request (runs.grip). The package's 2,500/s
+# and 25,000 would throttle a run followed by thousands.
+message_rate=1000000
+message_hwm=50000000
+message_wait=5000
+id_cache_ttl=60
+connection_subscription_max=20
+subscription_linger=60
+stats_subscription_ttl=60
+stats_report_interval=10
+""")
+        self.proc: Proc | None = None
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return all(shutil.which(b) for b in ("pushpin", "condure", "zurl")) and (Pushpin.LIB / "internal.conf").exists()
+
+    def set_origins(self, origins: list[int]) -> None:
+        """One route, its targets separated by spaces (a comma would start a
+        target's options): tried in order, the next one when a target refuses
+        the connection."""
+        self.routes.write_text("* " + " ".join(f"127.0.0.1:{p}" for p in origins) + "\n")
+
+    @property
+    def grip_url(self) -> str:
+        """FLEX_GRIP_URL for the web and worker processes."""
+        return f"http://127.0.0.1:{self.publish_port}?key={self.key}"
+
+    def start(self) -> Proc:
+        self.proc = self.group.start("pushpin", ["pushpin", "--config", str(self.config), "--merge-output"])
+        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.publish_port, proc=self.proc)
+        return self.proc
