@@ -12,8 +12,8 @@ urlpatterns = [
     path("runs/<str:run_id>/cancel", apis.RunCancelApi.as_view(), name="run-cancel"),
     path("runs/<str:run_id>/policies/<str:policy_id>/trigger", apis.PolicyTriggerApi.as_view(),
          name="policy-trigger"),
-    # Offloaded: the stream is served on the event loop, its set-up on a bounded executor.
-    path("runs/<str:run_id>/stream", apis.offloaded(apis.RunStreamGetApi.as_view()), name="run-stream"),
+    # The stream is served on the event loop; its set-up from a short access cache, else on a bounded executor.
+    path("runs/<str:run_id>/stream", apis.cached_stream_view(apis.RunStreamGetApi.as_view()), name="run-stream"),
     path("runs/<str:run_id>/stream-ticket", apis.StreamTicketCreateApi.as_view(), name="stream-ticket"),
     path("runs/<str:run_id>/events", apis.RunEventsApi.as_view(), name="run-events"),
     path("capabilities", apis.CapabilitiesApi.as_view(), name="capabilities"),
