@@ -118,6 +118,12 @@ async def serve_long_lived(scope: dict, receive: Any, send: Any) -> None:
                 or _unsent(transport) > limit):
             return False
         twisted_http.Request.write(protocol, body)
+        # Send now rather than when the reactor next finds the socket
+        # writable: that is after every callback queued meanwhile (on a
+        # `complete`, the ends of thousands of streams). What the kernel
+        # does not take waits in Twisted's buffer, as usual.
+        if not transport.disconnecting:
+            transport.doWrite()
         return True
 
     if protocol is not None:
