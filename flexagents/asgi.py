@@ -26,7 +26,7 @@ from typing import Any
 
 from django.core.asgi import get_asgi_application
 
-from flexagents import startup
+from flexagents import startup, stream_sink
 from flexagents.http_status import complete_reason_phrases
 
 complete_reason_phrases()  # `422 Unprocessable Entity`, not `422 Unknown Status`
@@ -109,6 +109,28 @@ async def serve_long_lived(scope: dict, receive: Any, send: Any) -> None:
             pass
     grace = settings.FLEX_SSE_SLOW_CONSUMER_SECONDS
     cut = asyncio.Event()
+    protocol = send.args[0] if transport is not None else None
+
+    def write_now(body: bytes) -> bool:
+        """flexagents.stream_sink: write frames now, unless this client lags.
+        What daphne does for a body message, without the message."""
+        if (cut.is_set() or transport.disconnected or protocol.finished or protocol.channel is None
+                or _unsent(transport) > limit):
+            return False
+        twisted_http.Request.write(protocol, body)
+        # Send now rather than when the reactor next finds the socket
+        # writable: that is after every callback queued meanwhile (on a
+        # `complete`, the ends of thousands of streams). What the kernel
+        # does not take waits in Twisted's buffer, as usual.
+        if not transport.disconnecting:
+            transport.doWrite()
+        return True
+
+    if protocol is not None:
+        from twisted.web import http as twisted_http
+
+        if isinstance(protocol, twisted_http.Request):
+            stream_sink.direct_writer.set(write_now)
 
     async def guarded_send(message: dict) -> None:
         if cut.is_set():

@@ -232,6 +232,10 @@ FLEX_SSE_KEEPALIVE_SECONDS = env_float("FLEX_SSE_KEEPALIVE_SECONDS", 15.0, minim
 FLEX_SSE_POLL_SECONDS = env_float("FLEX_SSE_POLL_SECONDS", 0.25 if not REDIS_URL else 2.0, minimum=0.01)
 FLEX_SSE_MAX_STREAMS_PER_USER = env_int("FLEX_SSE_MAX_STREAMS_PER_USER", 200, minimum=1)
 FLEX_SSE_MAX_STREAMS = env_int("FLEX_SSE_MAX_STREAMS", 5000, minimum=1)
+# How long a stream request's access (token -> user, user+run -> may view) is
+# cached per process (runs.stream_access); 0 turns the cache off. A right
+# revoked in another process takes effect here within this many seconds.
+FLEX_SSE_ACCESS_CACHE_SECONDS = env_float("FLEX_SSE_ACCESS_CACHE_SECONDS", 5.0, minimum=0.0)
 # A stream whose client leaves more than this unread in the server is cut
 # with a retry hint (it reconnects with Last-Event-ID and loses nothing).
 FLEX_SSE_SLOW_CONSUMER_BYTES = env_int("FLEX_SSE_SLOW_CONSUMER_BYTES", 256 * 1024, minimum=1024)

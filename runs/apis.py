@@ -37,7 +37,7 @@ from flexagents.roles import user_is_agent
 from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
-from runs import grip, metrics, ops, services
+from runs import grip, metrics, ops, services, stream_access
 from runs.debug import run_debug_view
 from runs.events import event_frame, event_id
 from runs.listing import run_list_response, run_summary
@@ -136,6 +136,51 @@ def offloaded(view: Callable[..., Any]) -> Callable[..., Any]:
         return await in_request_thread(request, *args, **kwargs)
 
     return async_view
+
+
+def cached_stream_view(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The run stream's view (`GET …/runs/{runId}/stream`): a request with
+    `Authorization: Bearer` whose access is cached (runs.stream_access) is
+    answered on the event loop — no executor hop, no query —, and the first
+    request of a (token, run) pair fills the cache with one hop shared by the
+    requests that arrive meanwhile. Anything the fast path does not grant (a
+    ticket, a request through Pushpin, a session, an unknown token, a run not visible, a Last-Event-ID
+    ahead of the cached position, no free stream slot) goes to the full view
+    `offloaded(view)`, which answers as before, errors included."""
+    full = offloaded(view)
+
+    @functools.wraps(view)
+    async def stream_view(request: Any, run_id: str, **kwargs: Any) -> Any:
+        if isinstance(request, ASGIRequest):
+            response = await _cached_stream(request, run_id)
+            if response is not None:
+                return response
+        return await full(request, run_id=run_id, **kwargs)
+
+    return stream_view
+
+
+async def _cached_stream(request: Any, run_id: str) -> StreamingHttpResponse | None:
+    if TICKET_PARAM in request.GET or grip.proxied(request):
+        return None  # a ticket, or Pushpin asking for a hold (runs.grip): the full view
+    auth = request.headers.get("Authorization", "").split()
+    if len(auth) != 2 or auth[0].lower() != "bearer":
+        return None
+    try:
+        after = parse_last_event_id(request.headers.get("Last-Event-ID") or request.GET.get("lastEventId"), run_id)
+    except ValidationFailed:
+        return None
+    access = await stream_access.stream_access(auth[1], run_id)
+    if access is None or after > access.last_seq:
+        return None
+    admission = hub.admit(access.user.pk)
+    if admission is None:
+        return None
+    flex_logging.bind(user=access.user.username, run_id=run_id, correlation_id=access.correlation_id)
+    response = sse_response(admission=admission, run_id=run_id, after_seq=after, user=access.user,
+                            stop_on_wait=False)
+    response["Vary"] = "Accept"
+    return response
 
 
 def admit_stream(user: Any) -> Admission:

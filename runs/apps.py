@@ -10,10 +10,12 @@ class RunsConfig(AppConfig):
         # stream hub and the workers register with runs.notify when imported,
         # and the web server starts embedded workers through a start-up hook.
         from flexagents import startup
-        from runs import streaming  # noqa: F401  (registers the hub's frame sink)
+        from runs import stream_access, streaming  # noqa: F401  (registers the hub's frame sink)
         from runs.engine import worker
 
         startup.on_server_start(worker.start_embedded_workers_if_configured)
+        startup.on_server_start(startup.settle_garbage_collector)  # fewer, cheaper collections under many streams
+        stream_access.connect_signals()  # cached stream access forgets revoked rights at once
 
         from runs import grip
 

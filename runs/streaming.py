@@ -36,7 +36,8 @@ from django_eventstream.storage import EventDoesNotExist, StorageBase
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, get_listener_manager
 
-from runs import metrics, notify
+from flexagents import stream_sink
+from runs import metrics, notify, stream_access
 from runs.events import COMPLETE, HITL_REQUEST, POLICY_TRIGGERED, dumps, event_frame
 from runs.models import TERMINAL_STATUSES, Run, RunEvent
 
@@ -105,6 +106,16 @@ class RunListener(Listener):
         self.channels = {channel_for(run_id)}
         # last_seq as the poller saw it last time (see _poll_forever).
         self.polled_seq = -1
+        # flexagents.stream_sink's writer while the stream is caught up and
+        # waiting (deliver_many takes its frames), else None.
+        self.direct: Any = None
+        # Frames taken for a direct write, not written yet (written together,
+        # once per event-loop turn), and last_seq before the first of them.
+        self.direct_pending: list[bytes] = []
+        self.direct_base = 0
+        self.direct_write: Any = None
+        # A frame taken for a direct write ends the stream (`complete`).
+        self.finished = False
 
 
 class Admission:
@@ -145,6 +156,7 @@ class StreamHub(notify.PerLoopBackground):
         self._live: Counter[Any] = Counter()
         self._pending: dict[int, Admission] = {}
         self._tasks: dict[int, list[asyncio.Task]] = {}
+        self._flush: dict[int, list[RunListener]] = {}  # per event loop: streams with frames to write
         self.redis_reconnects = 0
 
     # -- admission (bounded resources) --
@@ -229,6 +241,11 @@ class StreamHub(notify.PerLoopBackground):
         """
         lm = get_listener_manager()
         touched: dict[int, RunListener] = {}
+        flush: list[RunListener] = []
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         with lm.lock:
             for run_id, seq, type_, data in frames:
                 channel = channel_for(run_id)
@@ -237,18 +254,38 @@ class StreamHub(notify.PerLoopBackground):
                     continue
                 event = Event(channel, type_, data, id=seq)
                 for listener in listeners:
+                    direct = getattr(listener, "direct", None)
+                    if (direct is not None and listener.loop is running and not listener.overflow
+                            and not listener.finished and not listener.channel_items.get(channel)):
+                        # Caught up and waiting: written now, in this pass,
+                        # with the bytes encoded once for every stream.
+                        if seq <= listener.last_seq:
+                            continue  # a duplicate (local delivery and Redis echo)
+                        if seq == listener.last_seq + 1:
+                            if not listener.direct_pending:
+                                listener.direct_base = listener.last_seq
+                                flush.append(listener)
+                            listener.direct_pending.append(encode(event))
+                            listener.last_seq = seq
+                            if type_ == COMPLETE:
+                                listener.finished = True  # its generator ends the response
+                            continue
                     items = listener.channel_items.setdefault(channel, [])
                     if len(items) < QUEUE_LIMIT:
                         items.append(event)
                     else:
                         listener.overflow = True  # the stream re-reads the table
                     touched[id(listener)] = listener
+        if flush and running is not None:
+            # One write per stream per event-loop turn, for all the frames
+            # this turn brought: the pass runs once the notifications queued
+            # so far are taken.
+            pending = self._flush.setdefault(id(running), [])
+            if not pending:
+                running.call_soon(self._flush_pass, id(running))
+            pending += flush
         if not touched:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
         by_loop: dict[int, tuple[Any, list[RunListener]]] = {}
         for listener in touched.values():
             if listener.loop is None:
@@ -262,6 +299,12 @@ class StreamHub(notify.PerLoopBackground):
                     loop.call_soon_threadsafe(_set_all, listeners)
                 except RuntimeError:  # that loop is closed
                     pass
+
+    def _flush_pass(self, loop_key: int) -> None:
+        """Write every stream's taken frames, one write each, in one pass."""
+        wake = [listener for listener in self._flush.pop(loop_key, [])
+                if not _flush_direct(listener) or listener.finished]
+        _set_all(wake)
 
     def listeners(self) -> list[RunListener]:
         lm = get_listener_manager()
@@ -353,6 +396,28 @@ def _cancelling(task: asyncio.Task | None) -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _flush_direct(listener: RunListener) -> bool:
+    """Write the frames taken for this stream (one write). If its client lags
+    (or is gone), nothing is written: the stream goes back to where it was
+    before them and re-reads them from the table itself, through its
+    generator (where the slow-consumer cut-off applies). False then."""
+    pending = listener.direct_pending
+    if not pending:
+        return True
+    listener.direct_pending = []
+    try:
+        written = bool(listener.direct_write(_join(pending)))
+    except Exception:  # noqa: BLE001 — the connection went away: the generator takes over
+        logger.debug("direct write failed", exc_info=True)
+        written = False
+    if not written:
+        listener.last_seq = listener.direct_base
+        listener.finished = False
+        listener.overflow = True
+        listener.aevent.set()
+    return written
+
+
 def _set_all(listeners: list[RunListener]) -> None:
     for listener in listeners:
         listener.aevent.set()
@@ -378,15 +443,9 @@ def _read_last_seqs_sync(run_ids: list[str]) -> dict[str, int]:
     return dict(Run.objects.filter(pk__in=run_ids).values_list("id", "last_seq"))
 
 
-@_close_after
-def _may_view_sync(user: Any, run_id: str) -> bool:
-    return RunChannelManager().can_read_channel(user, channel_for(run_id))
-
-
 # thread_sensitive=False: the shared executor, not a thread per request.
 _read_events = sync_to_async(_read_events_sync, thread_sensitive=False)
 _read_last_seqs = sync_to_async(_read_last_seqs_sync, thread_sensitive=False)
-_may_view = sync_to_async(_may_view_sync, thread_sensitive=False)
 
 
 class _SharedRead:
@@ -454,13 +513,29 @@ def _ends_stream(type_: str, data: str, stop_on_wait: bool) -> bool:
     return False
 
 
-def encode(event: Event) -> str:
-    """The SSE frame of an event, encoded once however many streams send it."""
+def encode(event: Event) -> bytes:
+    """The SSE frame of an event as bytes, encoded once however many streams
+    send it (the Event object is shared by every listener of the run)."""
     encoded = getattr(event, "flex_sse", None)
     if encoded is None:
-        encoded = sse_encode_event(event.type, event.data, event_id=f"{run_id_from_channel(event.channel)}:{event.id}")
+        encoded = sse_encode_event(event.type, event.data,
+                                   event_id=f"{run_id_from_channel(event.channel)}:{event.id}").encode()
         event.flex_sse = encoded
     return encoded
+
+
+async def _wait_for_wake(listener: RunListener, timeout: float) -> bool:
+    """Wait until the listener is woken (True) or `timeout` passes (False).
+    `asyncio.timeout` rather than `wait_for`: no extra task per wait (with
+    thousands of streams woken on every commit, that task was a cost)."""
+    if listener.aevent.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await listener.aevent.wait()
+        return True
+    except TimeoutError:
+        return False
 
 
 def _release_request_thread() -> None:
@@ -496,8 +571,12 @@ def _release_request_thread() -> None:
         logger.debug("could not shut down the request executor", exc_info=True)
 
 
+def _join(chunk: list[bytes]) -> bytes:
+    return chunk[0] if len(chunk) == 1 else b"".join(chunk)
+
+
 def stream_frames(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
-                  stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[str]:
+                  stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[bytes]:
     """The frames of a stream admitted with `admission`. If the generator is
     dropped without ever starting (the request was cancelled), the slot goes
     back at once."""
@@ -508,7 +587,7 @@ def stream_frames(*, admission: Admission | None, run_id: str, after_seq: int, u
 
 
 async def event_stream(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
-                       stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[str]:
+                       stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[bytes]:
     """Frames after `after_seq`, then live ones, until the run is terminal
     (or, with `stop_on_wait`, waits for a person or is paused; or, with
     `until_seq`, that event was sent).
@@ -517,8 +596,12 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
     first step to its `finally`.
     """
     user_id = getattr(user, "pk", None)
+    # Frames may be written past this generator only when nothing but
+    # `complete` ends the stream (flexagents.stream_sink).
+    direct = stream_sink.direct_writer.get() if not stop_on_wait and until_seq is None else None
     _release_request_thread()
     listener = RunListener(run_id, after_seq, user_id)
+    listener.direct_write = direct
     listener.assign_loop()
     lm = get_listener_manager()
     lm.add_listener(listener)
@@ -529,7 +612,7 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
     idle_ticks = 0
     hub.start(admission, user_id)
     try:
-        yield ": stream open\n\n"
+        yield b": stream open\n\n"
         need_read = True
         while True:
             if need_read:
@@ -539,23 +622,36 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
                     listener.overflow = False
                     listener.aevent.clear()
                 events, status, cut = await read_events_shared(run_id, listener.last_seq)
+                chunk: list[bytes] = []
+                ended = False
                 for event in events:
-                    yield encode(event)
+                    chunk.append(encode(event))
                     listener.last_seq = event.id
                     if _ends_stream(event.type, event.data, stop_on_wait) or (
                             until_seq is not None and event.id >= until_seq):
-                        return
+                        ended = True
+                        break
+                if chunk:
+                    yield _join(chunk)
+                if ended:
+                    return
                 if cut:
                     continue
                 need_read = False
                 if status is None or (status in TERMINAL_STATUSES and not events):
                     return
+            listener.direct = direct
             try:
-                await asyncio.wait_for(listener.aevent.wait(), timeout=keepalive)
-            except asyncio.TimeoutError:
-                yield ": keep-alive\n\n"
+                woke = await _wait_for_wake(listener, keepalive)
+            finally:
+                listener.direct = None
+            # Frames taken but not written yet go first (order), or back to the table.
+            if _flush_direct(listener) and listener.finished:
+                return
+            if not woke:
+                yield b": keep-alive\n\n"
                 idle_ticks += 1
-                if idle_ticks % recheck_every == 0 and not await _may_view(user, run_id):
+                if idle_ticks % recheck_every == 0 and not await stream_access.may_view(user_id, run_id):
                     # Access was revoked (possibly in another process).
                     yield sse_encode_event("stream-error", dumps({"condition": "forbidden",
                                                                   "text": "Access to this run was revoked."}))
@@ -574,17 +670,28 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
             if overflow:
                 need_read = True
                 continue
-            for item in sorted(items, key=lambda e: e.id):
+            # Every frame pending for this stream goes out in ONE write: under
+            # load a wake finds several, and each write is a trip through
+            # Django's response loop, daphne and Twisted.
+            chunk = []
+            ended = False
+            for item in sorted(items, key=lambda e: e.id) if len(items) > 1 else items:
                 if item.id <= listener.last_seq:
                     continue  # a duplicate (local delivery and Redis echo)
                 if item.id != listener.last_seq + 1:
                     need_read = True  # a gap: the table has what we missed
                     break
-                yield encode(item)
+                chunk.append(encode(item))
                 listener.last_seq = item.id
                 if _ends_stream(item.type, item.data, stop_on_wait):
-                    return
+                    ended = True
+                    break
+            if chunk:
+                yield _join(chunk)
+            if ended:
+                return
     finally:
+        listener.direct = None
         listener.aevent.set()
         lm.remove_listener(listener)
         hub.leave(user_id)

@@ -12,8 +12,8 @@ urlpatterns = [
     path("runs/<str:run_id>/cancel", apis.RunCancelApi.as_view(), name="run-cancel"),
     path("runs/<str:run_id>/policies/<str:policy_id>/trigger", apis.PolicyTriggerApi.as_view(),
          name="policy-trigger"),
-    # Offloaded: the stream is served on the event loop, its set-up on a bounded executor.
-    path("runs/<str:run_id>/stream", apis.offloaded(apis.RunStreamGetApi.as_view()), name="run-stream"),
+    # The stream is served on the event loop; its set-up from a short access cache, else on a bounded executor.
+    path("runs/<str:run_id>/stream", apis.cached_stream_view(apis.RunStreamGetApi.as_view()), name="run-stream"),
     # Pushpin's next link for a held stream (FLEX_GRIP_URL; runs.grip): never called by clients.
     path("runs/<str:run_id>/stream/grip/<str:token>", grip.next_view, name="run-stream-grip-next"),
     path("runs/<str:run_id>/stream-ticket", apis.StreamTicketCreateApi.as_view(), name="stream-ticket"),
