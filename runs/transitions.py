@@ -41,6 +41,7 @@ import sqlite3
 from datetime import date, datetime
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -89,6 +90,24 @@ def run_transition_allowed(from_status: str, to_status: str) -> bool:
 
 def node_transition_allowed(from_status: str, to_status: str) -> bool:
     return to_status in NODE_TRANSITIONS.get(from_status, frozenset())
+
+
+# Set while the caller's transaction is given up whole on any error
+# (`all_or_nothing`): a step inside it needs no savepoint of its own.
+ALL_OR_NOTHING: ContextVar[bool] = ContextVar("runs_all_or_nothing", default=False)
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """A transaction (`transaction.atomic()`) whose caller rolls it back
+    whole when anything in it fails — the claim-and-plan of a new run: steps
+    committed inside skip their savepoint."""
+    with transaction.atomic():
+        token = ALL_OR_NOTHING.set(True)
+        try:
+            yield
+        finally:
+            ALL_OR_NOTHING.reset(token)
 
 
 @contextmanager
@@ -236,8 +255,11 @@ def step_commit(
         # transaction, so such a step opens one; the others stay one statement.
         notifying = notifications.may_notify(events)
         try:
-            with (transaction.atomic() if connection.in_atomic_block or notifying else nullcontext()), \
-                    status_writer():
+            # (No savepoint inside a transaction the caller gives up whole on any
+            # error — `all_or_nothing`: one round trip less each way.)
+            savepoint = not ALL_OR_NOTHING.get()
+            with (transaction.atomic(savepoint=savepoint) if connection.in_atomic_block or notifying
+                  else nullcontext()), status_writer():
                 last_seq, triggers = _step_postgresql(
                     connection, run_id=run_id, lease_token=lease_token, statuses=expected, updates=values,
                     nodes=node_changes, facets=facets, events=events, plan_version=plan_version, now=now,

@@ -38,8 +38,8 @@ from runs.engine.lease import ACTIVE_STATUSES, Claim, Heartbeat, claim_next, lea
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
-from runs.transitions import (FacetWrite, Fenced, TransitionNotAllowed, facets_write, node_transition_allowed,
-                              nodes_update, rows_insert, run_transition, step_commit)
+from runs.transitions import (FacetWrite, Fenced, TransitionNotAllowed, all_or_nothing, facets_write,
+                              node_transition_allowed, nodes_update, rows_insert, run_transition, step_commit)
 
 logger = logging.getLogger("runs.engine.loop")
 
@@ -589,7 +589,7 @@ def claim_and_plan(*, worker_id: str, sweep: bool) -> tuple[Claim, RunContext | 
     run is then claimed on its own and `advance` does it as before (its failure leaves
     the run `planning` for the sweep)."""
     try:
-        with transaction.atomic():
+        with all_or_nothing():
             claim = claim_next(worker_id=worker_id, sweep=sweep)
             if claim is None:
                 return None

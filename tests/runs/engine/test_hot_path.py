@@ -157,10 +157,18 @@ def test_many_capabilities_sharing_a_prefix_get_the_same_node_ids_as_before():
 
 def test_a_new_run_is_claimed_and_planned_in_the_claims_transaction(api_for, client_user):
     run_id = submit(api_for(client_user), load_envelope("linkedin-variants"))
-    claimed = loop.claim_and_plan(worker_id="w1", sweep=False)
+    seen = Statements()
+    with connection.execute_wrapper(seen):
+        claimed = loop.claim_and_plan(worker_id="w1", sweep=False)
     assert claimed is not None
     claim, ctx = claimed
     assert claim.run_id == run_id and ctx is not None and ctx.run.status == "running"
+    if connection.vendor == "postgresql":
+        # The claim and the plan: two statements; the plan's needs no savepoint of its own
+        # (the one seen is the claim's transaction nested in the test's).
+        writes = [s for s in seen.sql if s.lstrip()[:6].upper() in ("INSERT", "UPDATE", "WITH R", "WITH C")]
+        assert len(writes) == 2, writes
+        assert len([s for s in seen.sql if s.startswith("SAVEPOINT")]) <= 1, seen.sql
     run = Run.objects.get(pk=run_id)
     assert run.status == "running" and run.lease_owner == "w1" and run.lease_token == claim.token
     assert loop.advance(claim, ctx=ctx) == "completed"
