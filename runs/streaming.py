@@ -433,8 +433,11 @@ _close_after = notify.closing_connection
 
 @_close_after
 def _read_events_sync(run_id: str, after_seq: int, limit: int) -> tuple[list[Event], str | None]:
-    events = RunEventStorage().get_events(channel_for(run_id), after_seq, limit=limit) if after_seq >= 0 else []
+    # The status first: a run read as ended has its last events committed, so
+    # the read after it returns them (the other way round, a run that ends
+    # between the two reads would look ended with nothing to send).
     status = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    events = RunEventStorage().get_events(channel_for(run_id), after_seq, limit=limit) if after_seq >= 0 else []
     return events, status
 
 
