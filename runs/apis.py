@@ -37,7 +37,7 @@ from flexagents.roles import user_is_agent
 from planner.facets import get_catalog
 from planner.planner import preview_plan
 from planner.registry import get_registry
-from runs import grip, metrics, ops, services, stream_access
+from runs import grip, metrics, notify, ops, services, stream_access
 from runs.debug import run_debug_view
 from runs.events import event_frame, event_id
 from runs.listing import run_list_response, run_summary
@@ -144,7 +144,7 @@ def cached_stream_view(view: Callable[..., Any]) -> Callable[..., Any]:
     answered on the event loop — no executor hop, no query —, and the first
     request of a (token, run) pair fills the cache with one hop shared by the
     requests that arrive meanwhile. Anything the fast path does not grant (a
-    ticket, a request through Pushpin, a session, an unknown token, a run not visible, a Last-Event-ID
+    ticket, a session, an unknown token, a run not visible, a Last-Event-ID
     ahead of the cached position, no free stream slot) goes to the full view
     `offloaded(view)`, which answers as before, errors included."""
     full = offloaded(view)
@@ -160,9 +160,12 @@ def cached_stream_view(view: Callable[..., Any]) -> Callable[..., Any]:
     return stream_view
 
 
-async def _cached_stream(request: Any, run_id: str) -> StreamingHttpResponse | None:
-    if TICKET_PARAM in request.GET or grip.proxied(request):
-        return None  # a ticket, or Pushpin asking for a hold (runs.grip): the full view
+_grip_hold = sync_to_async(notify.closing_connection(grip.hold_response), thread_sensitive=False)
+
+
+async def _cached_stream(request: Any, run_id: str) -> HttpResponse | StreamingHttpResponse | None:
+    if TICKET_PARAM in request.GET:
+        return None
     auth = request.headers.get("Authorization", "").split()
     if len(auth) != 2 or auth[0].lower() != "bearer":
         return None
@@ -173,6 +176,11 @@ async def _cached_stream(request: Any, run_id: str) -> StreamingHttpResponse | N
     access = await stream_access.stream_access(auth[1], run_id)
     if access is None or after > access.last_seq:
         return None
+    if grip.proxied(request):
+        # Pushpin asks for a hold (runs.grip): the replay, read on the shared
+        # executor, then the hold — as the full view answers it.
+        hold: HttpResponse = await _grip_hold(run_id=run_id, user=access.user, after=after, first=True)
+        return hold
     admission = hub.admit(access.user.pk)
     if admission is None:
         return None
