@@ -589,6 +589,13 @@ def stream_frames(*, admission: Admission | None, run_id: str, after_seq: int, u
     return frames
 
 
+def _revoked_frame() -> str:
+    """The last frame of a stream whose reader may no longer view the run."""
+    frame: str = sse_encode_event("stream-error", dumps({"condition": "forbidden",
+                                                        "text": "Access to this run was revoked."}))
+    return frame
+
+
 async def event_stream(*, admission: Admission | None, run_id: str, after_seq: int, user: Any,
                        stop_on_wait: bool = False, until_seq: int | None = None) -> AsyncIterator[bytes]:
     """Frames after `after_seq`, then live ones, until the run is terminal
@@ -656,8 +663,7 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
                 idle_ticks += 1
                 if idle_ticks % recheck_every == 0 and not await stream_access.may_view(user_id, run_id):
                     # Access was revoked (possibly in another process).
-                    yield sse_encode_event("stream-error", dumps({"condition": "forbidden",
-                                                                  "text": "Access to this run was revoked."}))
+                    yield _revoked_frame()
                     return
                 continue
             with lm.lock:
@@ -667,8 +673,7 @@ async def event_stream(*, admission: Admission | None, run_id: str, after_seq: i
                 error, listener.error = listener.error, ""
                 listener.aevent.clear()
             if error:
-                yield sse_encode_event("stream-error", dumps({"condition": "forbidden",
-                                                              "text": "Access to this run was revoked."}))
+                yield _revoked_frame()
                 return
             if overflow:
                 need_read = True
