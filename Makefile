@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Parallel test workers (pytest-xdist): one per core, at most 4; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
+PYTEST := $(VENV)/bin/pytest -q -p no:randomly -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup run test test-fast bench migrate clean spa
 
@@ -28,18 +31,20 @@ run: migrate
 	  $(PY) -m flexagents.serve -b 127.0.0.1 -p $(PORT)
 
 # The layering contracts and the types, then the whole suite (SQLite unless
-# DATABASE_URL says otherwise).
+# DATABASE_URL says otherwise), in parallel: each worker has its own test
+# database and takes one test file at a time, the longest first
+# (tests/conftest.py).
 test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy planner/ flexagents/pagination.py runs/filters.py runs/engine/ runs/transitions.py runs/services.py runs/events.py runs/notify.py runs/grip.py runs/replanning.py runs/governance.py hitl/services.py hitl/presenters.py flexagents/startup.py flexagents/idempotency.py runs/notifications.py \
 		runs/task_wait.py runs/task_forms.py runs/task_pages.py runs/human_tasks.py clients/python/src/flexagents_sdk examples/agents/hashtags.py
 	PYTHON=$(PY) bash scripts/check-ts-client.sh
 	bash scripts/ensure-browser.sh
-	$(VENV)/bin/pytest -q -p no:randomly
+	$(PYTEST)
 
 # Everything but the multi-process and browser tests.
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not slow and not browser"
+	$(PYTEST) -m "not slow and not browser"
 
 # The reference SPA on its own origin, http://127.0.0.1:$(SPA_PORT)/spa/ (docs/spa.md; needs node).
 spa:

@@ -39,6 +39,32 @@ def _close_executor_connections() -> Iterator[None]:
             pass
 
 
+@pytest.fixture(autouse=True)
+def _role_groups(request: pytest.FixtureRequest) -> None:
+    """Every database test starts with the role groups of the data migrations.
+    A `transaction=True` test flushes every table when it ends; run in
+    parallel (`make test`: pytest-xdist, one file at a time per worker), a
+    test that needs no flush can follow one on the same worker."""
+    if "_django_db_helper" in request.fixturenames or request.node.get_closest_marker("django_db"):
+        request.getfixturevalue("_django_db_helper")
+        ensure_roles()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, so that parallel workers finish together: the tests
+    marked `long` (minutes each), then those that start processes or a
+    browser, then the rest; each group in pytest-django's order. `make test`
+    passes --no-loadscope-reorder so that pytest-xdist keeps this order."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("long"):
+            return 0
+        return 1 if item.get_closest_marker("slow") or item.get_closest_marker("browser") else 2
+
+    items.sort(key=weight)
+
+
 @pytest.fixture
 def envelope() -> Callable[[str], dict[str, Any]]:
     return load_envelope

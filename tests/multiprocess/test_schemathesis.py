@@ -38,7 +38,7 @@ import pytest
 from tests.conftest import ensure_roles, load_envelope
 from tests.multiprocess.procs import BASE_DIR
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.django_db(transaction=True)]
 
 EXAMPLES = int(os.environ.get("FLEX_SCHEMATHESIS_EXAMPLES", "10"))
 SEED = os.environ.get("FLEX_SCHEMATHESIS_SEED", "16")
