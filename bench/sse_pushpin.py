@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,10 +26,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Child, emit, free_port, percentile, setup_django, wait_port, worker
+from bench.common import ROOT, WORK, Child, emit, free_port, percentile, setup_django, wait_port, worker
 
 NODES = 20
-CONNECTING = 200
+# Requests connecting at once, all client processes together. Pushpin 1.36
+# hands each new request to zurl, and each GRIP hold to its handler, over
+# ZeroMQ queues of 100 messages (compiled in), and fails a request that
+# finds one full at once: 502 "Error while proxying to origin." or 500
+# "Accept service unavailable." (docs/performance.md). Fewer than 100 in
+# flight can never fill them; 80 open streams as fast as 400 did.
+CONNECTING = 80
 FAILED: list[str] = []  # errors of this client process's streams
 CPU_AT_OPEN: list[float] = []
 # Frames are compact JSON starting {"type":…,"id":…,"seq":…,"timestamp":…} (runs.events.event_frame).
@@ -85,15 +92,14 @@ async def one_client(port: int, token: str, run_id: str, opened: list[int],
     return frames
 
 
-def clients_main(port: int, token: str, run_id: str, count: int, total: int) -> None:
+def clients_main(port: int, token: str, run_id: str, count: int, total: int, at_once: int) -> None:
     """A client process: open `count` streams, say OPEN, follow to the end, print RESULT."""
 
     async def run() -> list[list[tuple[int, float]]]:
         opened = [0]
-        # At most CONNECTING requests of this process in flight at once: a
-        # storm as fast as the stack answers, without overrunning the
-        # daphnes' listen backlog (refused connections would be 502s).
-        connecting = asyncio.Semaphore(CONNECTING)
+        # At most `at_once` requests of this process in flight at once (its
+        # share of CONNECTING): a storm as fast as the stack answers.
+        connecting = asyncio.Semaphore(at_once)
 
         async def client() -> list[tuple[int, float]]:
             await connecting.acquire()
@@ -239,8 +245,10 @@ def main() -> None:
         sampler.start()
         started = time.monotonic()
         share = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
+        at_once = str(max(1, CONNECTING // sum(1 for n in share if n)))
         children = [subprocess.Popen([sys.executable, "-m", "bench.sse_pushpin", "clients", str(pushpin.port), token,
-                                      run_id, str(n), str(total)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                                      run_id, str(n), str(total), at_once], cwd=ROOT, stdout=subprocess.PIPE,
+                                     text=True)
                     for n in share if n]
         for child in children:
             assert child.stdout is not None
@@ -298,12 +306,16 @@ def main() -> None:
             os.killpg(pp.pid, 9)  # the runner's services, should any outlive it
         except ProcessLookupError:
             pass
+        shutil.rmtree(pushpin.dir, ignore_errors=True)
+        for proc in group.procs:  # Pushpin's log (all its services) next to the other logs
+            shutil.copy(proc.log_path, WORK / f"{connection.vendor}-pushpin.log")
+        shutil.rmtree(group.log_dir, ignore_errors=True)
     emit(result)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "clients":
-        port, token, run_id, count, total = sys.argv[2:7]
-        clients_main(int(port), token, run_id, int(count), int(total))
+        port, token, run_id, count, total, at_once = sys.argv[2:8]
+        clients_main(int(port), token, run_id, int(count), int(total), int(at_once))
     else:
         main()

@@ -12,12 +12,22 @@ connection; the web process keeps nothing.
 Every process that commits events (worker or web) publishes each committed
 frame once to Pushpin's publish endpoint, from a background thread fed after
 commit (`notify.register_frame_sink`): the commit never waits for Pushpin.
+The frames one transaction commits for a run (a node step commits
+node_complete and the next node_start; planning several) go out as ONE
+item: its http-stream content is their SSE frames concatenated, each still
+its own `id:`/`event:`/`data:` frame, so a client reads exactly the bytes it
+would read one item per frame, while Pushpin handles one message per
+connection instead of one per event. Items that wait together in the
+publisher's queue (Pushpin answered slowly) are merged the same way.
 
-Nothing is lost: each published item carries `id` = seq and `prev-id` =
-seq - 1, and the hold names the last id the client has. When an item does
-not follow the last id Pushpin sent on a connection (a publish was dropped,
-or two processes published out of order), Pushpin asks the web processes
-again — the hold's next link, with `Grip-Last: events-run-<id>;
+Nothing is lost: each published item carries `id` = the last seq it holds
+and `prev-id` = the seq before its first — the previous item's id: a
+transaction commits contiguous seqs of a run, and every position a hold or
+Grip-Last names is the end of a committed transaction (a replay reads the
+table to its end, and Pushpin only knows item ids). The hold names the
+last id the client has. When an item does not follow the last id Pushpin
+sent on a connection (a publish was dropped, or two processes published
+out of order), Pushpin asks the web processes again — the hold's next link, with `Grip-Last: events-run-<id>;
 last-id=<n>` — and the answer replays from the table and holds again. A lost
 *last* publish is repaired by the same request after
 FLEX_GRIP_RECOVER_SECONDS without events (the link's `timeout`). The next
@@ -193,6 +203,69 @@ def next_view(request: HttpRequest, run_id: str, token: str) -> HttpResponse:
 
 # -- publishing ---------------------------------------------------------------
 
+# One item's content at most, in characters (a long transaction's frames
+# are split, each part chained to the one before it).
+ITEM_MAX_CHARS = 64 * 1024
+# Pushpin refuses a publish body over 1,000,000 bytes (its
+# push_in_max_body_size): a larger batch is posted in parts.
+PUBLISH_BODY_MAX = 900_000
+
+
+def publish_items(frames: list[notify.Frame]) -> list[dict[str, Any]]:
+    """The GRIP items for the frames of one commit: per run, one item per
+    contiguous run of seqs (all of them, normally), whose content is their
+    SSE frames in seq order, `id` its last seq, `prev-id` the seq before its
+    first; after a `complete` frame, the `close` item."""
+    by_run: dict[str, list[notify.Frame]] = {}
+    for frame in frames:
+        by_run.setdefault(frame[0], []).append(frame)
+    items: list[dict[str, Any]] = []
+    for run_id, run_frames in by_run.items():
+        channel = grip_channel(run_id)
+        # [first seq, last seq, frames, ends with complete] of each item, then the items.
+        groups: list[tuple[int, int, list[str], bool]] = []
+        size = 0
+        for _run_id, seq, type_, data in sorted(run_frames, key=lambda frame: frame[1]):
+            content = sse_encode_event(type_, data, event_id=event_id(run_id, seq))
+            if groups and groups[-1][1] == seq - 1 and not groups[-1][3] and size < ITEM_MAX_CHARS:
+                first, _last, parts, _complete = groups[-1]
+                parts.append(content)
+                groups[-1] = (first, seq, parts, type_ == COMPLETE)
+                size += len(content)
+            else:
+                groups.append((seq, seq, [content], type_ == COMPLETE))
+                size = len(content)
+        for first, last, parts, complete in groups:
+            items.append({"channel": channel, "id": str(last), "prev-id": str(first - 1),
+                          "formats": {"http-stream": {"content": "".join(parts)}}})
+            if complete:
+                items.append({"channel": channel, "id": f"{last}-end", "prev-id": str(last),
+                              "formats": {"http-stream": {"action": "close"}}})
+    return items
+
+
+def merge_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items waiting together (the publisher fell behind several commits)
+    go out merged: an item that follows its channel's previous content item
+    in the batch (its prev-id is that item's id) is appended to it."""
+    merged: list[dict[str, Any]] = []
+    last_of: dict[str, int] = {}
+    for item in batch:
+        content = item["formats"]["http-stream"].get("content")
+        index = last_of.get(item["channel"])
+        if content is not None and index is not None:
+            previous = merged[index]
+            before = previous["formats"]["http-stream"].get("content")
+            if (before is not None and item["prev-id"] == previous["id"]
+                    and len(before) + len(content) <= ITEM_MAX_CHARS):
+                merged[index] = {**previous, "id": item["id"],
+                                 "formats": {"http-stream": {"content": before + content}}}
+                continue
+        last_of[item["channel"]] = len(merged)
+        merged.append(item)
+    return merged
+
+
 class Publisher:
     """Publishes committed frames to Pushpin from one background thread per
     process, in commit order, in batches; a failed POST is retried a few
@@ -215,15 +288,7 @@ class Publisher:
         """A frame sink (runs.notify): called after commit; never blocks."""
         if not enabled():
             return
-        items: list[dict[str, Any]] = []
-        for run_id, seq, type_, data in frames:
-            channel = grip_channel(run_id)
-            content = sse_encode_event(type_, data, event_id=event_id(run_id, seq))
-            items.append({"channel": channel, "id": str(seq), "prev-id": str(seq - 1),
-                          "formats": {"http-stream": {"content": content}}})
-            if type_ == COMPLETE:
-                items.append({"channel": channel, "id": f"{seq}-end", "prev-id": str(seq),
-                              "formats": {"http-stream": {"action": "close"}}})
+        items = publish_items(frames)
         with self._cond:
             if len(self._queue) + len(items) > settings.FLEX_GRIP_PUBLISH_QUEUE:
                 self.dropped += len(items)
@@ -257,7 +322,7 @@ class Publisher:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 1000))]
+                batch = merge_items([self._queue.popleft() for _ in range(min(len(self._queue), 1000))])
                 self._sending = True
             try:
                 self._post(batch)
@@ -267,6 +332,11 @@ class Publisher:
 
     def _post(self, batch: list[dict[str, Any]]) -> None:
         body = json.dumps({"items": batch}).encode()
+        if len(body) > PUBLISH_BODY_MAX and len(batch) > 1:
+            half = len(batch) // 2
+            self._post(batch[:half])
+            self._post(batch[half:])
+            return
         for attempt, pause in enumerate((0.0, *self.RETRIES)):
             if pause:
                 time.sleep(pause)

@@ -10,6 +10,7 @@ from the event table; access is refused exactly as without Pushpin."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -61,6 +62,7 @@ def pushpin_stack(procs):
                 os.killpg(pushpin.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(pushpin.dir, ignore_errors=True)
 
 
 def test_through_pushpin_every_event_arrives_in_order_across_a_daphne_kill_and_a_reconnect(pushpin_stack, procs,
