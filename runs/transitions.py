@@ -582,15 +582,29 @@ def _insert_part(connection: Any, model: type, objs: list[Any]) -> tuple[str, li
     parsing of short statements with few parameters; a plan of 20 nodes
     would otherwise be parsed anew each time). Values are prepared by their
     fields as `bulk_create` would; returns their pks as `pk`."""
-    qn = connection.ops.quote_name
-    opts = model._meta  # type: ignore[attr-defined]
-    fields = [f for f in opts.concrete_fields if f is not opts.auto_field]
+    sql, fields = _insert_sql(connection, model)
     rows = [{f.column: _json_value(f, f.pre_save(obj, True), connection) for f in fields} for obj in objs]
-    columns = ", ".join(qn(f.column) for f in fields)
-    record = ", ".join(f"{qn(f.column)} {f.db_type(connection)}" for f in fields)
-    sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT {', '.join(f'x.{qn(f.column)}' for f in fields)} "
-           f"FROM r, jsonb_to_recordset(%s::jsonb) AS x ({record}) RETURNING {qn(opts.pk.column)} AS pk")
     return sql, [json.dumps(rows, cls=DjangoJSONEncoder)]
+
+
+_INSERT_SQL: dict[tuple[str, type], tuple[str, tuple[Any, ...]]] = {}
+
+
+def _insert_sql(connection: Any, model: type) -> tuple[str, tuple[Any, ...]]:
+    """`_insert_part`'s statement and fields: the same for every row set of a
+    model, made once per model (the hot path makes several per step)."""
+    key = (connection.vendor, model)
+    made = _INSERT_SQL.get(key)
+    if made is None:
+        qn = connection.ops.quote_name
+        opts = model._meta  # type: ignore[attr-defined]
+        fields = tuple(f for f in opts.concrete_fields if f is not opts.auto_field)
+        columns = ", ".join(qn(f.column) for f in fields)
+        record = ", ".join(f"{qn(f.column)} {f.db_type(connection)}" for f in fields)
+        sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT {', '.join(f'x.{qn(f.column)}' for f in fields)} "
+               f"FROM r, jsonb_to_recordset(%s::jsonb) AS x ({record}) RETURNING {qn(opts.pk.column)} AS pk")
+        made = _INSERT_SQL[key] = (sql, fields)
+    return made
 
 
 def _json_value(field: Any, value: Any, connection: Any) -> Any:
