@@ -257,10 +257,12 @@ def hitl_newest_pending_request(*, run_id: str) -> HitlRequest | None:
     return HitlRequest.objects.filter(run_id=run_id, status=HitlStatus.PENDING).order_by("-created_at").first()
 
 
-def hitl_responses_of(*, request: HitlRequest, latest_response_id: str | None) -> list[HitlResponse]:
+def hitl_responses_of(*, request: HitlRequest, latest_response_id: str | None,
+                      loaded: list[HitlResponse] | None = None) -> list[HitlResponse]:
     """The request's responses so far, after the stale rule: the caller must
-    acknowledge the latest one, if there is one (409 `stale_hitl_state`)."""
-    existing = list(request.responses.all())
+    acknowledge the latest one, if there is one (409 `stale_hitl_state`).
+    `loaded`: the responses as the caller already read them (oldest first)."""
+    existing = list(request.responses.all()) if loaded is None else list(loaded)
     latest = existing[-1].response_id if existing else None
     if (latest_response_id or None) != latest:
         raise StaleHitlState(details={"requestId": request.id, "latestResponseId": latest,
@@ -390,15 +392,29 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
     responses cannot resolve the request (422 `hitl_response_required`).
     An approval short of the request's `requiredApprovals` is stored and
     leaves the request pending: the result's `resolution` is "" then."""
-    preview = existing + [_response_row(request=request, item=i, user=user, display_name=display_name)
-                          for i in items]
-    resolution = resolution_of(request=request, responses=preview)
+    resolved = hitl_request_decide(request=request, existing=existing, items=items, user=user,
+                                   display_name=display_name, now=now)
+    for row in resolved.new_responses:
+        row.save(force_insert=True)
+    if resolved.resolution:
+        request.save(update_fields=["status", "resolution", "resolved_at"])
+    return resolved
+
+
+def hitl_request_decide(*, request: HitlRequest, existing: list[HitlResponse], items: list[dict[str, Any]],
+                        user: Any, display_name: str, now: datetime) -> Resolution:
+    """What `hitl_request_resolve` writes, decided without writing: the new
+    response rows (unsaved) and, when they resolve it, the request's new
+    status, resolution and time (set on `request`, unsaved). The caller
+    stores them (`hitl_request_resolve`, or one statement of the engine's
+    hot path, `runs.services`)."""
+    rows = [_response_row(request=request, item=i, user=user, display_name=display_name) for i in items]
+    resolution = resolution_of(request=request, responses=existing + rows)
     if not resolution:
         raise HitlResponseRequired(f"This {request.kind} request must be resolved by "
                                    f"{_one_of(RESOLVING_TYPES[request.kind])} response.",
                                    details={"requestId": request.id, "kind": request.kind,
                                             "responseTypes": list(RESOLVING_TYPES[request.kind])})
-    rows = hitl_responses_append(request=request, items=items, user=user, display_name=display_name)
     if (resolution == "approved" and request.kind == HitlKind.APPROVAL
             and len(approvals_of(existing + rows)) < request.required_approvals):
         # A quorum: this approval counts, the request waits for the others.
@@ -406,7 +422,6 @@ def hitl_request_resolve(*, request: HitlRequest, existing: list[HitlResponse], 
     request.status = HitlStatus.RESOLVED
     request.resolution = resolution
     request.resolved_at = now
-    request.save(update_fields=["status", "resolution", "resolved_at"])
     return Resolution(resolution=resolution, new_responses=rows, responses=existing + rows,
                       action=_follow_up_for(request, resolution), follow_up=hitl_follow_up_payload(request=request))
 

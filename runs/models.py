@@ -185,14 +185,17 @@ class Run(StatusGuardedModel):
     def channel(self) -> str:
         return f"run-{self.id}"
 
-    def facet_snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def facet_snapshot(self, rows: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The run's facet values and their provenance: the inputs it started
         with, overlaid by the values its nodes produced (`RunFacet`), in the
-        order each facet first appeared."""
+        order each facet first appeared. `rows`: those `RunFacet` rows as
+        (name, value, node id, capability id, plan version), oldest first,
+        when the caller read them already."""
         facets: dict[str, Any] = dict(self.facets or {})
         provenance: dict[str, Any] = dict(self.provenance or {})
-        rows = RunFacet.objects.filter(run_id=self.id).order_by("id").values_list(
-            "name", "value", "node_id", "capability_id", "plan_version")
+        if rows is None:
+            rows = RunFacet.objects.filter(run_id=self.id).order_by("id").values_list(
+                "name", "value", "node_id", "capability_id", "plan_version")
         for name, value, node_id, capability_id, plan_version in rows:
             facets[name] = value
             provenance[name] = {"nodeId": node_id, "capabilityId": capability_id, "planVersion": plan_version}

@@ -131,6 +131,29 @@ def may_notify(events: Iterable[PendingEvent]) -> bool:
     return any(event.type in NOTIFIABLE_EVENT_TYPES for event in events)
 
 
+def needs_outbox(events: Iterable[PendingEvent]) -> bool:
+    """Whether these events may get outbox rows: some are notifiable, and
+    either emailed or followed by an active subscription
+    (`active_subscriptions`: no query while the cache knows there are none).
+    A commit whose events need none is one statement, without a transaction
+    of its own. Like the cache, a subscription created a moment ago may miss
+    an event committed meanwhile."""
+    notifiable = [event for event in events if event.type in NOTIFIABLE_EVENT_TYPES]
+    if not notifiable:
+        return False
+    return any(_names_people(event) for event in notifiable) or bool(active_subscriptions())
+
+
+def _names_people(event: PendingEvent) -> bool:
+    """Whether an emailed event names anyone to email (`email_recipients`
+    finds nobody, without a query, when it names no user and no group)."""
+    if event.type not in EMAILED_EVENT_TYPES:
+        return False
+    payload = event.payload or {}
+    people = payload.get("escalateTo") if event.type == "hitl_escalated" else payload.get("assignees")
+    return isinstance(people, dict) and bool(people.get("users") or people.get("groups"))
+
+
 def enqueue(rows: Iterable[RunEvent]) -> list[Notification]:
     """In the events' transaction: the outbox rows of the notifiable events."""
     notifiable = [row for row in rows if row.type in NOTIFIABLE_EVENT_TYPES]

@@ -9,9 +9,10 @@ from guardian.shortcuts import get_objects_for_user
 
 from flexagents.errors import HitlRequestNotFound, RunNotFound
 from flexagents.logging import remember_run
-from flexagents.roles import user_may_view_all_runs, user_may_view_run
+from flexagents.roles import user_may_operate_run, user_may_view_all_runs, user_may_view_run
 from hitl.models import HitlRequest, HitlStatus
 from runs.models import Run, RunEvent
+from runs.transitions import ResumeSnapshot, resume_read
 
 _PLAUSIBLE_ID = re.compile(r"^[\x21-\x7e]{1,40}\Z")
 
@@ -40,6 +41,24 @@ def run_get_for_user(*, user: Any, run_id: str, for_update: bool = False) -> Run
     # Log lines of this request that name the run carry its correlation id.
     remember_run(run.id, run.correlation_id)
     return run
+
+
+def run_for_answer(*, user: Any, run_id: str, request_id: str) -> ResumeSnapshot | None:
+    """What answering request `request_id` of run `run_id` reads, in one
+    statement without a lock (`runs.transitions.resume_read`; PostgreSQL),
+    when the user may view and operate the run; None otherwise (the caller
+    takes the locking path, which refuses with the right error)."""
+    if not isinstance(run_id, str) or not _PLAUSIBLE_ID.match(run_id) or not isinstance(request_id, str) \
+            or not _PLAUSIBLE_ID.match(request_id):
+        return None
+    snapshot = resume_read(run_id=run_id, request_id=request_id)
+    if snapshot is None:
+        return None
+    run = snapshot.run
+    remember_run(run.id, run.correlation_id)
+    if not user_may_view_run(user, run) or not user_may_operate_run(user, run):
+        return None
+    return snapshot
 
 
 def run_events_after(*, run: Run, after: int, limit: int) -> list[RunEvent]:

@@ -14,14 +14,16 @@ from django.utils import timezone
 
 from flexagents import logging as flex_logging
 from flexagents.ids import new_id
-from flexagents.errors import (CapabilityInactive, Forbidden, HitlResponseRequired, InvalidRunState, MissingSnapshot,
+from flexagents.errors import (CapabilityInactive, FlexError, Forbidden, HitlResponseRequired, InvalidRunState,
+                               MissingSnapshot,
                                PolicyNotFound,
                                RunAlreadyCompleted, ServerBusy, StalePlanVersion)
 from flexagents.roles import grant_run_to_owner, user_may_operate_run, user_may_submit
-from hitl.models import HitlRequest, HitlResponse
+from hitl.models import HitlRequest, HitlResponse, HitlStatus
 from hitl.presenters import approvals_of, hitl_response_payload
 from hitl.services import (Resolution, check_may_answer, hitl_display_name, hitl_newest_pending_request, hitl_pending_request,
-                           hitl_request_resolve, hitl_requests_remove_pending, hitl_responses_append,
+                           hitl_request_decide, hitl_request_resolve, hitl_requests_remove_pending,
+                           hitl_responses_append,
                            hitl_responses_of, validate_responses, validation_error)
 from planner.envelope import validate_envelope
 from planner.planner import build_plan
@@ -30,8 +32,9 @@ from runs import events as ev
 from runs import metrics, notify
 from runs.models import AuditEntry, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
 from runs.replanning import ReplanOutcome, plan_again, plan_nodes_payload
-from runs.selectors import run_get_for_user
-from runs.transitions import nodes_update, run_transition, run_transition_allowed
+from runs.selectors import run_for_answer, run_get_for_user
+from runs.transitions import (Fenced, RowUpdate, nodes_update, resume_commit, run_transition,
+                              run_transition_allowed)
 
 logger = logging.getLogger("runs.services")
 
@@ -48,15 +51,29 @@ def check_transition(run: Run, to_status: str) -> None:
 def audit_add(*, run: Run, action: str, actor: Any, plan_version: int | None = None,
               details: dict[str, Any] | None = None, display_name: str = "") -> AuditEntry:
     """An audit entry and its structured log line (run, operator, version, action)."""
+    entry = audit_entry(run=run, action=action, actor=actor, plan_version=plan_version, details=details,
+                        display_name=display_name)
+    entry.save(force_insert=True)
+    audit_logged(run=run, entry=entry)
+    return entry
+
+
+def audit_entry(*, run: Run, action: str, actor: Any, plan_version: int | None = None,
+                details: dict[str, Any] | None = None, display_name: str = "") -> AuditEntry:
+    """`audit_add`'s entry, unsaved: the caller inserts it with its other
+    writes, then logs it (`audit_logged`)."""
     actor_id = getattr(actor, "pk", None)
     version = run.plan_version if plan_version is None else plan_version
-    entry = AuditEntry.objects.create(run=run, action=action, actor=actor if actor_id else None,
-                                      actor_display=display_name or (getattr(actor, "username", "") or ""),
-                                      plan_version=version, details=details or {})
+    return AuditEntry(run=run, action=action, actor=actor if actor_id else None,
+                      actor_display=display_name or (getattr(actor, "username", "") or ""),
+                      plan_version=version, details=details or {})
+
+
+def audit_logged(*, run: Run, entry: AuditEntry) -> None:
+    """The structured log line of an audit entry (run, operator, version, action)."""
     logger.info("audit", extra={"run_id": run.id, "correlation_id": run.correlation_id or None,
-                                "operator_id": actor_id, "plan_version": version,
-                                "action": action, "details": details or {}})
-    return entry
+                                "operator_id": entry.actor_id, "plan_version": entry.plan_version,
+                                "action": entry.action, "details": entry.details})
 
 
 def _refuse_past_queue_caps(user: Any) -> None:
@@ -250,11 +267,66 @@ def hitl_resume(*, user: Any, run_id: str, request_id: str, responses: Any, late
                 operator: Any = None, note: str = "") -> ResumeResult:
     """Append responses, resolve the request and put the run back to work."""
     answer = Answer(responses=responses, latest_response_id=latest_response_id, operator=operator, note=note)
+    if transaction.get_connection().vendor == "postgresql" and request_id:
+        answered = _resume_in_one_statement(user=user, run_id=run_id, request_id=request_id, answer=answer)
+        if answered is not None:
+            return answered
     with transaction.atomic():
         run = lock_run_for_operator(user=user, run_id=run_id, refusal=HITL_REFUSAL)
         request = hitl_pending_request(run_id=run.id, request_id=request_id)
         _check_waiting(run, (RunStatus.AWAITING_HITL,))
         return _resume(user=user, run=run, request=request, answer=answer, audit_action="hitl_resumed")
+
+
+def _resume_in_one_statement(*, user: Any, run_id: str, request_id: str, answer: Answer) -> ResumeResult | None:
+    """`hitl_resume`'s common case on PostgreSQL in two round trips: one read
+    (`runs.selectors.run_for_answer`: the run, the request, its responses,
+    the plan version, the node rows) and one write (`runs.transitions.resume_commit`:
+    the responses, the request resolved, the plan version, the node rows,
+    the run queued with its events, the audit entry), fenced on the row
+    versions read. The same checks and the same writes as the locking path
+    (`_resume`); None — nothing written — for anything else: a refusal (so
+    the locking path gives its error in its order), a quorum still short,
+    a replan, or a run or request that changed between read and write. The
+    caller then takes the locking path."""
+    snapshot = run_for_answer(user=user, run_id=run_id, request_id=request_id)
+    if snapshot is None:
+        return None
+    run, request = snapshot.run, snapshot.request
+    if (request is None or request.status != HitlStatus.PENDING or run.status != RunStatus.AWAITING_HITL
+            or snapshot.plan is None):
+        return None
+    now = timezone.now()
+    try:
+        resolved, events = _resolve(user=user, request=request, answer=answer, now=now,
+                                    created_by_id=run.created_by_id, loaded=snapshot.responses, store=False)
+    except FlexError:
+        return None
+    action = resolved.action
+    if not resolved.resolution or action.get("type") == "replan":
+        return None
+    nodes = {n.node_id: n for n in snapshot.nodes}
+    writes = _resume_writes(user=user, run=run, request=request, resolved=resolved, events=events, action=action,
+                            current=snapshot.plan, nodes=nodes, answer=answer, audit_action="hitl_resumed",
+                            actor_display="", now=now)
+    if not run_transition_allowed(run.status, writes.outcome.target):
+        return None
+    # Before the commit: the answer's metric is taken when its events are published.
+    metrics.note_hitl_created(request.id, request.created_at)
+    try:
+        rows = resume_commit(
+            run_id=run.id, run_version=snapshot.run_version, expect=[run.status], to=writes.outcome.target,
+            plan_version=writes.version, updates=writes.outcome.updates,
+            nodes={nodes[changed].pk: changes for changed, changes in writes.node_changes.items()},
+            events=writes.events, inserts=[*resolved.new_responses, writes.plan, writes.audit],
+            row_updates=[RowUpdate(HitlRequest, request.pk, {"status": HitlStatus.PENDING},
+                                   {"status": request.status, "resolution": request.resolution,
+                                    "resolved_at": request.resolved_at}, version=snapshot.request_version)])
+    except Fenced:
+        logger.info("answer fenced off; taking the locking path", extra={"run_id": run.id})
+        return None
+    audit_logged(run=run, entry=writes.audit)
+    return _resumed(run=run, request=request, resolved=resolved, writes=writes, rows=rows)
 
 
 def run_resume(*, user: Any, run_id: str, expected_plan_version: int, responses: Any = None,
@@ -347,10 +419,48 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
             return _approval_counted(user=user, run=run, request=request, resolved=resolved, events=events,
                                      answer=answer)
     action = resolved.action if resolved is not None else {"type": "continue"}
-    node_id = request.pending_node_id if request is not None else ""
-
     current = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)
     nodes = {n.node_id: n for n in NodeRun.objects.filter(run_id=run.id)}
+    writes = _resume_writes(user=user, run=run, request=request, resolved=resolved, events=events, action=action,
+                            current=current, nodes=nodes, answer=answer, audit_action=audit_action,
+                            actor_display=actor_display, now=now)
+    for row in writes.new_rows:
+        row.save(force_insert=True)
+    writes.plan.save(force_insert=True)
+    nodes_update({nodes[changed].pk: changes for changed, changes in writes.node_changes.items()})
+    check_transition(run, writes.outcome.target)
+    # No worker holds a waiting run: the fence is the row lock plus the
+    # status read under it.
+    rows = run_transition(run_id=run.id, to=writes.outcome.target, expect=[run.status], plan_version=writes.version,
+                          updates=writes.outcome.updates, events=writes.events)
+    writes.audit.save(force_insert=True)
+    audit_logged(run=run, entry=writes.audit)
+    return _resumed(run=run, request=request, resolved=resolved, writes=writes, rows=rows)
+
+
+@dataclass
+class _ResumeWrites:
+    """What a resume writes, decided before anything is written: the new
+    plan version (and, for a replan, new node rows), the node changes, the
+    run's move and its events, the audit entry."""
+
+    version: int
+    outcome: _Outcome
+    events: list[ev.PendingEvent]
+    node_changes: dict[str, dict[str, Any]]
+    plan: PlanVersion
+    new_rows: list[NodeRun]
+    audit: AuditEntry
+    pending: list[str]
+
+
+def _resume_writes(*, user: Any, run: Run, request: HitlRequest | None, resolved: Resolution | None,
+                   events: list[ev.PendingEvent], action: dict[str, Any], current: PlanVersion,
+                   nodes: dict[str, NodeRun], answer: Answer, audit_action: str, actor_display: str,
+                   now: datetime) -> _ResumeWrites:
+    """A resume's writes (`_ResumeWrites`) from what it read: the run, the
+    request and its resolution, the current plan version and the node rows."""
+    node_id = request.pending_node_id if request is not None else ""
     statuses = {k: n.status for k, n in nodes.items()}
     node_changes = _node_changes(graph=current.graph, statuses=statuses, node_id=node_id,
                                  action=action.get("type", "continue"), now=now)
@@ -363,6 +473,7 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
                "resolution": (resolved.resolution if resolved else "") or None,
                "action": action.get("type", "continue"), "actorId": getattr(user, "pk", None)}
     replanned = None
+    new_rows: list[NodeRun] = []
     if action.get("type") == "replan":
         # A real replan (docs/planning.md): the node the request was about is
         # redone by an alternative to its capability, completed nodes kept.
@@ -374,11 +485,10 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
     if replanned is not None and replanned.graph is not None:
         graph, statuses = replanned.graph, {**statuses, **replanned.statuses}
         pending = replanned.pending
-        for row in replanned.new_rows:
-            row.save(force_insert=True)
-        PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.REPLAN,
-                                   trigger=trigger, graph=graph, node_statuses=replanned.statuses,
-                                   pending_node_ids=pending, schema_hash=graph.get("schemaHash", ""))
+        new_rows = list(replanned.new_rows)
+        plan = PlanVersion(run_id=run.id, version=version, reason=PlanVersion.Reason.REPLAN,
+                           trigger=trigger, graph=graph, node_statuses=replanned.statuses,
+                           pending_node_ids=pending, schema_hash=graph.get("schemaHash", ""))
         events.append(ev.event_plan_updated(
             previous_version=previous, version=version, reason="replan", trigger=trigger,
             nodes=plan_nodes_payload(replanned), added=replanned.added, removed=replanned.removed,
@@ -386,9 +496,9 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
     else:
         pending = [n["id"] for n in current.graph.get("nodes", [])
                    if statuses.get(n["id"]) not in ("completed", "skipped")]
-        PlanVersion.objects.create(run_id=run.id, version=version, reason=PlanVersion.Reason.RESUME, trigger=trigger,
-                                   graph=current.graph, node_statuses=statuses, pending_node_ids=pending,
-                                   schema_hash=current.schema_hash)
+        plan = PlanVersion(run_id=run.id, version=version, reason=PlanVersion.Reason.RESUME, trigger=trigger,
+                           graph=current.graph, node_statuses=statuses, pending_node_ids=pending,
+                           schema_hash=current.schema_hash)
         events.append(ev.event_plan_updated(
             previous_version=previous, version=version, reason="resume", trigger=trigger,
             nodes=[{"id": n["id"], "status": statuses.get(n["id"], "pending")}
@@ -403,25 +513,28 @@ def _resume(*, user: Any, run: Run, request: HitlRequest | None, answer: Answer,
             node_id=node_id, request_id=follow_up["requestId"], resolution=follow_up["resolution"],
             follow_up=follow_up["followUp"]))
     events.extend(outcome.completing)
-
-    nodes_update({nodes[changed].pk: changes for changed, changes in node_changes.items()})
-    check_transition(run, outcome.target)
     outcome.updates.update(plan_version=version, pending_node_ids=pending)
-    # No worker holds a waiting run: the fence is the row lock plus the
-    # status read under it.
-    rows = run_transition(run_id=run.id, to=outcome.target, expect=[run.status], plan_version=version,
-                          updates=outcome.updates, events=events)
     responses = resolved.responses if resolved is not None else []
-    audit_add(run=run, action=audit_action, actor=user, plan_version=version, display_name=actor_display,
-              details={"requestId": request.id if request else None,
-                       "resolution": (resolved.resolution if resolved else "") or None,
-                       "action": action.get("type", "continue"), "previousVersion": previous,
-                       "status": outcome.target, "note": answer.note,
-                       "responseIds": [r.response_id for r in responses], "operator": answer.operator_details})
-    if outcome.target == RunStatus.QUEUED:
+    audit = audit_entry(run=run, action=audit_action, actor=user, plan_version=version, display_name=actor_display,
+                        details={"requestId": request.id if request else None,
+                                 "resolution": (resolved.resolution if resolved else "") or None,
+                                 "action": action.get("type", "continue"), "previousVersion": previous,
+                                 "status": outcome.target, "note": answer.note,
+                                 "responseIds": [r.response_id for r in responses],
+                                 "operator": answer.operator_details})
+    return _ResumeWrites(version=version, outcome=outcome, events=events, node_changes=node_changes, plan=plan,
+                         new_rows=new_rows, audit=audit, pending=pending)
+
+
+def _resumed(*, run: Run, request: HitlRequest | None, resolved: Resolution | None, writes: _ResumeWrites,
+             rows: list[Any]) -> ResumeResult:
+    """After a resume's writes (in its transaction): wake the workers after
+    commit, update `run` as written, the result."""
+    if writes.outcome.target == RunStatus.QUEUED:
         transaction.on_commit(notify.announce_work)
-    for key, value in {**outcome.updates, "status": outcome.target}.items():
+    for key, value in {**writes.outcome.updates, "status": writes.outcome.target}.items():
         setattr(run, key, value)
+    responses = resolved.responses if resolved is not None else []
     return ResumeResult(run=run, request=request, responses=responses,
                         resolution=resolved.resolution if resolved else "",
                         first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
@@ -442,23 +555,29 @@ def _approval_counted(*, user: Any, run: Run, request: HitlRequest, resolved: Re
                         first_seq=rows[0].seq if rows else run.last_seq, last_seq=rows[-1].seq if rows else run.last_seq)
 
 
-def _resolve(*, user: Any, request: HitlRequest, answer: Answer, now: datetime,
-             created_by_id: Any) -> tuple[Resolution, list[ev.PendingEvent]]:
+def _resolve(*, user: Any, request: HitlRequest, answer: Answer, now: datetime, created_by_id: Any,
+             loaded: list[HitlResponse] | None = None, store: bool = True
+             ) -> tuple[Resolution, list[ev.PendingEvent]]:
     """Check and store the answer, resolve the request; its events
-    (`hitl_update` per response, then `hitl_resolved`)."""
-    existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id)
+    (`hitl_update` per response, then `hitl_resolved`). `store=False`:
+    decide only — the new responses and the request's new state are left
+    unsaved for the caller to write (and to count in the metrics);
+    `loaded`: the request's responses as the caller read them."""
+    existing = hitl_responses_of(request=request, latest_response_id=answer.latest_response_id, loaded=loaded)
     items = validate_responses(request=request, responses=answer.responses)
     check_may_answer(request=request, user=user, items=items, run_created_by_id=created_by_id,
                      existing=existing)
-    resolved = hitl_request_resolve(request=request, existing=existing, items=items, user=user,
-                                    display_name=hitl_display_name(user=user, operator=answer.operator), now=now)
+    decide = hitl_request_resolve if store else hitl_request_decide
+    resolved = decide(request=request, existing=existing, items=items, user=user,
+                      display_name=hitl_display_name(user=user, operator=answer.operator), now=now)
     events = _update_events(request=request, rows=resolved.new_responses, before=len(existing))
     if not resolved.resolution:
         return resolved, events  # a quorum still short of approvals
     events.append(ev.event_hitl_resolved(request_id=request.id, resolution=resolved.resolution,
                                          responses=[hitl_response_payload(r) for r in resolved.responses],
                                          node_id=request.pending_node_id))
-    metrics.note_hitl_created(request.id, request.created_at)
+    if store:
+        metrics.note_hitl_created(request.id, request.created_at)
     return resolved, events
 
 

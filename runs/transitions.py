@@ -75,6 +75,18 @@ class CommittedStep(list[RunEvent]):
     triggers_pending: bool = True
 
 
+class RowUpdate(NamedTuple):
+    """A row of another table a commit updates (`resume_commit`): `values`
+    set on the row whose pk is `pk`, if its fields still hold `expect` and
+    (given) its version (`xmin`) is still `version`."""
+
+    model: type
+    pk: Any
+    expect: Mapping[str, Any]
+    values: Mapping[str, Any]
+    version: str | None = None
+
+
 class Fenced(Exception):
     """The conditional update matched no row: the caller lost its lease, or the
     run left the status the caller expected (cancelled, resumed, …)."""
@@ -251,9 +263,11 @@ def step_commit(
     if connection.vendor == "postgresql":
         # Alone, the statement is atomic by itself; in the caller's
         # transaction, a savepoint keeps a refused node from aborting it.
-        # An event that may notify someone takes its outbox rows in the same
-        # transaction, so such a step opens one; the others stay one statement.
-        notifying = notifications.may_notify(events)
+        # An event that notifies someone (an active subscription follows its
+        # type, or it emails people it names) takes its outbox rows in the
+        # same transaction, so such a step opens one; the others — `complete`
+        # and `hitl_request` with nobody to tell — stay one statement.
+        notifying = notifications.needs_outbox(events)
         try:
             # (No savepoint inside a transaction the caller gives up whole on any
             # error — `all_or_nothing`: one round trip less each way.)
@@ -355,13 +369,65 @@ def _claim_sql(qn: Any, sweep: bool, by_id: bool) -> str:
     if sweep:
         claimable.append(f"({status} IN ('{RunStatus.RUNNING}', '{RunStatus.PLANNING}') AND {expires} < %s)")
     where = f"({' OR '.join(claimable)})" + (f" AND {qn('id')} = %s" if by_id else "")
-    return (f"WITH c AS (SELECT {qn('id')}, {owner} FROM {t} WHERE {where} ORDER BY {qn('created_at')} "
-            f"LIMIT 1 FOR UPDATE SKIP LOCKED) "
+    # A run planned before (resumed, taken over) comes with what the engine
+    # loads of it (`runs.engine.loop.load`): its facet rows, its plan
+    # version's graph, its node rows, and whether it has answered
+    # clarifications. These reads see the statement's snapshot; `loaded_fresh`
+    # says whether the row locked is the version the snapshot saw (nobody
+    # wrote the run between the two, so they match it) — else they are
+    # ignored and read again.
+    from hitl.models import HitlRequest
+    from runs.models import PlanVersion
+
+    facet_t, plan_t, node_t, request_t = (qn(m._meta.db_table)
+                                          for m in (RunFacet, PlanVersion, NodeRun, HitlRequest))
+    planned = f"{t}.{qn('plan_version')} > 0"
+    run_id = f"{t}.{qn('id')}"
+    loaded = (
+        f", {planned} AND c.seen = (SELECT s.xmin::text FROM {t} s WHERE s.{qn('id')} = c.{qn('id')}) "
+        f"AS loaded_fresh, "
+        f"CASE WHEN {planned} THEN (SELECT jsonb_agg(jsonb_build_array(f.{qn('name')}, f.{qn('value')}, "
+        f"f.{qn('node_id')}, f.{qn('capability_id')}, f.{qn('plan_version')}) ORDER BY f.{qn('id')}) "
+        f"FROM {facet_t} f WHERE f.{qn('run_id')} = {run_id}) END AS loaded_facets, "
+        f"CASE WHEN {planned} THEN (SELECT v.{qn('graph')} FROM {plan_t} v WHERE v.{qn('run_id')} = {run_id} "
+        f"AND v.{qn('version')} = {t}.{qn('plan_version')}) END AS loaded_graph, "
+        f"CASE WHEN {planned} THEN (SELECT jsonb_agg(to_jsonb(n) ORDER BY n.{qn('position')}, n.{qn('id')}) "
+        f"FROM {node_t} n WHERE n.{qn('run_id')} = {run_id}) END AS loaded_nodes, "
+        f"{planned} AND EXISTS (SELECT 1 FROM {request_t} h WHERE h.{qn('run_id')} = {run_id} "
+        f"AND h.{qn('kind')} = 'clarify' AND h.{qn('status')} = 'resolved') AS loaded_clarifications")
+    return (f"WITH c AS (SELECT {qn('id')}, {owner}, xmin::text AS seen FROM {t} WHERE {where} "
+            f"ORDER BY {qn('created_at')} LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"UPDATE {t} SET {owner} = %s, {qn('lease_token')} = {t}.{qn('lease_token')} + 1, {expires} = %s "
             f"FROM c WHERE {t}.{qn('id')} = c.{qn('id')} "
             f"RETURNING {t}.*, c.{owner} AS previous_owner, "
             f"(SELECT {qn('username')} FROM {qn('auth_user')} WHERE {qn('id')} = {t}.{qn('created_by_id')}) "
-            f"AS created_by_username")
+            f"AS created_by_username{loaded}")
+
+
+class Loaded(NamedTuple):
+    """A claimed run's rows as the claim read them (`claim_loaded`)."""
+
+    facet_rows: list[tuple[str, Any, str, str, int]]
+    graph: dict[str, Any]
+    nodes: list[NodeRun]
+    clarifications: bool
+
+
+def claim_loaded(run: Run) -> Loaded | None:
+    """What `lease_claim` read of a planned run along with it (facet rows,
+    the current graph, the node rows, whether a clarification was answered),
+    or None when it read nothing usable (a new run, another database, a run
+    written between the claim's snapshot and its lock)."""
+    if not getattr(run, "loaded_fresh", False) or not run.plan_version:
+        return None
+    graph = _loaded(getattr(run, "loaded_graph"))
+    if graph is None:
+        return None
+    return Loaded(facet_rows=[(row[0], row[1], row[2], row[3], row[4])
+                              for row in _loaded(getattr(run, "loaded_facets")) or []],
+                  graph=graph,
+                  nodes=[model_from_json(NodeRun, row) for row in _loaded(getattr(run, "loaded_nodes")) or []],
+                  clarifications=bool(getattr(run, "loaded_clarifications")))
 
 
 @lru_cache(maxsize=None)
@@ -399,22 +465,49 @@ def _assignments(connection: Any, model: type, values: Mapping[str, Any], table:
     return sets, params
 
 
-def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses: list[str],
+def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, statuses: list[str],
                      updates: dict[str, Any], nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
                      facets: Sequence[FacetWrite], events: Sequence[PendingEvent], plan_version: int,
-                     now: Any, inserts: Sequence[Any] = ()) -> tuple[int | None, bool]:
+                     now: Any, inserts: Sequence[Any] = (), run_version: str | None = None,
+                     row_updates: Sequence[RowUpdate] = ()) -> tuple[int | None, bool]:
     """The step as one data-modifying CTE; returns the new `last_seq` (None:
     fenced) and whether the run holds manual policy triggers. Raises `TransitionNotAllowed` when a node row was not in a
-    status its move is allowed from."""
+    status its move is allowed from. `run_version`: the run row's version
+    (`xmin`) as the caller read it — the update is fenced on it too;
+    `row_updates`: rows of other tables updated with it, each of which must
+    match (or the statement fails: `_ROW_MOVED`)."""
     qn = connection.ops.quote_name
     run_table, node_table, event_table = (qn(m._meta.db_table) for m in (Run, NodeRun, RunEvent))
     sets, params = _assignments(connection, Run, updates)
     sets.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(len(events))
-    params += [run_id, lease_token, *statuses]
-    parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s AND {qn('lease_token')} = %s "
+    params.append(run_id)
+    fence = ""
+    if lease_token is not None:
+        fence += f" AND {qn('lease_token')} = %s"
+        params.append(lease_token)
+    if run_version is not None:
+        fence += " AND xmin = %s::xid"
+        params.append(run_version)
+    params += statuses
+    parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s{fence} "
              f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) "
              f"RETURNING {qn('last_seq')}, {qn('manual_triggers')} <> '[]'::jsonb AS triggers)"]
+    for k, change in enumerate(row_updates):
+        table = qn(change.model._meta.db_table)  # type: ignore[attr-defined]
+        row_sets, row_params = _assignments(connection, change.model, change.values)
+        conditions = [f"{table}.{qn(change.model._meta.pk.column)} = %s"]  # type: ignore[attr-defined]
+        row_params.append(change.pk)
+        for name, value in change.expect.items():
+            model_field, column = _column(change.model, name)
+            conditions.append(f"{table}.{qn(column)} = %s")
+            row_params.append(model_field.get_db_prep_save(value, connection))
+        if change.version is not None:
+            conditions.append(f"{table}.xmin = %s::xid")
+            row_params.append(change.version)
+        parts.append(f"u{k} AS (UPDATE {table} SET {', '.join(row_sets)} FROM r WHERE {' AND '.join(conditions)} "
+                     f"RETURNING 1)")
+        params += row_params
     for i, (pk, sources, changes) in enumerate(nodes):
         node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.")
         where = f"{node_table}.{qn('id')} = %s"
@@ -451,6 +544,9 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int, statuses
     checks = "".join(
         f", (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM r) OR count(*) = 1 THEN 1 "
         f"ELSE ('{_NODE_REFUSED} ' || count(*))::int END FROM n{i})" for i in range(len(nodes)))
+    checks += "".join(
+        f", (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM r) OR count(*) = 1 THEN 1 "
+        f"ELSE ('{_ROW_MOVED} ' || count(*))::int END FROM u{k})" for k in range(len(row_updates)))
     # Serial keys come back (drawn in row order within the statement); rows
     # with keys of their own are only counted.
     pks = "".join(f", (SELECT array_agg(pk ORDER BY pk) FROM i{k})"
@@ -486,15 +582,29 @@ def _insert_part(connection: Any, model: type, objs: list[Any]) -> tuple[str, li
     parsing of short statements with few parameters; a plan of 20 nodes
     would otherwise be parsed anew each time). Values are prepared by their
     fields as `bulk_create` would; returns their pks as `pk`."""
-    qn = connection.ops.quote_name
-    opts = model._meta  # type: ignore[attr-defined]
-    fields = [f for f in opts.concrete_fields if f is not opts.auto_field]
+    sql, fields = _insert_sql(connection, model)
     rows = [{f.column: _json_value(f, f.pre_save(obj, True), connection) for f in fields} for obj in objs]
-    columns = ", ".join(qn(f.column) for f in fields)
-    record = ", ".join(f"{qn(f.column)} {f.db_type(connection)}" for f in fields)
-    sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT {', '.join(f'x.{qn(f.column)}' for f in fields)} "
-           f"FROM r, jsonb_to_recordset(%s::jsonb) AS x ({record}) RETURNING {qn(opts.pk.column)} AS pk")
     return sql, [json.dumps(rows, cls=DjangoJSONEncoder)]
+
+
+_INSERT_SQL: dict[tuple[str, type], tuple[str, tuple[Any, ...]]] = {}
+
+
+def _insert_sql(connection: Any, model: type) -> tuple[str, tuple[Any, ...]]:
+    """`_insert_part`'s statement and fields: the same for every row set of a
+    model, made once per model (the hot path makes several per step)."""
+    key = (connection.vendor, model)
+    made = _INSERT_SQL.get(key)
+    if made is None:
+        qn = connection.ops.quote_name
+        opts = model._meta  # type: ignore[attr-defined]
+        fields = tuple(f for f in opts.concrete_fields if f is not opts.auto_field)
+        columns = ", ".join(qn(f.column) for f in fields)
+        record = ", ".join(f"{qn(f.column)} {f.db_type(connection)}" for f in fields)
+        sql = (f"INSERT INTO {qn(opts.db_table)} ({columns}) SELECT {', '.join(f'x.{qn(f.column)}' for f in fields)} "
+               f"FROM r, jsonb_to_recordset(%s::jsonb) AS x ({record}) RETURNING {qn(opts.pk.column)} AS pk")
+        made = _INSERT_SQL[key] = (sql, fields)
+    return made
 
 
 def _json_value(field: Any, value: Any, connection: Any) -> Any:
@@ -515,6 +625,7 @@ def rows_insert(objs: Sequence[Any]) -> None:
 
 
 _NODE_REFUSED = "node_move_refused"
+_ROW_MOVED = "row_moved_meanwhile"
 
 _FACET_INSERT = ('INSERT INTO "runs_runfacet" ("run_id", "name", "value", "node_id", "capability_id", '
                  '"plan_version")')
@@ -636,3 +747,131 @@ def _bump_run_orm(*, run_id: str, count: int, lease_token: int | None, statuses:
     if Run.objects.filter(condition).update(**updates, last_seq=F("last_seq") + count) != 1:
         return None
     return int(Run.objects.filter(pk=run_id).values_list("last_seq", flat=True).get())
+
+
+# --- the answer to a person's request (PostgreSQL) ---------------------------------
+
+class ResumeSnapshot(NamedTuple):
+    """What answering a request reads (`resume_read`), in one statement: the
+    run and the request with their row versions (`xmin`, the fence of the
+    answer's commit), the request's responses, the run's current plan
+    version and its node rows."""
+
+    run: Run
+    run_version: str
+    request: Any  # hitl.models.HitlRequest | None
+    request_version: str | None
+    responses: list[Any]  # hitl.models.HitlResponse
+    plan: Any  # PlanVersion (graph, schema_hash) | None
+    nodes: list[NodeRun]
+
+
+def resume_read(*, run_id: str, request_id: str) -> ResumeSnapshot | None:
+    """PostgreSQL: the run, its request `request_id`, the request's
+    responses (oldest first), the run's current plan version and its node
+    rows — ONE statement, no lock. The answer's writes are fenced on the
+    versions read here (`resume_commit`): when anything changed meanwhile,
+    they write nothing and the caller takes the locking path."""
+    from hitl.models import HitlRequest, HitlResponse
+    from runs.models import PlanVersion
+
+    connection = transaction.get_connection()
+    sql = _resume_read_sql(connection.ops.quote_name)
+    for run in Run.objects.raw(sql, [request_id, run_id]):
+        extra = {name: _loaded(getattr(run, name))
+                 for name in ("request_row", "response_rows", "plan_row", "node_rows")}
+        request = None if extra["request_row"] is None else model_from_json(HitlRequest, extra["request_row"])
+        responses = [model_from_json(HitlResponse, row) for row in extra["response_rows"] or []]
+        plan = None
+        if extra["plan_row"] is not None:
+            graph, schema_hash = extra["plan_row"]
+            plan = PlanVersion(run_id=run.id, version=run.plan_version, graph=graph, schema_hash=schema_hash)
+        nodes = [model_from_json(NodeRun, row) for row in extra["node_rows"] or []]
+        return ResumeSnapshot(run=run, run_version=str(getattr(run, "row_version")), request=request,
+                              request_version=getattr(run, "request_version"), responses=responses, plan=plan,
+                              nodes=nodes)
+    return None
+
+
+def _loaded(value: Any) -> Any:
+    """A jsonb column of a raw query: text (Django's loader) or already parsed."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+@lru_cache(maxsize=None)
+def _resume_read_sql(qn: Any) -> str:
+    from hitl.models import HitlRequest, HitlResponse
+    from runs.models import PlanVersion
+
+    run_t, request_t, response_t, plan_t, node_t = (
+        qn(m._meta.db_table) for m in (Run, HitlRequest, HitlResponse, PlanVersion, NodeRun))
+    return (f"SELECT r.*, r.xmin::text AS row_version, to_jsonb(q) AS request_row, q.xmin::text AS request_version, "
+            f"(SELECT jsonb_agg(to_jsonb(p) ORDER BY p.{qn('id')}) FROM {response_t} p "
+            f"WHERE p.{qn('request_id')} = q.{qn('id')}) AS response_rows, "
+            f"(SELECT jsonb_build_array(v.{qn('graph')}, v.{qn('schema_hash')}) FROM {plan_t} v "
+            f"WHERE v.{qn('run_id')} = r.{qn('id')} AND v.{qn('version')} = r.{qn('plan_version')}) AS plan_row, "
+            f"(SELECT jsonb_agg(to_jsonb(n) ORDER BY n.{qn('id')}) FROM {node_t} n "
+            f"WHERE n.{qn('run_id')} = r.{qn('id')}) AS node_rows "
+            f"FROM {run_t} r LEFT JOIN {request_t} q ON q.{qn('id')} = %s AND q.{qn('run_id')} = r.{qn('id')} "
+            f"WHERE r.{qn('id')} = %s")
+
+
+def model_from_json(model: type, row: Mapping[str, Any]) -> Any:
+    """A model instance from its row as `to_jsonb` gives it (column -> value):
+    JSON columns as they are, the others through their field (datetimes from
+    ISO text), as if the ORM had loaded it."""
+    opts = model._meta  # type: ignore[attr-defined]
+    names: list[str] = []
+    values: list[Any] = []
+    for f in opts.concrete_fields:
+        value = row.get(f.column)
+        if value is not None and not isinstance(f, JSONField):
+            value = f.to_python(value)
+        names.append(f.attname)
+        values.append(value)
+    return model.from_db(transaction.get_connection().alias, names, values)  # type: ignore[attr-defined]
+
+
+def resume_commit(*, run_id: str, run_version: str, expect: Iterable[str], to: str, plan_version: int,
+                  updates: Mapping[str, Any], nodes: Mapping[int, Mapping[str, Any]],
+                  events: Sequence[PendingEvent], inserts: Sequence[Any],
+                  row_updates: Sequence[RowUpdate]) -> list[RunEvent]:
+    """PostgreSQL: the writes of an answer to a person's request — the run
+    moved (`to`, from one of `expect`) with `updates` and `events`, its node
+    rows, the request resolved (`row_updates`), the new rows (`inserts`:
+    responses, the plan version, the audit entry) — as ONE statement, the
+    step's CTE (`step_commit`), fenced on the run row's version as
+    `resume_read` saw it instead of a lease: a run or request that changed
+    since writes nothing (`Fenced`), and the caller takes the locking path.
+    Outside a transaction the statement is its own; inside the caller's, a
+    savepoint keeps a refusal from aborting it. Events are published after
+    commit; their outbox rows are written in the same transaction (one is
+    opened then)."""
+    expected = [str(status) for status in expect]
+    now = timezone.now()
+    values = dict(updates)
+    _check_run_move(run_id, to, expected, values, now)
+    node_changes = [(pk, _node_sources(pk, changes), changes) for pk, changes in nodes.items()]
+    connection = transaction.get_connection()
+    notifying = notifications.needs_outbox(events)
+    try:
+        with (transaction.atomic() if connection.in_atomic_block or notifying else nullcontext()), \
+                status_writer():
+            last_seq, _triggers = _step_postgresql(
+                connection, run_id=run_id, lease_token=None, statuses=expected, updates=values, nodes=node_changes,
+                facets=(), events=events, plan_version=plan_version, now=now, inserts=inserts,
+                run_version=run_version, row_updates=row_updates)
+            if last_seq is None:
+                raise Fenced(run_id)
+            rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+            if notifying:
+                notifications.enqueue(rows)
+    except DataError as exc:
+        if _NODE_REFUSED in str(exc):
+            raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
+        if _ROW_MOVED in str(exc):
+            raise Fenced(f"{run_id}: a row changed meanwhile") from None
+        raise
+    if rows:
+        publish_on_commit(rows)
+    return rows

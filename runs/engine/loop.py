@@ -38,7 +38,7 @@ from runs.engine.lease import ACTIVE_STATUSES, Claim, Heartbeat, claim_next, lea
 from runs.engine.step import Halt, RunContext, Step, fail, start_node
 from runs.events import PendingEvent
 from runs.models import TERMINAL_STATUSES, NodeRun, NodeStatus, PlanVersion, Run, RunStatus
-from runs.transitions import (FacetWrite, Fenced, TransitionNotAllowed, all_or_nothing, facets_write,
+from runs.transitions import (FacetWrite, Fenced, TransitionNotAllowed, all_or_nothing, claim_loaded, facets_write,
                               node_transition_allowed, nodes_update, rows_insert, run_transition, step_commit)
 
 logger = logging.getLogger("runs.engine.loop")
@@ -562,6 +562,13 @@ def load(claim: Claim) -> RunContext:
     run = claim.take_run() or Run.objects.select_related("created_by").get(pk=claim.run_id)
     ctx = RunContext(claim=claim, run=run, triggers_pending=bool(run.manual_triggers))
     if run.plan_version:
+        loaded = claim_loaded(run)  # PostgreSQL: the claim's statement read them along
+        if loaded is not None:
+            run.facets, run.provenance = run.facet_snapshot(loaded.facet_rows)
+            ctx.graph = loaded.graph
+            ctx.nodes = {n.node_id: n for n in loaded.nodes}
+            ctx.clarifications = loaded.clarifications
+            return ctx
         # The worker's copy of the snapshot: the inputs and what nodes produced.
         run.facets, run.provenance = run.facet_snapshot()
         version = PlanVersion.objects.get(run_id=run.id, version=run.plan_version)

@@ -106,7 +106,7 @@ def clarifications_for(ctx: RunContext, node_id: str) -> list[dict[str, Any]]:
     # A clarification is answered only through a resume, and every resume
     # records a new plan version: at version 1 there is none to look up
     # (this saves a query per node on the hot path).
-    if ctx.run.plan_version <= 1:
+    if ctx.run.plan_version <= 1 or ctx.clarifications is False:
         return []
     return hitl_services.clarifications_for_node(run_id=ctx.run.id, node_id=node_id)
 

@@ -37,6 +37,9 @@ class RunContext:
     # commit's statement read it (the hot path reads it for free); True
     # when unknown, and the loop looks.
     triggers_pending: bool = True
+    # Whether a clarification of the run was answered (read with the claim);
+    # None when unknown, and `policies.clarifications_for` looks.
+    clarifications: bool | None = None
 
     @property
     def envelope(self) -> dict[str, Any]:
