@@ -154,7 +154,9 @@ export interface FollowRunOptions {
   onReconnect?: (lastEventId: string | null, attempt: number) => void;
   /** Reconnections in a row without a new event before giving up (default 5). */
   maxReconnects?: number;
-  /** Delay before reconnecting, doubled each failed attempt (default 500 ms). */
+  /** Delay before reconnecting, doubled each failed attempt (default 500 ms), each
+   *  delay drawn between half and one and a half times that: clients that lost
+   *  their streams together (a proxy restarted) do not all come back at once. */
   retryDelayMs?: number;
   EventSource?: EventSourceFactory;
   fetch?: typeof fetch;
@@ -267,7 +269,7 @@ export function followRun(options: FollowRunOptions): RunFollower {
       return;
     }
     options.onReconnect?.(lastEventId, failures);
-    timer = setTimeout(() => void connect(), baseDelay * 2 ** (failures - 1));
+    timer = setTimeout(() => void connect(), baseDelay * 2 ** (failures - 1) * (0.5 + Math.random()));
   };
 
   void connect();

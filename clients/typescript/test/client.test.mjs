@@ -82,6 +82,28 @@ test("followRun reconnects with a fresh ticket from the last event id and misses
   assert.ok(streams.every((r) => r.authorization === null), "EventSource sends no Authorization");
 });
 
+test("followRun spreads its reconnection delays between half and one and a half times the back-off", async () => {
+  const delays = [];
+  const realSetTimeout = globalThis.setTimeout;
+  const realRandom = Math.random;
+  const draws = [0, 0.75];
+  globalThis.setTimeout = (fn, ms, ...args) => {
+    if (ms >= 4000) delays.push(ms); // ours; not EventSource's own 3 s reconnection timers
+    return realSetTimeout(fn, 0, ...args);
+  };
+  Math.random = () => draws.shift() ?? 0.5;
+  try {
+    // Two refused ticket requests in a row (the stand-in answers 503 twice for run_flaky), then the run.
+    const follower = followRun({ baseUrl, token: TOKEN, runId: "run_flaky", EventSource, retryDelayMs: 10000,
+      onEvent: () => {} });
+    await follower.done;
+  } finally {
+    globalThis.setTimeout = realSetTimeout;
+    Math.random = realRandom;
+  }
+  assert.deepEqual(delays.map(Math.round), [5000, 25000]);
+});
+
 test("followRun gives up with the API error when no ticket can be had", async () => {
   const follower = followRun({ baseUrl, token: TOKEN, runId: "run_missing", EventSource, onEvent: () => {} });
 

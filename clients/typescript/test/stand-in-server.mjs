@@ -8,6 +8,7 @@ const TOKEN = "good-token";
 const RUN = "run_abc";
 const requests = [];
 const tickets = new Map(); // ticket -> used?
+let flakyTickets = 0;
 let streamConnections = 0;
 
 function event(seq, type, payload = {}) {
@@ -68,12 +69,24 @@ const server = http.createServer(async (req, res) => {
   const ticketPath = url.pathname.match(/^\/api\/v1\/flex\/runs\/([^/]+)\/stream-ticket$/);
   if (ticketPath && req.method === "POST") {
     if (!authorized(req)) return json(res, 401, { code: "not_authenticated", message: "no", details: {} });
+    if (ticketPath[1] === "run_flaky") {
+      // Busy twice (a proxy's 5xx during a reconnect storm), then a ticket.
+      flakyTickets += 1;
+      if (flakyTickets <= 2) return json(res, 503, { code: "server_busy", message: "busy", details: {} });
+      return json(res, 201, { ticket: "st_flaky", expiresAt: "2026-11-29T10:01:00.000Z",
+        streamUrl: `http://127.0.0.1:${server.address().port}/api/v1/flex/runs/run_flaky/stream?ticket=st_flaky` });
+    }
     if (ticketPath[1] !== RUN) return json(res, 404, { code: "run_not_found", message: "no such run", details: {} });
     const ticket = `st_${tickets.size + 1}`;
     tickets.set(ticket, false);
     const port = server.address().port;
     return json(res, 201, { ticket, expiresAt: "2026-11-29T10:01:00.000Z",
       streamUrl: `http://127.0.0.1:${port}/api/v1/flex/runs/${RUN}/stream?ticket=${ticket}` });
+  }
+  if (url.pathname === "/api/v1/flex/runs/run_flaky/stream" && req.method === "GET") {
+    res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
+    for (const e of EVENTS) res.write(frame(e));
+    return res.end();
   }
   if (url.pathname === `/api/v1/flex/runs/${RUN}/stream` && req.method === "GET") {
     const ticket = url.searchParams.get("ticket");
