@@ -63,6 +63,7 @@ def server(transactional_db: None, request: Any) -> Iterator[str]:
     group.stop_all()
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         print(group.dump_logs())
+    group.remove_logs()
 
 
 @pytest.hookimpl(hookwrapper=True)

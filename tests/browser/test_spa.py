@@ -69,6 +69,7 @@ def stack(transactional_db: None, spa_built: None, request: Any) -> Iterator[dic
     group.stop_all()
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         print(group.dump_logs())
+    group.remove_logs()
 
 
 def _up(url: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,8 @@ def server() -> Iterator[dict[str, Any]]:
                "group": group}
     finally:
         group.stop_all()
+        group.remove_logs()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_document(server: dict[str, Any], document: str) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ def procs(request: Any, transactional_db: None, child_env: dict[str, str]) -> It
     failed = any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
     if failed:
         print(group.dump_logs())
+    group.remove_logs()
 
 
 @pytest.fixture

@@ -166,6 +166,12 @@ class ProcGroup:
             except Exception:  # noqa: BLE001 — teardown must go on
                 pass
 
+    def remove_logs(self) -> None:
+        """Delete the log directory (after a test that passed, or once its logs were printed)."""
+        import shutil
+
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} (pid {p.pid}, rc {p.popen.returncode}) {' '.join(p.argv[-3:])}\n{p.logs()}"
                          for p in self.procs)
