@@ -84,7 +84,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     now = timezone.now()
     # Node changes are applied to copies first, to compute the snapshot.
     statuses = step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
-    pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
+    pending = scheduling.pending_ids(ctx.graph.get("nodes", []), statuses)
     lease_fields, wake = lease_after(ctx, step, statuses, holder=holder, now=now)
     run_updates = {
         "pending_node_ids": pending,

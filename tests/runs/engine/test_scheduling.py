@@ -38,3 +38,13 @@ def test_it_builds_states_from_graph_nodes_and_a_status_map():
     graph = [{"id": "a"}, {"id": "b", "dependsOn": ["a"]}]
     assert node_states(graph, {"a": "completed"}) == [NodeState("a", "completed", ()),
                                                        NodeState("b", "pending", ("a",))]
+
+
+def test_pending_ids_equal_the_pending_ids_of_the_built_states():
+    from runs.engine.scheduling import pending_ids
+
+    graph = [{"id": "a"}, {"id": "b", "dependsOn": ["a"]}, {"id": "c", "dependsOn": ["b"]}, {"id": "output"}]
+    for statuses in ({}, {"a": "completed"}, {"a": "completed", "b": "skipped", "c": "running"},
+                     {"a": "completed", "b": "completed", "c": "completed", "output": "completed"},
+                     {"a": "failed", "b": "awaiting_hitl", "output": "pending"}):
+        assert pending_ids(graph, statuses) == pending_node_ids(node_states(graph, statuses))
