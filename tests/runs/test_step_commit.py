@@ -344,3 +344,22 @@ def _fresh_statement(kwargs: dict[str, Any]) -> tuple[str, list[Any]]:
         updates=values, nodes=node_changes, facets=kwargs["facets"], events=kwargs["events"],
         plan_version=kwargs["plan_version"], now=now, inserts=(), run_version=None, row_updates=())
     return sql, params
+
+
+def test_the_event_rows_of_a_step_equal_rows_made_with_keywords():
+    from runs import transitions
+
+    now = timezone.now()
+    pending = [event_node_complete(node_id="a", capability_id="cap.A", attempt=1, output_facets=["brief"],
+                                   duration_ms=1.0),
+               event_log(level="info", message="m")]
+    rows = transitions._event_rows("r1", 9, pending, 3, now)
+    expected = [RunEvent(run_id="r1", seq=8 + i, type=e.type, node_id=e.node_id, plan_version=3, payload=e.payload,
+                         created_at=now) for i, e in enumerate(pending)]
+
+    def fields(row: RunEvent) -> dict[str, Any]:
+        return {k: v for k, v in vars(row).items() if k != "_state"} | {
+            "adding": row._state.adding, "db": row._state.db}
+
+    assert [fields(r) for r in rows] == [fields(r) for r in expected]
+    assert [r.seq for r in rows] == [8, 9] and rows[0].pk is None
