@@ -206,12 +206,22 @@ def _check_run_move(run_id: str, to: str | None, expected: list[str] | None, val
 
 def _event_rows(run_id: str, last_seq: int, pending: Sequence[PendingEvent], plan_version: int,
                 now: Any) -> list[RunEvent]:
+    """The committed events as rows, numbered up to `last_seq`. Made with
+    positional values in the model's field order (Django's fast path, as
+    for rows read from the database): the same instances as with keywords."""
     first = last_seq - len(pending) + 1
-    return [
-        RunEvent(run_id=run_id, seq=first + i, type=e.type, node_id=e.node_id, plan_version=plan_version,
-                 payload=e.payload, created_at=now)
-        for i, e in enumerate(pending)
-    ]
+    attnames = _event_attnames()
+    rows = []
+    for i, e in enumerate(pending):
+        values = {"id": None, "run_id": run_id, "seq": first + i, "type": e.type, "node_id": e.node_id,
+                  "plan_version": plan_version, "payload": e.payload, "created_at": now}
+        rows.append(RunEvent(*[values[name] for name in attnames]))
+    return rows
+
+
+@lru_cache(maxsize=None)
+def _event_attnames() -> tuple[str, ...]:
+    return tuple(f.attname for f in RunEvent._meta.concrete_fields)
 
 
 def step_commit(
@@ -445,10 +455,10 @@ def _increment(value: Any) -> int | None:
     return None
 
 
-def _assignments(connection: Any, model: type, values: Mapping[str, Any], table: str = ""
+def _assignments(connection: Any, model: type, values: Mapping[str, Any], table: str = "", build: bool = True
                  ) -> tuple[list[str], list[Any]]:
-    """`col = %s` (or `col = col + %s` for `F(col) + n`) and their parameters."""
-    qn = connection.ops.quote_name
+    """`col = %s` (or `col = col + %s` for `F(col) + n`) and their parameters
+    (`build=False`: the parameters only, the text being known)."""
     sets: list[str] = []
     params: list[Any] = []
     for name, value in values.items():
@@ -457,12 +467,43 @@ def _assignments(connection: Any, model: type, values: Mapping[str, Any], table:
             step = _increment(value)
             if step is None or value.lhs.name != name:
                 raise TypeError(f"{name}: only F('{name}') + n is supported here")
-            sets.append(f"{qn(column)} = {table}{qn(column)} + %s")
+            if build:
+                qn = connection.ops.quote_name
+                sets.append(f"{qn(column)} = {table}{qn(column)} + %s")
             params.append(step)
             continue
-        sets.append(f"{qn(column)} = %s")
+        if build:
+            sets.append(f"{connection.ops.quote_name(column)} = %s")
         params.append(model_field.get_db_prep_save(value, connection))
     return sets, params
+
+
+def _values_shape(values: Mapping[str, Any]) -> tuple[tuple[str, bool], ...]:
+    """What the text of `_assignments` depends on: the names, in order, and
+    which of them are increments."""
+    return tuple((name, hasattr(value, "resolve_expression")) for name, value in values.items())
+
+
+# The step statement's text by the shape of the step (`_step_shape`): the
+# hot path makes the same few shapes over and over (a node completes and the
+# next starts), so the text is made once per shape and only the parameters
+# per step.
+_STEP_SQL: dict[Any, str] = {}
+_STEP_SQL_MAX = 512
+
+
+def _step_shape(connection: Any, lease_token: int | None, statuses: list[str], updates: Mapping[str, Any],
+                nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]], facets: Sequence[FacetWrite],
+                events: Sequence[PendingEvent], inserts: Sequence[Any], run_version: str | None,
+                row_updates: Sequence[RowUpdate]) -> Any:
+    """The key of `_STEP_SQL` (None: a step whose text is not kept — one
+    inserting rows or updating rows of other tables)."""
+    if inserts or row_updates:
+        return None
+    return (connection.vendor, lease_token is None, run_version is None, len(statuses), _values_shape(updates),
+            tuple((None if sources is None else len(sources), _values_shape(changes))
+                  for _pk, sources, changes in nodes),
+            len(events), len(facets))
 
 
 def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, statuses: list[str],
@@ -476,9 +517,56 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, s
     (`xmin`) as the caller read it — the update is fenced on it too;
     `row_updates`: rows of other tables updated with it, each of which must
     match (or the statement fails: `_ROW_MOVED`)."""
+    shape = _step_shape(connection, lease_token, statuses, updates, nodes, facets, events, inserts, run_version,
+                        row_updates)
+    known = _STEP_SQL.get(shape) if shape is not None else None
+    sql, params, groups = _step_statement(
+        connection, run_id=run_id, lease_token=lease_token, statuses=statuses, updates=updates, nodes=nodes,
+        facets=facets, events=events, plan_version=plan_version, now=now, inserts=inserts, run_version=run_version,
+        row_updates=row_updates, build=known is None)
+    if known is not None:
+        sql = known
+    elif shape is not None and len(_STEP_SQL) < _STEP_SQL_MAX:
+        _STEP_SQL[shape] = sql
+    with _binding_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None, False
+    for k, (model, objs) in enumerate(groups):
+        for i, obj in enumerate(objs):
+            if model._meta.auto_field is not None:  # type: ignore[attr-defined]
+                obj.pk = row[2 + k][i]
+            obj._state.adding = False
+            obj._state.db = connection.alias
+    return int(row[0]), bool(row[1])
+
+
+def _binding_cursor(connection: Any) -> Any:
+    """A cursor that sends the parameters apart from the statement
+    (server-side binding) for the step statement: its dozens of parameters
+    are not quoted into its text by the driver (our CPU per step). Otherwise
+    Django's cursor (execute wrappers, error wrapping) as any other; other
+    statements keep the driver's client-side binding."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(ServerBindingCursor(connection.connection))  # type: ignore[call-arg]
+
+
+def _step_statement(connection: Any, *, run_id: str, lease_token: int | None, statuses: list[str],
+                    updates: dict[str, Any], nodes: list[tuple[int, list[str] | None, Mapping[str, Any]]],
+                    facets: Sequence[FacetWrite], events: Sequence[PendingEvent], plan_version: int,
+                    now: Any, inserts: Sequence[Any], run_version: str | None, row_updates: Sequence[RowUpdate],
+                    build: bool = True) -> tuple[str, list[Any], list[tuple[type, list[Any]]]]:
+    """`_step_postgresql`'s statement: its text (`build=False`: "", the text
+    being known for this shape), its parameters and the groups of rows it
+    inserts. The parameters are the same either way."""
     qn = connection.ops.quote_name
     run_table, node_table, event_table = (qn(m._meta.db_table) for m in (Run, NodeRun, RunEvent))
-    sets, params = _assignments(connection, Run, updates)
+    sets, params = _assignments(connection, Run, updates, build=build)
     sets.append(f"{qn('last_seq')} = {qn('last_seq')} + %s")
     params.append(len(events))
     params.append(run_id)
@@ -492,7 +580,7 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, s
     params += statuses
     parts = [f"r AS (UPDATE {run_table} SET {', '.join(sets)} WHERE {qn('id')} = %s{fence} "
              f"AND {qn('status')} IN ({', '.join(['%s'] * len(statuses))}) "
-             f"RETURNING {qn('last_seq')}, {qn('manual_triggers')} <> '[]'::jsonb AS triggers)"]
+             f"RETURNING {qn('last_seq')}, {qn('manual_triggers')} <> '[]'::jsonb AS triggers)"] if build else []
     for k, change in enumerate(row_updates):
         table = qn(change.model._meta.db_table)  # type: ignore[attr-defined]
         row_sets, row_params = _assignments(connection, change.model, change.values)
@@ -509,29 +597,33 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, s
                      f"RETURNING 1)")
         params += row_params
     for i, (pk, sources, changes) in enumerate(nodes):
-        node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.")
-        where = f"{node_table}.{qn('id')} = %s"
+        node_sets, node_params = _assignments(connection, NodeRun, changes, table=f"{node_table}.", build=build)
         node_params.append(pk)
         if sources is not None:
-            where += f" AND {node_table}.{qn('status')} IN ({', '.join(['%s'] * len(sources))})"
             node_params += sources
-        parts.append(f"n{i} AS (UPDATE {node_table} SET {', '.join(node_sets)} FROM r WHERE {where} RETURNING 1)")
+        if build:
+            where = f"{node_table}.{qn('id')} = %s"
+            if sources is not None:
+                where += f" AND {node_table}.{qn('status')} IN ({', '.join(['%s'] * len(sources))})"
+            parts.append(f"n{i} AS (UPDATE {node_table} SET {', '.join(node_sets)} FROM r WHERE {where} RETURNING 1)")
         params += node_params
     if events:
         payload_field, _ = _column(RunEvent, "payload")
         created = _column(RunEvent, "created_at")[0].get_db_prep_save(now, connection)
-        rows = ", ".join(["(%s::int, %s, %s, %s::jsonb)"] * len(events))
-        columns = ", ".join(qn(c) for c in ("run_id", "seq", "type", "node_id", "plan_version", "payload",
-                                            "created_at"))
-        parts.append(f"e AS (INSERT INTO {event_table} ({columns}) SELECT %s, r.{qn('last_seq')} - %s + v.i, v.t, "
-                     f"v.n, %s, v.p, %s FROM r, (VALUES {rows}) AS v (i, t, n, p) RETURNING 1)")
+        if build:
+            rows = ", ".join(["(%s::int, %s, %s, %s::jsonb)"] * len(events))
+            columns = ", ".join(qn(c) for c in ("run_id", "seq", "type", "node_id", "plan_version", "payload",
+                                                "created_at"))
+            parts.append(f"e AS (INSERT INTO {event_table} ({columns}) SELECT %s, r.{qn('last_seq')} - %s + v.i, "
+                         f"v.t, v.n, %s, v.p, %s FROM r, (VALUES {rows}) AS v (i, t, n, p) RETURNING 1)")
         params += [run_id, len(events), plan_version, created]
         for i, event in enumerate(events, start=1):
             params += [i, event.type, event.node_id, payload_field.get_db_prep_save(event.payload, connection)]
     if facets:
-        rows = ", ".join(["(%s, %s::jsonb, %s, %s, %s::int)"] * len(facets))
-        parts.append(f"f AS ({_FACET_INSERT} SELECT %s, v.k, v.val, v.nid, v.cap, v.pv FROM r, (VALUES {rows}) AS "
-                     f"v (k, val, nid, cap, pv) {_FACET_UPSERT} RETURNING 1)")
+        if build:
+            rows = ", ".join(["(%s, %s::jsonb, %s, %s, %s::int)"] * len(facets))
+            parts.append(f"f AS ({_FACET_INSERT} SELECT %s, v.k, v.val, v.nid, v.cap, v.pv FROM r, (VALUES {rows}) "
+                         f"AS v (k, val, nid, cap, pv) {_FACET_UPSERT} RETURNING 1)")
         params.append(run_id)
         params += _facet_params(connection, facets)
     groups = _insert_groups(inserts)
@@ -539,6 +631,8 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, s
         sql_part, insert_params = _insert_part(connection, model, objs)
         parts.append(f"i{k} AS ({sql_part})")
         params += insert_params
+    if not build:
+        return "", params, groups
     # A node row the run update reached but its own update did not (not in a
     # status its move starts from) fails the statement: nothing is written.
     checks = "".join(
@@ -553,18 +647,7 @@ def _step_postgresql(connection: Any, *, run_id: str, lease_token: int | None, s
                   if model._meta.auto_field is not None  # type: ignore[attr-defined]
                   else f", (SELECT count(*) FROM i{k})" for k, (model, _objs) in enumerate(groups))
     sql = f"WITH {', '.join(parts)} SELECT (SELECT {qn('last_seq')} FROM r), (SELECT triggers FROM r){pks}{checks}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None or row[0] is None:
-        return None, False
-    for k, (model, objs) in enumerate(groups):
-        for i, obj in enumerate(objs):
-            if model._meta.auto_field is not None:  # type: ignore[attr-defined]
-                obj.pk = row[2 + k][i]
-            obj._state.adding = False
-            obj._state.db = connection.alias
-    return int(row[0]), bool(row[1])
+    return sql, params, groups
 
 
 def _insert_groups(objs: Sequence[Any]) -> list[tuple[type, list[Any]]]:

@@ -84,7 +84,7 @@ def commit(ctx: RunContext, step: Step, *, expect: tuple[str, ...] = (RunStatus.
     now = timezone.now()
     # Node changes are applied to copies first, to compute the snapshot.
     statuses = step.statuses_over({k: n.status for k, n in ctx.nodes.items()})
-    pending = scheduling.pending_node_ids(scheduling.node_states(ctx.graph.get("nodes", []), statuses))
+    pending = scheduling.pending_ids(ctx.graph.get("nodes", []), statuses)
     lease_fields, wake = lease_after(ctx, step, statuses, holder=holder, now=now)
     run_updates = {
         "pending_node_ids": pending,
@@ -178,8 +178,8 @@ def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str], 
     output node starts, the envelope's goals are evaluated (they may replan,
     ask a person or fail the run instead)."""
     statuses = step.statuses_over(statuses)  # e.g. a replan in this step
-    states = scheduling.node_states(ctx.graph["nodes"], statuses)
-    ready = scheduling.ready_nodes(states)
+    graph_nodes = ctx.graph["nodes"]
+    ready = scheduling.ready_ids(graph_nodes, statuses)
     if goals and ready and ready[0] == ctx.graph.get("outputNodeId", "output") and policies.goals_of(ctx.envelope):
         if policies.check_goals(ctx, step):
             if step.status is None:
@@ -189,7 +189,7 @@ def start_next_or_finish(ctx: RunContext, step: Step, statuses: dict[str, str], 
     if ready:
         start_node(ctx, step, ready[0])
         return
-    if scheduling.is_finished(states):
+    if scheduling.finished(graph_nodes, statuses):
         finish(ctx, step)
         return
     # Nothing ready and not finished: a node waits on a person or failed.

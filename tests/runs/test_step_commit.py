@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
+from django.utils import timezone
 
 from hitl.models import HitlRequest
 from runs.debug import _facet_schemas, _scrub, redact_facet_values
@@ -266,3 +267,99 @@ def test_the_derived_snapshot_and_the_debug_view_equal_the_old_rewrite(api_for, 
         assert body["facetProvenance"] == _scrub(expected_provenance)
     # The approved run's facets came from two plan versions' worth of steps.
     assert Run.objects.get(pk=approved).plan_version == 2
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement step is PostgreSQL's")
+def test_a_step_of_a_known_shape_reuses_the_text_and_sends_the_same_statement(run, monkeypatch):
+    """The statement's text is kept per shape of step: the text and the
+    parameters sent are those of a statement made anew, and the kept text
+    serves a step of the same shape with other values."""
+    from runs import transitions
+
+    sent: list[tuple[str, list[Any]]] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("WITH r AS"):
+            sent.append((sql, list(params)))
+        return execute(sql, params, many, context)
+
+    monkeypatch.setattr(transitions, "_STEP_SQL", {})
+    with connection.execute_wrapper(record):
+        step(run)  # the shape's first step: its text made and kept
+        assert len(transitions._STEP_SQL) == 1
+        by_id = nodes(run)
+        Run.objects.filter(pk=run.pk).update(lease_token=8)
+        with transitions.status_writer():  # both nodes back to where the step starts from
+            NodeRun.objects.filter(pk=by_id["a"].pk).update(status="running")
+            NodeRun.objects.filter(pk=by_id["b"].pk).update(status="pending")
+        other = step_kwargs(run) | {"lease_token": 8, "updates": {"pending_node_ids": ["a", "b"]}}
+        with transaction.atomic():
+            step_commit(**other)  # the same shape, other values: the kept text
+    assert len(transitions._STEP_SQL) == 1
+    assert len(sent) == 2
+    assert sent[0][0] == sent[1][0]
+    # What a statement made anew would send, text and parameters alike
+    # (but the step's time).
+    fresh = _fresh_statement(other)
+    assert sent[1][0] == fresh[0]
+    assert [_plain(p) for p in sent[1][1]] == [_plain(p) for p in fresh[1]]
+    assert [_plain(p) for p in sent[1][1]] != [_plain(p) for p in sent[0][1]]  # other values, the kept text
+    by_id = nodes(run)
+    assert (by_id["a"].status, by_id["b"].status, Run.objects.get(pk=run.pk).pending_node_ids) == (
+        "completed", "running", ["a", "b"])
+
+
+def test_the_parameters_are_the_same_whether_the_text_is_made_or_not(run):
+    from runs import transitions
+
+    kwargs = step_kwargs(run)
+    values = dict(kwargs["updates"], plan_version=1, lease_expires_at=timezone.now())
+    node_changes = [(pk, transitions._node_sources(pk, changes), changes) for pk, changes in kwargs["nodes"].items()]
+    made = [transitions._step_statement(
+        connection, run_id=run.id, lease_token=7, statuses=["running"], updates=values, nodes=node_changes,
+        facets=kwargs["facets"], events=kwargs["events"], plan_version=1, now=values["lease_expires_at"], inserts=(),
+        run_version=None, row_updates=(), build=build) for build in (True, False)]
+    assert made[0][0].startswith("WITH r AS") and made[1][0] == ""
+    assert [_plain(p) for p in made[0][1]] == [_plain(p) for p in made[1][1]]
+    assert len(made[0][1]) == made[0][0].count("%s")
+
+
+def _plain(value: Any) -> Any:
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return datetime  # the step's time: `now` of each call
+    return getattr(value, "obj", value)  # psycopg's Jsonb wrapper: its value
+
+
+def _fresh_statement(kwargs: dict[str, Any]) -> tuple[str, list[Any]]:
+    from runs import transitions
+
+    values = dict(kwargs["updates"])
+    now = timezone.now()
+    transitions._check_run_move(kwargs["run_id"], kwargs["to"], list(kwargs["expect"]), values, now, via=None)
+    node_changes = [(pk, transitions._node_sources(pk, changes), changes) for pk, changes in kwargs["nodes"].items()]
+    sql, params, _groups = transitions._step_statement(
+        connection, run_id=kwargs["run_id"], lease_token=kwargs["lease_token"], statuses=list(kwargs["expect"]),
+        updates=values, nodes=node_changes, facets=kwargs["facets"], events=kwargs["events"],
+        plan_version=kwargs["plan_version"], now=now, inserts=(), run_version=None, row_updates=())
+    return sql, params
+
+
+def test_the_event_rows_of_a_step_equal_rows_made_with_keywords():
+    from runs import transitions
+
+    now = timezone.now()
+    pending = [event_node_complete(node_id="a", capability_id="cap.A", attempt=1, output_facets=["brief"],
+                                   duration_ms=1.0),
+               event_log(level="info", message="m")]
+    rows = transitions._event_rows("r1", 9, pending, 3, now)
+    expected = [RunEvent(run_id="r1", seq=8 + i, type=e.type, node_id=e.node_id, plan_version=3, payload=e.payload,
+                         created_at=now) for i, e in enumerate(pending)]
+
+    def fields(row: RunEvent) -> dict[str, Any]:
+        return {k: v for k, v in vars(row).items() if k != "_state"} | {
+            "adding": row._state.adding, "db": row._state.db}
+
+    assert [fields(r) for r in rows] == [fields(r) for r in expected]
+    assert [r.seq for r in rows] == [8, 9] and rows[0].pk is None

@@ -38,3 +38,34 @@ def test_it_builds_states_from_graph_nodes_and_a_status_map():
     graph = [{"id": "a"}, {"id": "b", "dependsOn": ["a"]}]
     assert node_states(graph, {"a": "completed"}) == [NodeState("a", "completed", ()),
                                                        NodeState("b", "pending", ("a",))]
+
+
+def test_pending_ids_equal_the_pending_ids_of_the_built_states():
+    from runs.engine.scheduling import pending_ids
+
+    graph = [{"id": "a"}, {"id": "b", "dependsOn": ["a"]}, {"id": "c", "dependsOn": ["b"]}, {"id": "output"}]
+    for statuses in ({}, {"a": "completed"}, {"a": "completed", "b": "skipped", "c": "running"},
+                     {"a": "completed", "b": "completed", "c": "completed", "output": "completed"},
+                     {"a": "failed", "b": "awaiting_hitl", "output": "pending"}):
+        assert pending_ids(graph, statuses) == pending_node_ids(node_states(graph, statuses))
+
+
+def test_ready_ids_and_finished_equal_what_the_built_states_say():
+    import itertools
+    import random
+
+    from runs.engine.scheduling import finished, ready_ids
+
+    rng = random.Random(14)
+    names = ["a", "b", "c", "d", "output"]
+    kinds = ["pending", "running", "completed", "skipped", "failed", "awaiting_hitl"]
+    for _ in range(500):
+        graph = []
+        for i, name in enumerate(names[:rng.randint(1, len(names))]):
+            # Dependencies on earlier nodes, sometimes on a node the plan lacks.
+            deps = rng.sample(names[:i] + ["gone"], rng.randint(0, min(2, i + 1)))
+            graph.append({"id": name, "dependsOn": deps} if deps or rng.random() < 0.5 else {"id": name})
+        statuses = {n: rng.choice(kinds) for n in itertools.chain(names, ["gone"]) if rng.random() < 0.7}
+        states = node_states(graph, statuses)
+        assert ready_ids(graph, statuses) == ready_nodes(states)
+        assert finished(graph, statuses) == is_finished(states)
