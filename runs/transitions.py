@@ -272,31 +272,13 @@ def step_commit(
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
         # Alone, the statement is atomic by itself; in the caller's
-        # transaction, a savepoint keeps a refused node from aborting it.
-        # An event that notifies someone (an active subscription follows its
-        # type, or it emails people it names) takes its outbox rows in the
-        # same transaction, so such a step opens one; the others — `complete`
-        # and `hitl_request` with nobody to tell — stay one statement.
-        notifying = notifications.needs_outbox(events)
-        try:
-            # (No savepoint inside a transaction the caller gives up whole on any
-            # error — `all_or_nothing`: one round trip less each way.)
-            savepoint = not ALL_OR_NOTHING.get()
-            with (transaction.atomic(savepoint=savepoint) if connection.in_atomic_block or notifying
-                  else nullcontext()), status_writer():
-                last_seq, triggers = _step_postgresql(
-                    connection, run_id=run_id, lease_token=lease_token, statuses=expected, updates=values,
-                    nodes=node_changes, facets=facets, events=events, plan_version=plan_version, now=now,
-                    inserts=inserts)
-                if last_seq is None:
-                    raise Fenced(run_id)
-                rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
-                if notifying:
-                    notifications.enqueue(rows)
-        except DataError as exc:
-            if _NODE_REFUSED in str(exc):
-                raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
-            raise
+        # transaction, a savepoint keeps a refused node from aborting it —
+        # none inside a transaction the caller gives up whole on any error
+        # (`all_or_nothing`: one round trip less each way).
+        rows, triggers = _commit_postgresql(
+            connection, savepoint=not ALL_OR_NOTHING.get(), run_id=run_id, lease_token=lease_token,
+            statuses=expected, updates=values, nodes=node_changes, facets=facets, events=events,
+            plan_version=plan_version, now=now, inserts=inserts)
     else:
         with transaction.atomic(), status_writer():
             last_seq = _bump_run(run_id=run_id, count=len(events), lease_token=lease_token, statuses=expected,
@@ -314,6 +296,35 @@ def step_commit(
     result = CommittedStep(rows)
     result.triggers_pending = triggers
     return result
+
+
+def _commit_postgresql(connection: Any, *, savepoint: bool, run_id: str, events: Sequence[PendingEvent],
+                       plan_version: int, now: Any, **step: Any) -> tuple[list[RunEvent], bool]:
+    """`_step_postgresql` as its own transaction, or in the caller's (behind
+    a savepoint when `savepoint`, so that a refused node does not abort it).
+    An event that notifies someone (an active subscription follows its type,
+    or it emails people it names) takes its outbox rows in the same
+    transaction, so such a step opens one; the others — `complete` and
+    `hitl_request` with nobody to tell — stay one statement. Returns the
+    event rows and whether manual policy triggers are pending."""
+    notifying = notifications.needs_outbox(events)
+    try:
+        with (transaction.atomic(savepoint=savepoint) if connection.in_atomic_block or notifying
+              else nullcontext()), status_writer():
+            last_seq, triggers = _step_postgresql(connection, run_id=run_id, events=events,
+                                                  plan_version=plan_version, now=now, **step)
+            if last_seq is None:
+                raise Fenced(run_id)
+            rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
+            if notifying:
+                notifications.enqueue(rows)
+    except DataError as exc:
+        if _NODE_REFUSED in str(exc):
+            raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
+        if _ROW_MOVED in str(exc):
+            raise Fenced(f"{run_id}: a row changed meanwhile") from None
+        raise
+    return rows, triggers
 
 
 def _triggers_pending_sqlite(connection: Any, run_id: str) -> bool:
@@ -935,26 +946,10 @@ def resume_commit(*, run_id: str, run_version: str, expect: Iterable[str], to: s
     values = dict(updates)
     _check_run_move(run_id, to, expected, values, now)
     node_changes = [(pk, _node_sources(pk, changes), changes) for pk, changes in nodes.items()]
-    connection = transaction.get_connection()
-    notifying = notifications.needs_outbox(events)
-    try:
-        with (transaction.atomic() if connection.in_atomic_block or notifying else nullcontext()), \
-                status_writer():
-            last_seq, _triggers = _step_postgresql(
-                connection, run_id=run_id, lease_token=None, statuses=expected, updates=values, nodes=node_changes,
-                facets=(), events=events, plan_version=plan_version, now=now, inserts=inserts,
-                run_version=run_version, row_updates=row_updates)
-            if last_seq is None:
-                raise Fenced(run_id)
-            rows = _event_rows(run_id, last_seq, events, plan_version, now) if events else []
-            if notifying:
-                notifications.enqueue(rows)
-    except DataError as exc:
-        if _NODE_REFUSED in str(exc):
-            raise TransitionNotAllowed(f"{run_id}: a node is not in a status its move starts from") from None
-        if _ROW_MOVED in str(exc):
-            raise Fenced(f"{run_id}: a row changed meanwhile") from None
-        raise
+    rows, _triggers = _commit_postgresql(
+        transaction.get_connection(), savepoint=True, run_id=run_id, lease_token=None, statuses=expected,
+        updates=values, nodes=node_changes, facets=(), events=events, plan_version=plan_version, now=now,
+        inserts=inserts, run_version=run_version, row_updates=row_updates)
     if rows:
         publish_on_commit(rows)
     return rows

@@ -18,23 +18,10 @@ from runs.models import NodeRun, Run, RunEvent
 from runs.services import hitl_resume
 from runs.transitions import TransitionNotAllowed, run_transition
 from tests.conftest import load_envelope
+from tests.runs.engine.statements import Statements
 from tests.hitl.helpers import APPROVE, submit
 
 pytestmark = pytest.mark.django_db
-
-
-class Statements:
-    """Statements and commits seen on the connection."""
-
-    def __init__(self) -> None:
-        self.sql: list[str] = []
-
-    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        self.sql.append(sql)
-        return execute(sql, params, many, context)
-
-    def writes(self, table: str) -> list[str]:
-        return [s for s in self.sql if f'"{table}"' in s and s.lstrip()[:6].upper() in ("INSERT", "UPDATE", "WITH R")]
 
 
 def test_a_claim_is_one_statement_on_postgresql_and_brings_the_run_along(api_for, client_user):

@@ -19,22 +19,10 @@ from runs.engine.worker import drain as drain_runs
 from runs.models import AuditEntry, NodeRun, PlanVersion, Run, RunEvent
 from runs.services import hitl_respond, hitl_resume
 from tests.conftest import load_envelope
+from tests.runs.engine.statements import Statements
 from tests.hitl.helpers import APPROVE, event_types, submit
 
 pytestmark = pytest.mark.django_db
-
-
-class Statements:
-    def __init__(self) -> None:
-        self.sql: list[str] = []
-
-    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        self.sql.append(sql)
-        return execute(sql, params, many, context)
-
-    def own(self) -> list[str]:
-        """Without the savepoints of the test's transaction."""
-        return [s for s in self.sql if not s.startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT"))]
 
 
 def _asking(api_for: Any, client_user: Any) -> tuple[str, HitlRequest]:
