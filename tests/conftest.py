@@ -147,3 +147,27 @@ def drain(db: None) -> Callable[[], int]:
     from runs.engine.worker import drain as engine_drain
 
     return engine_drain
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's, and before it drops the test databases: close the
+    connections that threads which have ended left open. A view run with
+    `sync_to_async(thread_sensitive=False)` in a test's own event loop
+    (`asyncio.run`) opens its connection on one of that loop's executor
+    threads; asgiref copies the thread's context back to the caller, so the
+    connection's wrapper outlives the thread, checked out of the pool where
+    `close_pool()` cannot close it, and PostgreSQL refuses to drop a
+    database still in use. (A web process keeps one loop and its executor
+    threads: nothing is left behind there.)"""
+    yield
+    import gc
+    import threading
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    alive = {thread.ident for thread in threading.enumerate()}
+    for wrapper in [obj for obj in gc.get_objects() if isinstance(obj, BaseDatabaseWrapper)]:
+        if wrapper.connection is not None and wrapper._thread_ident not in alive:
+            wrapper.inc_thread_sharing()
+            wrapper.close()
