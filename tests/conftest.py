@@ -167,7 +167,8 @@ def django_db_setup(django_db_setup: None) -> Iterator[None]:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     alive = {thread.ident for thread in threading.enumerate()}
-    for wrapper in [obj for obj in gc.get_objects() if isinstance(obj, BaseDatabaseWrapper)]:
+    # type(), not isinstance(): the collector also holds weak proxies whose object is gone.
+    for wrapper in [obj for obj in gc.get_objects() if issubclass(type(obj), BaseDatabaseWrapper)]:
         if wrapper.connection is not None and wrapper._thread_ident not in alive:
             wrapper.inc_thread_sharing()
             wrapper.close()
